@@ -1,0 +1,269 @@
+"""Typed models of the user's registry: ``providers.yaml`` and ``model-mappings.yaml``.
+
+These files exist on the box before gpumgr does and carry many descriptive keys gpumgr does not
+act on (``description``, ``features``, ``docs``, ``location``, ``metadata`` …): every model here
+accepts and keeps unknown keys (``extra="allow"``). Where gpumgr acts, it is strict.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ProviderType(StrEnum):
+    VLLM = "vllm"
+    OLLAMA = "ollama"
+    OLLAMA_CLOUD = "ollama_cloud"
+    LLAMA_CPP = "llama_cpp"
+    OPENAI_COMPATIBLE = "openai_compatible"
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    GEMINI = "gemini"
+    MISTRAL = "mistral"
+    GROQ = "groq"
+    OPENROUTER = "openrouter"
+    TOGETHER = "together"
+    DEEPSEEK = "deepseek"
+    AZURE = "azure"
+    BEDROCK = "bedrock"
+    LM_STUDIO = "lm_studio"
+    TGI = "tgi"
+
+
+class ProviderStatus(StrEnum):
+    ACTIVE = "active"
+    STANDBY = "standby"
+    DISABLED = "disabled"
+    TEMPLATE = "template"
+
+
+class ModelEntry(BaseModel):
+    """One model of a provider. Plain-string entries become ``ModelEntry(name=...)``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    hf_repo: str | None = None
+    revision: str | None = None
+    quantization: str | None = None
+    model_size_gb: float | None = Field(default=None, gt=0)
+    context_length: int | None = Field(default=None, gt=0)
+    aliases: list[str] = Field(default_factory=list)
+
+    @field_validator("hf_repo")
+    @classmethod
+    def _repo_shape(cls, v: str | None) -> str | None:
+        if v is not None and not HF_REPO.match(v):
+            raise ValueError(f"must look like 'org/repo' (got {v!r})")
+        return v
+
+    @property
+    def resolved_hf_repo(self) -> str | None:
+        """``hf_repo`` when given, else the name when it looks like ``org/repo``."""
+        if self.hf_repo:
+            return self.hf_repo
+        return self.name if HF_REPO.match(self.name) else None
+
+
+class Provider(BaseModel):
+    """One backend of the registry. ``name`` is the key under ``providers:``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = ""
+    type: ProviderType
+    base_url: str | None = None
+    status: ProviderStatus = ProviderStatus.ACTIVE
+    models: list[ModelEntry] = Field(default_factory=list)
+    health_endpoint: str | None = None
+    requires_api_key: bool = False
+    env_var: str | None = None
+    # vLLM-only knobs (provider level, next to the registry's existing ones)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    max_model_len: int | None = Field(default=None, gt=0)
+    max_num_seqs: int | None = Field(default=None, gt=0)
+    quantization: str | None = None
+    revision: str | None = None
+    enforce_eager: bool = False
+    trust_remote_code: bool = False
+    extra_args: list[str] = Field(default_factory=list)
+    vllm_bin: str | None = None
+    location: str | None = None
+    gpu: int = Field(default=0, ge=0)
+    enable_sleep_mode: bool = False
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _string_models(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @field_validator("env_var")
+    @classmethod
+    def _env_var_is_a_name(cls, v: str | None) -> str | None:
+        if v is not None and not ENV_VAR_NAME.match(v):
+            raise ValueError(
+                "must name an environment variable (letters, digits, underscore), "
+                "never hold the secret itself"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _strict_where_acted_on(self) -> Provider:
+        if self.status in (ProviderStatus.TEMPLATE, ProviderStatus.DISABLED):
+            return self  # placeholders are kept, not checked
+        if self.base_url is not None:
+            _check_url(self.base_url)
+        return self
+
+    # -- derived facts ---------------------------------------------------------------------
+    @property
+    def port(self) -> int | None:
+        if not self.base_url:
+            return None
+        parts = urlsplit(self.base_url)
+        if parts.port is not None:
+            return parts.port
+        return {"http": 80, "https": 443}.get(parts.scheme)
+
+    @property
+    def host(self) -> str | None:
+        return urlsplit(self.base_url).hostname if self.base_url else None
+
+    @property
+    def is_vllm(self) -> bool:
+        return self.type is ProviderType.VLLM
+
+    @property
+    def served_names(self) -> list[str]:
+        """Every name the backend answers to: model names plus their aliases, in order."""
+        names: list[str] = []
+        for m in self.models:
+            for n in [m.name, *m.aliases]:
+                if n not in names:
+                    names.append(n)
+        return names
+
+    @property
+    def vllm_model(self) -> ModelEntry | None:
+        """The model a vLLM server loads (its first entry; the rest are served as aliases)."""
+        return self.models[0] if self.models else None
+
+    @property
+    def hf_repo(self) -> str | None:
+        m = self.vllm_model
+        return m.resolved_hf_repo if m else None
+
+    @property
+    def hf_revision(self) -> str | None:
+        m = self.vllm_model
+        return (m.revision if m and m.revision else None) or self.revision
+
+    @property
+    def effective_quantization(self) -> str | None:
+        m = self.vllm_model
+        return (m.quantization if m and m.quantization else None) or self.quantization
+
+    @property
+    def runs_here(self) -> bool:
+        """Active or standby: a provider gpumgr may act on (templates and disabled are listed only)."""
+        return self.status in (ProviderStatus.ACTIVE, ProviderStatus.STANDBY)
+
+
+def _check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base_url must be an http(s) URL with a host (got {url!r})")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"base_url has an invalid port: {exc} (got {url!r})") from None
+    if port is None and parts.scheme == "http":
+        raise ValueError(f"base_url must carry a port (got {url!r})")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1-65535 (got {port})")
+
+
+class HealthChecks(BaseModel):
+    """The registry's top-level ``health_checks:`` block (honoured by the health scheduler)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    interval_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    retry_attempts: int | None = Field(default=None, ge=1)
+
+
+class ProvidersFile(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    providers: dict[str, Provider] = Field(default_factory=dict)
+    health_checks: HealthChecks = Field(default_factory=HealthChecks)
+    metadata: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _names(self) -> ProvidersFile:
+        for name, p in self.providers.items():
+            p.name = name
+        return self
+
+
+class ExactMatch(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    provider: str
+    priority: int | None = None
+    fallback: str | list[str] | None = None
+
+
+class PatternRule(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    pattern: str
+    provider: str | None = None
+    model: str | None = None
+
+
+class Capability(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    preferred_models: list[str] = Field(default_factory=list)
+    routing_strategy: str | None = None
+
+
+class FallbackChain(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    chain: list[str] = Field(default_factory=list)
+
+
+class MappingsFile(BaseModel):
+    """``model-mappings.yaml``: the router's view, read to validate and to generate LiteLLM config."""
+
+    model_config = ConfigDict(extra="allow")
+
+    exact_matches: dict[str, ExactMatch] = Field(default_factory=dict)
+    patterns: list[PatternRule] | dict[str, Any] = Field(default_factory=list)
+    capabilities: dict[str, Capability] = Field(default_factory=dict)
+    load_balancing: dict[str, Any] = Field(default_factory=dict)
+    fallback_chains: dict[str, FallbackChain | list[str]] = Field(default_factory=dict)
+
+    @field_validator("fallback_chains", mode="after")
+    @classmethod
+    def _plain_lists(
+        cls, v: dict[str, FallbackChain | list[str]]
+    ) -> dict[str, FallbackChain | list[str]]:
+        return {k: FallbackChain(chain=c) if isinstance(c, list) else c for k, c in v.items()}
+
+    def chain(self, key: str) -> list[str]:
+        c = self.fallback_chains.get(key)
+        return c.chain if isinstance(c, FallbackChain) else list(c or [])

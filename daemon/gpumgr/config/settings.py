@@ -1,0 +1,104 @@
+"""Typed model of ``gpumgr.yaml``, the daemon's own settings (every key optional).
+
+Unlike the user's registry, this is gpumgr's own file: unknown keys are errors (with a
+"did you mean" hint, added by the loader). Each section belongs to the module that acts on it;
+the constants' sources are documented where they are used.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_LISTEN = "127.0.0.1:9400"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HealthSettings(_Section):
+    """Probe scheduling (see ``gpumgr.health``). The registry's ``health_checks:`` fills gaps."""
+
+    interval_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    retry_attempts: int | None = Field(default=None, ge=1)
+    cloud_interval_s: float = Field(default=60.0, gt=0)
+    starting_poll_s: float = Field(default=0.25, gt=0)
+    busy_waiting_threshold: int = Field(default=4, ge=0)
+
+
+class GpuSettings(_Section):
+    reserve_mib: int = Field(default=256, ge=0)
+
+
+class PlannerSettings(_Section):
+    """Overrides of the planner's named constants (see ``gpumgr.plan`` for each one's source)."""
+
+    cuda_context_mib: int | None = Field(default=None, ge=0)
+    activation_mib: int | None = Field(default=None, ge=0)
+    cuda_graph_mib: int | None = Field(default=None, ge=0)
+    safety_margin_mib: int | None = Field(default=None, ge=0)
+    default_max_model_len: int | None = Field(default=None, gt=0)
+    default_max_num_seqs: int | None = Field(default=None, gt=0)
+
+
+class VllmSettings(_Section):
+    command: str = "vllm"
+    start_timeout_s: float = Field(default=900.0, gt=0)
+    stop_timeout_s: float = Field(default=30.0, gt=0)
+    memory_release_timeout_s: float = Field(default=30.0, gt=0)
+    log_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    log_backups: int = Field(default=3, ge=0)
+
+
+class RestartSettings(_Section):
+    backoff_base_s: float = Field(default=1.0, gt=0)
+    backoff_cap_s: float = Field(default=60.0, gt=0)
+    max_crashes: int = Field(default=5, ge=1)
+    window_s: float = Field(default=300.0, gt=0)
+
+
+class OllamaSettings(_Section):
+    reservation_mib: int = Field(default=0, ge=0)
+    eviction: Literal["never", "unload_idle", "unload_all"] = "unload_idle"
+
+
+class HubSettings(_Section):
+    endpoint: str | None = None
+    token_file: str | None = None
+    disk_margin_mib: int = Field(default=1024, ge=0)
+
+
+class SimGpuConfig(_Section):
+    name: str = "Quadro RTX 5000"
+    memory_total_mib: int = Field(default=16384, gt=0)
+    display_used_mib: int = Field(default=300, ge=0)
+    compute_capability: str = "7.5"
+
+
+class SimulateSettings(_Section):
+    """The simulated GPU and engines used by ``--simulate``, ``GPUMGR_SIMULATE=1`` and ``demo``."""
+
+    gpus: list[SimGpuConfig] = Field(default_factory=lambda: [SimGpuConfig()])
+    load_seconds: float | None = Field(default=None, ge=0)
+    """Fixed simulated engine load time; default derives it from the weights size."""
+    hub_endpoint: str | None = None
+    """A running simulated hub; default starts one."""
+
+
+class Settings(_Section):
+    listen: str = DEFAULT_LISTEN
+    runtime_dir: str | None = None
+    state_dir: str | None = None
+    log_dir: str | None = None
+    cache_dir: str | None = None
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    gpu: GpuSettings = Field(default_factory=GpuSettings)
+    planner: PlannerSettings = Field(default_factory=PlannerSettings)
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    restart: RestartSettings = Field(default_factory=RestartSettings)
+    ollama: OllamaSettings = Field(default_factory=OllamaSettings)
+    hub: HubSettings = Field(default_factory=HubSettings)
+    simulate: SimulateSettings = Field(default_factory=SimulateSettings)
