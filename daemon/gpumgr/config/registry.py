@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -80,8 +80,8 @@ class Provider(BaseModel):
 
     name: str = ""
     type: ProviderType
-    base_url: str | None = None
     status: ProviderStatus = ProviderStatus.ACTIVE
+    base_url: str | None = None
     models: list[ModelEntry] = Field(default_factory=list)
     health_endpoint: str | None = None
     requires_api_key: bool = False
@@ -117,13 +117,14 @@ class Provider(BaseModel):
             )
         return v
 
-    @model_validator(mode="after")
-    def _strict_where_acted_on(self) -> Provider:
-        if self.status in (ProviderStatus.TEMPLATE, ProviderStatus.DISABLED):
-            return self  # placeholders are kept, not checked
-        if self.base_url is not None:
-            _check_url(self.base_url)
-        return self
+    @field_validator("base_url")
+    @classmethod
+    def _url_where_acted_on(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("status") in (ProviderStatus.TEMPLATE, ProviderStatus.DISABLED):
+            return v  # placeholders such as http://YOUR-HOST:PORT are kept, not checked
+        if v is not None:
+            _check_url(v)
+        return v
 
     # -- derived facts ---------------------------------------------------------------------
     @property
@@ -182,13 +183,13 @@ class Provider(BaseModel):
 def _check_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"base_url must be an http(s) URL with a host (got {url!r})")
+        raise ValueError(f"must be an http(s) URL with a host (got {url!r})")
     try:
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"base_url has an invalid port: {exc} (got {url!r})") from None
+        raise ValueError(f"port must be 1-65535 (got {url!r})") from None
     if port is None and parts.scheme == "http":
-        raise ValueError(f"base_url must carry a port (got {url!r})")
+        raise ValueError(f"must carry a port, e.g. http://127.0.0.1:8001 (got {url!r})")
     if port is not None and not 1 <= port <= 65535:
         raise ValueError(f"port must be 1-65535 (got {port})")
 
@@ -206,7 +207,7 @@ class HealthChecks(BaseModel):
 class ProvidersFile(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    providers: dict[str, Provider] = Field(default_factory=dict)
+    providers: dict[str, Provider]
     health_checks: HealthChecks = Field(default_factory=HealthChecks)
     metadata: dict[str, Any] | None = None
 

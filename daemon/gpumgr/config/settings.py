@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_LISTEN = "127.0.0.1:9400"
 
@@ -102,3 +102,11 @@ class Settings(_Section):
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     hub: HubSettings = Field(default_factory=HubSettings)
     simulate: SimulateSettings = Field(default_factory=SimulateSettings)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"must be HOST:PORT with a port 0-65535 (got {v!r})")
+        return v

@@ -1,0 +1,87 @@
+"""structlog, configured once: JSON lines for journald, colour for a person, secrets redacted.
+
+Events are a small, stable vocabulary (``backend.state``, ``weights.download``, ``child.exit``);
+values are fields. A processor masks every field whose name says secret (``token``, ``api_key``,
+``authorization`` …) and every registered secret value wherever it appears in a string, so a key
+that leaked into an error message from a library still never reaches the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import structlog
+
+REDACTED = "***"
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_key|apikey|authorization|bearer)", re.I)
+_secret_values: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret's value so that it is masked wherever it appears in a log event."""
+    if value and len(value) >= 4:
+        _secret_values.add(value)
+
+
+def register_secrets_from_env(names: Iterable[str], env: MutableMapping[str, str] | None = None) -> None:
+    env = os.environ if env is None else env
+    for name in names:
+        register_secret(env.get(name))
+
+
+def redact_text(text: str) -> str:
+    for secret in _secret_values:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: REDACTED if _SECRET_KEY.search(str(k)) else _redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_value(v) for v in value)
+    return value
+
+
+def redact_processor(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event):
+        if _SECRET_KEY.search(key) and event[key] is not None:
+            event[key] = REDACTED
+        else:
+            event[key] = _redact_value(event[key])
+    return event
+
+
+def configure_logging(level: str = "info", *, json_lines: bool | None = None, stream: Any = None) -> None:
+    """Configure structlog and the stdlib root logger once (safe to call again: it replaces)."""
+    stream = stream or sys.stderr
+    if json_lines is None:
+        json_lines = not stream.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json_lines
+        else structlog.dev.ConsoleRenderer(colors=True)
+    )
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_processor,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(lvl, logging.WARNING), stream=stream, force=True)
