@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from gpumgr.config.registry import FallbackChain, MappingsFile, ProvidersFile, ProviderStatus
+from gpumgr.config.registry import MappingsFile, ProvidersFile, ProviderStatus
 from gpumgr.config.source import YamlSource
 from gpumgr.errors import ConfigIssue
 
@@ -102,7 +102,7 @@ def check_mappings(
                     src.issue(("capabilities", cap_name, "preferred_models", i), f"unknown model '{m}'")
                 )
 
-    chains = {k: (c.chain if isinstance(c, FallbackChain) else list(c)) for k, c in mf.fallback_chains.items()}
+    chains = {k: list(c.chain) for k, c in mf.fallback_chains.items()}
     for key, chain in chains.items():
         if key != DEFAULT_CHAIN and key not in known_models:
             issues.append(src.issue(("fallback_chains", key), f"unknown model '{key}'"))

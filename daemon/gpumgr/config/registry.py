@@ -191,7 +191,7 @@ def _check_url(url: str) -> None:
     if port is None and parts.scheme == "http":
         raise ValueError(f"must carry a port, e.g. http://127.0.0.1:8001 (got {url!r})")
     if port is not None and not 1 <= port <= 65535:
-        raise ValueError(f"port must be 1-65535 (got {port})")
+        raise ValueError(f"port must be 1-65535 (got {url!r})")
 
 
 class HealthChecks(BaseModel):
@@ -256,15 +256,16 @@ class MappingsFile(BaseModel):
     patterns: list[PatternRule] | dict[str, Any] = Field(default_factory=list)
     capabilities: dict[str, Capability] = Field(default_factory=dict)
     load_balancing: dict[str, Any] = Field(default_factory=dict)
-    fallback_chains: dict[str, FallbackChain | list[str]] = Field(default_factory=dict)
+    fallback_chains: dict[str, FallbackChain] = Field(default_factory=dict)
 
-    @field_validator("fallback_chains", mode="after")
+    @field_validator("fallback_chains", mode="before")
     @classmethod
-    def _plain_lists(
-        cls, v: dict[str, FallbackChain | list[str]]
-    ) -> dict[str, FallbackChain | list[str]]:
-        return {k: FallbackChain(chain=c) if isinstance(c, list) else c for k, c in v.items()}
+    def _plain_lists(cls, v: Any) -> Any:
+        """``model: [a, b]`` is accepted as shorthand for ``model: {chain: [a, b]}``."""
+        if isinstance(v, dict):
+            return {k: {"chain": c} if isinstance(c, list) else c for k, c in v.items()}
+        return v
 
     def chain(self, key: str) -> list[str]:
         c = self.fallback_chains.get(key)
-        return c.chain if isinstance(c, FallbackChain) else list(c or [])
+        return list(c.chain) if c else []

@@ -27,6 +27,11 @@ class HealthSettings(_Section):
     cloud_interval_s: float = Field(default=60.0, gt=0)
     starting_poll_s: float = Field(default=0.25, gt=0)
     busy_waiting_threshold: int = Field(default=4, ge=0)
+    """``busy`` when vLLM's ``vllm:num_requests_waiting`` is above this."""
+    jitter_s: float = Field(default=0.1, ge=0)
+    """Random delay added to each probe (APScheduler ``jitter``); detection may take this longer."""
+    cloud_backoff_cap_s: float = Field(default=3600.0, gt=0)
+    """Longest wait between cloud probes while rate-limited (429s back off exponentially)."""
 
 
 class GpuSettings(_Section):

@@ -176,6 +176,7 @@ def read_yaml(path: Path, display_name: str | None = None) -> tuple[YamlSource, 
     if node is None:
         src.data = None
         return src, []
+    src.positions[()] = _pos(node)
     builder = _Builder(src)
     try:
         src.data = builder.build(node, ())
