@@ -1,0 +1,73 @@
+"""``gpumgr status``: the live status document, as a table for a person or JSON for a script.
+
+Reads ``GET /v1/status`` from the daemon's read-only listener; when the daemon cannot be reached
+it says so and exits 1 (it does not pass off an old ``status.json`` as live, but names it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+import httpx2
+from rich.console import Console
+from rich.table import Table
+
+from gpumgr.cli.common import config_dir_option, emit_json, load_config_from_ctx
+from gpumgr.errors import DaemonUnavailable
+
+_STATE_STYLE = {
+    "up": "green", "starting": "yellow", "downloading": "cyan", "restarting": "yellow",
+    "draining": "yellow", "stopping": "yellow", "sleeping": "blue", "rate_limited": "magenta",
+    "down": "red", "failed": "bold red", "auth_failed": "red", "stopped": "dim",
+    "disabled": "dim", "unknown": "dim",
+}
+
+
+def fetch_status(listen: str, timeout_s: float = 3.0) -> dict[str, Any]:
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    url = f"http://{host}:{port}/v1/status"
+    try:
+        resp = httpx2.get(url, timeout=timeout_s)
+        resp.raise_for_status()
+        return dict(resp.json())
+    except (httpx2.HTTPError, json.JSONDecodeError) as exc:
+        raise DaemonUnavailable(f"gpumgr daemon not reachable at {url}: {type(exc).__name__}") from None
+
+
+def render(doc: dict[str, Any], console: Console) -> None:
+    for gpu in doc.get("gpus", []):
+        console.print(
+            f"[bold]GPU {gpu['index']}[/] {gpu['name']}  "
+            f"{gpu['memory_used_mib']} / {gpu['memory_total_mib']} MiB used, "
+            f"{gpu['memory_free_mib']} MiB free"
+        )
+    table = Table(show_edge=False, header_style="bold")
+    for col in ("backend", "type", "state", "models", "port", "pid", "util", "restarts", "detail"):
+        table.add_column(col)
+    for b in doc.get("backends", []):
+        style = _STATE_STYLE.get(b["state"], "")
+        table.add_row(
+            b["name"], b["type"], f"[{style}]{b['state']}[/]" + (" (busy)" if b.get("busy") else ""),
+            ", ".join(b.get("models", [])), str(b.get("port") or ""), str(b.get("pid") or ""),
+            f"{b['gpu_memory_utilization']:.2f}" if b.get("gpu_memory_utilization") else "",
+            str(b.get("restarts", 0)), b.get("detail") or "",
+        )
+    console.print(table)
+
+
+@click.command()
+@config_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+@click.pass_context
+def status(ctx: click.Context, config_dir: str | None, as_json: bool) -> None:
+    """Show the live status of every backend (from the running daemon)."""
+    cfg = load_config_from_ctx(ctx, config_dir)
+    doc = fetch_status(cfg.listen)
+    if as_json:
+        emit_json(doc)
+    else:
+        render(doc, Console())
