@@ -79,7 +79,7 @@ def _process_alive(pid: int, create_time: float) -> bool:
         proc = psutil.Process(pid)
         if abs(proc.create_time() - create_time) > 0.5:
             return False  # the pid was reused by another process
-        return proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
