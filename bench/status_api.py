@@ -1,0 +1,243 @@
+"""Benchmark of the status API: /v1/status throughput and latency, idle CPU and RSS.
+
+Not a test. Starts the status publisher and its uvicorn server, with 8 synthetic backends whose
+probe timings refresh every 2 s (what a daemon does when nothing happens), in a subprocess;
+loads ``GET /v1/status`` from this (separate) process with httpx2 at a fixed concurrency;
+then measures the server's idle CPU and RSS with psutil. Prints a table and writes
+``bench/results/status_api.json``.
+
+    .venv/bin/python bench/status_api.py [--duration-s 5] [--concurrency 16] [--idle-s 5]
+
+The load generator is Python too, so on a small machine the client may saturate before the
+server: the JSON records both processes' CPU time during the load for that reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import psutil
+import structlog
+
+from gpumgr.api.server import ApiServer
+from gpumgr.api.status_app import create_status_app
+from gpumgr.backend_state import BackendState
+from gpumgr.status.document import BackendStatus, DaemonInfo, GpuProcess, GpuStatus
+from gpumgr.status.publisher import StatusPublisher
+
+RESULTS = Path(__file__).resolve().parent / "results" / "status_api.json"
+BACKENDS = 8
+PROBE_INTERVAL_S = 2.0
+
+
+def synthetic_backends() -> list[BackendStatus]:
+    kinds = ["vllm", "vllm", "vllm", "vllm", "ollama", "ollama_cloud", "llama_cpp", "openai_compatible"]
+    return [
+        BackendStatus(
+            name=f"backend-{i}",
+            type=kind,
+            base_url=f"http://127.0.0.1:{8001 + i}",
+            state=BackendState.UP if i % 3 else BackendState.STOPPED,
+            managed=kind == "vllm",
+            models=[f"model-{i}", f"model-{i}-alias"],
+            pid=10000 + i if kind == "vllm" else None,
+            port=8001 + i,
+            gpu_memory_utilization=0.3 if kind == "vllm" else None,
+            detail="health 200",
+        )
+        for i, kind in enumerate(kinds[:BACKENDS])
+    ]
+
+
+async def serve(runtime_dir: Path) -> None:
+    """Server side: publisher + API + a synthetic prober; prints the port, runs until SIGTERM."""
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout: port
+    pub = StatusPublisher(
+        daemon=DaemonInfo(pid=os.getpid(), started_at=datetime.now(UTC), simulated=True),
+        status_path=runtime_dir / "status.json",
+    )
+    pub.set_backends(synthetic_backends())
+    pub.set_gpus(
+        [
+            GpuStatus(
+                index=0, uuid="GPU-sim-0", name="Quadro RTX 5000", memory_total_mib=16384,
+                memory_used_mib=12000, memory_free_mib=4384,
+                processes=[GpuProcess(pid=10000 + i, used_mib=2800, owner=f"backend-{i}")
+                           for i in range(4)],
+            )
+        ]
+    )
+    server = ApiServer.tcp(create_status_app(pub), "127.0.0.1", 0)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print(server.port, flush=True)
+
+    async def prober(name: str, offset_s: float) -> None:
+        await asyncio.sleep(offset_s)
+        while True:
+            pub.update_backend(name, last_check=datetime.now(UTC), latency_ms=1.5)
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    probers = [
+        asyncio.create_task(prober(b.name, i * PROBE_INTERVAL_S / BACKENDS))
+        for i, b in enumerate(synthetic_backends())
+    ]
+    await stop.wait()
+    for task in probers:
+        task.cancel()
+    pub.close()
+    await server.stop()
+
+
+async def load(base: str, duration_s: float, concurrency: int) -> tuple[list[float], int]:
+    """Closed-loop load: ``concurrency`` workers, each issuing the next request on an answer."""
+    latencies_s: list[float] = []
+    errors = 0
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx2.AsyncClient(base_url=base, limits=limits, timeout=10) as client:
+        warm_until = time.perf_counter() + 0.5
+        while time.perf_counter() < warm_until:
+            await client.get("/v1/status")
+        deadline = time.perf_counter() + duration_s
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                response = await client.get("/v1/status")
+                if response.status_code == 200 and response.content.startswith(b'{"version":1'):
+                    latencies_s.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies_s, errors
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="gpumgr-bench-") as runtime_dir:
+        server = subprocess.Popen(
+            [sys.executable, __file__, "--serve", "--runtime-dir", runtime_dir],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            port = int(server.stdout.readline())
+            proc = psutil.Process(server.pid)
+            me = psutil.Process()
+            server_cpu0, my_cpu0 = proc.cpu_times(), me.cpu_times()
+            t0 = time.perf_counter()
+            latencies_s, errors = asyncio.run(
+                load(f"http://127.0.0.1:{port}", args.duration_s, args.concurrency)
+            )
+            wall_s = time.perf_counter() - t0
+            server_cpu1, my_cpu1 = proc.cpu_times(), me.cpu_times()
+            rss_after_load_mib = proc.memory_info().rss / 2**20
+
+            time.sleep(1.0)  # let the load's connections close before measuring idle
+            proc.cpu_percent(None)
+            time.sleep(args.idle_s)
+            idle_cpu_percent = proc.cpu_percent(None)
+            idle_rss_mib = proc.memory_info().rss / 2**20
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+    latencies_s.sort()
+    n = len(latencies_s)
+    return {
+        "benchmark": "status_api",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "backends": BACKENDS,
+        "concurrency": args.concurrency,
+        "duration_s": args.duration_s,
+        "requests": n,
+        "errors": errors,
+        "requests_per_s": round(n / args.duration_s, 1),
+        "latency_p50_ms": round(percentile(latencies_s, 0.50) * 1000, 2) if n else None,
+        "latency_p99_ms": round(percentile(latencies_s, 0.99) * 1000, 2) if n else None,
+        "latency_max_ms": round(latencies_s[-1] * 1000, 2) if n else None,
+        "server_cpu_s_during_load": round(
+            (server_cpu1.user + server_cpu1.system) - (server_cpu0.user + server_cpu0.system), 2
+        ),
+        "client_cpu_s_during_load": round(
+            (my_cpu1.user + my_cpu1.system) - (my_cpu0.user + my_cpu0.system), 2
+        ),
+        "load_wall_s": round(wall_s, 2),
+        "server_rss_after_load_mib": round(rss_after_load_mib, 1),
+        "idle_s": args.idle_s,
+        "server_idle_cpu_percent": round(idle_cpu_percent, 2),
+        "server_idle_rss_mib": round(idle_rss_mib, 1),
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    rows = [
+        ("backends", result["backends"]),
+        ("concurrency", result["concurrency"]),
+        ("requests / errors", f'{result["requests"]} / {result["errors"]}'),
+        ("/v1/status req/s", result["requests_per_s"]),
+        ("latency p50 (ms)", result["latency_p50_ms"]),
+        ("latency p99 (ms)", result["latency_p99_ms"]),
+        ("server CPU s under load", result["server_cpu_s_during_load"]),
+        ("client CPU s under load", result["client_cpu_s_during_load"]),
+        ("server idle CPU (%)", result["server_idle_cpu_percent"]),
+        ("server idle RSS (MiB)", result["server_idle_rss_mib"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print(f"status API benchmark ({result['machine']['cpus']} CPUs)")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration-s", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--idle-s", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--runtime-dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(args.runtime_dir))
+        return
+    result = run(args)
+    print_table(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The read-only status app: what the router and operators read (DESIGN.md §5).
+
+``GET /v1/status``, ``GET /v1/backends/{name}``, ``GET /v1/events`` (Server-Sent Events),
+``GET /metrics`` and ``GET /healthz``. It only reads the publisher; nothing here changes state,
+which is why it may listen on TCP. The control endpoints (start/stop/swap) are a separate app on
+a unix socket, built by their own factory and served by the same ``gpumgr.api.server``.
+
+The handlers return the publisher's pre-serialised bytes instead of re-validating the document
+on every request (200 readers must not cost 200 serialisations); the ``response_model``
+declarations still make the OpenAPI schema the documented contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+from fastapi import FastAPI, Query
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from gpumgr.status.document import BackendStatus, StatusDocument, utc_now
+from gpumgr.status.publisher import BackendEvent, StatusPublisher
+
+DEFAULT_HEARTBEAT_S = 15.0
+JSON = "application/json"
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class Healthz(BaseModel):
+    status: str
+    pid: int
+    started_at: datetime
+    uptime_s: float
+    generated_at: datetime
+    subscribers: int
+
+
+def sse_frame(event: BackendEvent) -> bytes:
+    """One SSE message: ``event: backend``, the change's sequence number as ``id``, the JSON."""
+    # The JSON is compact (no newlines), so a single data line carries it.
+    return b"event: backend\nid: %d\ndata: %s\n\n" % (event.seq, event.data)
+
+
+HEARTBEAT_FRAME = b": heartbeat\n\n"
+
+
+def create_status_app(
+    publisher: StatusPublisher, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S
+) -> FastAPI:
+    app = FastAPI(
+        title="gpumgr status",
+        version="1",
+        summary="Live status of the GPU host's model backends (read-only).",
+    )
+    app.state.publisher = publisher
+
+    @app.get(
+        "/v1/status",
+        response_model=StatusDocument,
+        summary="The status document",
+        description="The router's contract (DESIGN.md §5); the same JSON as status.json.",
+    )
+    async def get_status() -> Response:
+        return Response(publisher.document_json, media_type=JSON)
+
+    @app.get(
+        "/v1/backends/{name}",
+        response_model=BackendStatus,
+        responses={404: {"model": ErrorBody, "description": "No backend of that name"}},
+        summary="One backend of the status document",
+    )
+    async def get_backend(name: str) -> Response:
+        backend = publisher.document.backend(name)
+        if backend is None:
+            return JSONResponse({"detail": f"unknown backend: {name}"}, status_code=404)
+        return Response(backend.model_dump_json(), media_type=JSON)
+
+    @app.get(
+        "/v1/events",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {"schema": BackendStatus.model_json_schema()}},
+                "description": (
+                    "Server-Sent Events. Each `event: backend` carries one backend object (the "
+                    "schema above) in `data` and the change's sequence number in `id`; a "
+                    f"`: heartbeat` comment comes every {heartbeat_s:g} s. With snapshot=true "
+                    "(the default) the stream opens with every backend's current state; a "
+                    "subscriber that falls behind receives every backend's current state again."
+                ),
+            }
+        },
+        summary="Backend changes as Server-Sent Events",
+    )
+    async def get_events(
+        snapshot: bool = Query(True, description="Start with the current state of every backend"),
+    ) -> StreamingResponse:
+        return StreamingResponse(
+            _event_stream(publisher, snapshot=snapshot, heartbeat_s=heartbeat_s),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+        summary="Prometheus metrics",
+    )
+    async def get_metrics() -> Response:
+        return Response(publisher.metrics.render(), media_type=publisher.metrics.content_type)
+
+    @app.get("/healthz", response_model=Healthz, summary="The daemon itself is alive")
+    async def get_healthz() -> Healthz:
+        doc = publisher.document
+        return Healthz(
+            status="ok",
+            pid=os.getpid(),
+            started_at=doc.daemon.started_at,
+            uptime_s=round((utc_now() - doc.daemon.started_at).total_seconds(), 3),
+            generated_at=doc.generated_at,
+            subscribers=publisher.subscriber_count,
+        )
+
+    return app
+
+
+async def _event_stream(
+    publisher: StatusPublisher, *, snapshot: bool, heartbeat_s: float
+) -> AsyncIterator[bytes]:
+    """Frames for one SSE client; ends when the publisher closes or the client goes away."""
+    sub = publisher.subscribe()  # before the snapshot, so no change falls between the two
+    try:
+        # A first frame at once: clients (and proxies) see the stream is open.
+        yield b": connected\n\n"
+        if snapshot:
+            for current in publisher.snapshot_events():
+                yield sse_frame(current)
+        while True:
+            try:
+                async with asyncio.timeout(heartbeat_s):
+                    event = await sub.get()
+            except TimeoutError:
+                yield HEARTBEAT_FRAME
+                continue
+            if event is None:
+                return
+            yield sse_frame(event)
+    finally:
+        publisher.unsubscribe(sub)

@@ -1,0 +1,38 @@
+"""Redaction of secret values from text that is about to be published.
+
+Probe errors are free text from other programs (an HTTP client's exception, a server's error
+body) and may echo a request header or URL back. The publisher passes every such string
+through a redaction hook; this module builds the usual one: replace every known secret value
+(the API keys named by providers' ``env_var``) wherever it occurs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+
+from gpumgr.config.registry import Provider
+
+REDACTED = "***"
+MIN_SECRET_CHARS = 4
+"""Shorter values would blank out ordinary words; such a "key" is no secret anyway."""
+
+Redactor = Callable[[str], str]
+
+
+def redactor_for(secrets: Iterable[str]) -> Redactor:
+    """A function that replaces each of ``secrets`` (longest first) with ``***``."""
+    values = sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+    if not values:
+        return lambda text: text
+    pattern = re.compile("|".join(re.escape(v) for v in values))
+    return lambda text: pattern.sub(REDACTED, text)
+
+
+def provider_secrets(providers: Iterable[Provider], environ: Mapping[str, str]) -> list[str]:
+    """The values of every provider's ``env_var`` present in ``environ``."""
+    return [
+        environ[p.env_var]
+        for p in providers
+        if p.env_var is not None and environ.get(p.env_var)
+    ]

@@ -1,0 +1,111 @@
+"""``<runtime_dir>/status.json``: atomic replacement, written off the event loop.
+
+A reader must never see half a document, so each version is written to a temporary file in the
+same directory, fsync'd, and renamed over the old one (``os.replace`` is atomic on POSIX). The
+writes happen in one background thread so that an fsync on a slow disk never stalls the event
+loop that serves probes and HTTP; when changes arrive faster than the disk takes them, the
+writer skips to the newest version (the file is a snapshot, not a log).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class CoalescingFileWriter:
+    """Writes the newest offered version of a file in a background thread.
+
+    ``offer`` never blocks on the disk; ``flush`` waits until the newest offered version is on
+    disk (used at shutdown and by tests that inspect the file).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._pending: bytes | None = None
+        self._offered = 0
+        self._written = 0
+        self._closed = False
+        self._failing = False
+        self._thread: threading.Thread | None = None
+        self.writes = 0
+        """How many versions reached the disk (fewer than offered under a burst)."""
+
+    def offer(self, data: bytes) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._pending = data
+            self._offered += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="gpumgr-status-file", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until everything offered so far is written (or failed); False on timeout."""
+        with self._cond:
+            target = self._offered
+            return self._cond.wait_for(lambda: self._written >= target, timeout=timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Write the last offered version, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending is not None or self._closed)
+                data, self._pending = self._pending, None
+                generation = self._offered
+                if data is None:  # closed and nothing left
+                    return
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.path, data)
+                self.writes += 1
+                if self._failing:
+                    log.info("status.file_write_recovered", path=str(self.path))
+                    self._failing = False
+            except OSError as exc:
+                if not self._failing:  # one line per outage, not one per change
+                    log.error("status.file_write_failed", path=str(self.path), error=str(exc))
+                    self._failing = True
+            with self._cond:
+                self._written = generation
+                self._cond.notify_all()
