@@ -74,6 +74,12 @@ class HubSettings(_Section):
     endpoint: str | None = None
     token_file: str | None = None
     disk_margin_mib: int = Field(default=1024, ge=0)
+    max_workers: int = Field(default=4, ge=1, le=32)
+    """Files downloaded in parallel by one pull."""
+    timeout_s: float = Field(default=10.0, gt=0)
+    """Per-request connect/metadata timeout towards the hub."""
+    lock_timeout_s: float | None = Field(default=None, gt=0)
+    """How long a pull waits for another download of the same repo; default: until it ends."""
 
 
 class SimGpuConfig(_Section):

@@ -1,0 +1,139 @@
+"""Health probe of a vLLM OpenAI-compatible server.
+
+``/health`` says the engine is alive; ``/v1/models`` says *which* model answers on the port
+(today's same-port switching leaves a server answering with the wrong model, which must read as
+``down``); ``/metrics`` gives the queue that makes a backend ``busy``. ``/metrics`` is advisory:
+a server whose metrics cannot be read is still up, only its ``busy`` is unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx2
+from prometheus_client.parser import text_string_to_metric_families
+
+from gpumgr.engines.probe_http import bounded, get, join
+from gpumgr.engines.probe_result import (
+    ModelAvailability,
+    ProbeOutcome,
+    ProbeResult,
+    Stopwatch,
+    short,
+)
+
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # new name, pre-0.10 name
+
+
+@dataclass(frozen=True)
+class VllmLoad:
+    """The ``/metrics`` gauges gpumgr reads, summed over the server's model names."""
+
+    running: int
+    waiting: int
+    kv_cache_usage: float | None
+
+
+def parse_metrics(text: str) -> VllmLoad | None:
+    """Running/waiting requests and KV-cache usage (0–1) from Prometheus text; None if absent."""
+    running = waiting = 0
+    kv: float | None = None
+    seen = False
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == RUNNING:
+                    running += int(sample.value)
+                    seen = True
+                elif sample.name == WAITING:
+                    waiting += int(sample.value)
+                    seen = True
+                elif sample.name in KV_USAGE:
+                    kv = max(kv or 0.0, float(sample.value))
+    except ValueError:
+        return None
+    return VllmLoad(running, waiting, kv) if seen else None
+
+
+def served_model_ids(body: object) -> tuple[str, ...]:
+    """The ``id`` of every entry of an OpenAI ``/v1/models`` answer (empty if the shape is wrong)."""
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        return ()
+    return tuple(str(m["id"]) for m in body["data"] if isinstance(m, dict) and "id" in m)
+
+
+def check_served(
+    served: Sequence[str], expected: Sequence[str]
+) -> tuple[bool, tuple[ModelAvailability, ...], str]:
+    """Does the server serve what this backend is configured for? (ok, per-model, detail)."""
+    per_model = tuple(
+        ModelAvailability(n, n in served, "" if n in served else f"not served (serving {', '.join(served) or 'nothing'})")
+        for n in expected
+    )
+    if not expected or any(m.available for m in per_model):
+        return True, per_model, ""
+    return False, per_model, f"serving {', '.join(served) or 'nothing'}, expected {', '.join(expected)}"
+
+
+async def probe_vllm(
+    client: httpx2.AsyncClient,
+    base_url: str,
+    expected_names: Sequence[str],
+    timeout_s: float,
+    busy_waiting_threshold: int = 4,
+) -> ProbeResult:
+    """One probe: ``/health``, then ``/v1/models`` and ``/metrics`` concurrently."""
+
+    async def run(sw: Stopwatch) -> ProbeResult:
+        health = await get(client, join(base_url, "/health"), timeout_s)
+        if health.status_code != 200:
+            return ProbeResult(
+                ProbeOutcome.UNHEALTHY, sw.ms(), f"health {health.status_code}"
+            )
+        models_resp, metrics_resp = await asyncio.gather(
+            get(client, join(base_url, "/v1/models"), timeout_s),
+            get(client, join(base_url, "/metrics"), timeout_s),
+            return_exceptions=True,
+        )
+        if isinstance(models_resp, BaseException):
+            raise models_resp
+        if models_resp.status_code != 200:
+            return ProbeResult(
+                ProbeOutcome.UNHEALTHY, sw.ms(), f"/v1/models {models_resp.status_code}"
+            )
+        try:
+            served = served_model_ids(models_resp.json())
+        except ValueError:
+            return ProbeResult(ProbeOutcome.UNHEALTHY, sw.ms(), "/v1/models: not JSON")
+        ok, per_model, why = check_served(served, expected_names)
+        load = None
+        if isinstance(metrics_resp, httpx2.Response) and metrics_resp.status_code == 200:
+            load = parse_metrics(metrics_resp.text)
+        latency = sw.ms()
+        if not ok:
+            return ProbeResult(
+                ProbeOutcome.WRONG_MODEL, latency, why, models=per_model, served=served
+            )
+        busy = None if load is None else load.waiting > busy_waiting_threshold
+        detail = "health 200"
+        if load is not None:
+            detail += f", running {load.running}, waiting {load.waiting}"
+            if load.kv_cache_usage is not None:
+                detail += f", kv {load.kv_cache_usage:.0%}"
+        return ProbeResult(
+            ProbeOutcome.OK,
+            latency,
+            short(detail),
+            models=per_model,
+            running_requests=None if load is None else load.running,
+            waiting_requests=None if load is None else load.waiting,
+            kv_cache_usage=None if load is None else load.kv_cache_usage,
+            busy=busy,
+            served=served,
+        )
+
+    return await bounded(run, timeout_s, "vllm")

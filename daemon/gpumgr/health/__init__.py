@@ -1,0 +1,1 @@
+"""Health: scheduled probes (``scheduler``) and the pure backend state machine (``machine``)."""

@@ -1,0 +1,152 @@
+"""The backend state machine: pure functions from (health, event, time) to (health, transition).
+
+Two kinds of events move a backend. Probe verdicts, with hysteresis: a backend goes ``down`` only
+after ``retry_attempts`` consecutive failures (one slow answer must not make the router drop a
+healthy server) and ``up`` after one success (a recovered server is used at once). And lifecycle
+events from the supervisor/actions, applied at once: a process that exited is ``down`` (or
+``restarting``) now, without waiting for probes to notice. A lifecycle change that cannot happen
+(``stopped`` → ``draining``, anything out of ``disabled``) raises ``IllegalTransition``: a caller
+that asks for it has lost track of the process, and muddling on would publish a lie.
+
+No clock, no I/O: the caller passes ``at`` and logs/publishes the returned ``Transition`` once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from gpumgr.backend_state import BackendState as S
+from gpumgr.errors import GpumgrError
+
+
+class IllegalTransition(GpumgrError):
+    """A lifecycle event that the backend's current state does not allow."""
+
+
+class Verdict(StrEnum):
+    """What a probe means for the machine (mapped from ``engines.ProbeOutcome`` by the caller)."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    RATE_LIMITED = "rate_limited"
+    AUTH_FAILED = "auth_failed"
+
+
+@dataclass(frozen=True)
+class BackendHealth:
+    """One backend's current state, since when, why, and the failure streak behind hysteresis."""
+
+    name: str
+    state: S
+    since: float
+    reason: str = ""
+    consecutive_failures: int = 0
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A state change, for the log line ``backend.state`` and the status publisher."""
+
+    backend: str
+    old: S
+    new: S
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Step:
+    health: BackendHealth
+    transition: Transition | None = None
+
+
+# States where probes are not run: nothing is (or should be) listening, or the state is fixed.
+NOT_PROBED = frozenset({S.STOPPED, S.STOPPING, S.DOWNLOADING, S.FAILED, S.DISABLED, S.RESTARTING})
+# A probe failure here is expected (the server is not bound yet): the supervisor decides failure.
+FAILURES_IGNORED = frozenset({S.STARTING, S.RESTARTING})
+# A probe success does not override a state the supervisor set deliberately.
+SUCCESS_KEEPS = frozenset({S.DRAINING, S.SLEEPING, S.STOPPING, S.STOPPED, S.DISABLED})
+
+_ANY_LIVE = frozenset(
+    {S.UNKNOWN, S.STARTING, S.UP, S.DRAINING, S.SLEEPING, S.DOWN, S.RATE_LIMITED, S.AUTH_FAILED}
+)
+
+# Lifecycle targets and the states they may come from. ``up`` is not here: only a probe proves up.
+LIFECYCLE_FROM: dict[S, frozenset[S]] = {
+    S.DOWNLOADING: frozenset({S.STOPPED, S.FAILED, S.DOWN, S.UNKNOWN}),
+    S.STARTING: frozenset(
+        {S.STOPPED, S.DOWNLOADING, S.FAILED, S.DOWN, S.RESTARTING, S.UNKNOWN, S.SLEEPING}
+    ),
+    S.DRAINING: frozenset({S.UP, S.RATE_LIMITED, S.SLEEPING}),
+    S.SLEEPING: frozenset({S.UP, S.DRAINING}),
+    S.STOPPING: _ANY_LIVE | {S.RESTARTING, S.FAILED},
+    S.STOPPED: _ANY_LIVE | {S.STOPPING, S.DOWNLOADING, S.RESTARTING, S.FAILED},
+    S.RESTARTING: _ANY_LIVE - {S.RATE_LIMITED, S.AUTH_FAILED},
+    S.DOWN: _ANY_LIVE | {S.RESTARTING, S.STOPPED, S.DOWNLOADING, S.FAILED},
+    S.FAILED: _ANY_LIVE | {S.DOWNLOADING, S.RESTARTING, S.STOPPING},
+    S.UNKNOWN: frozenset(),
+    S.DISABLED: frozenset(),
+}
+
+
+def initial(name: str, state: S, at: float, reason: str = "") -> BackendHealth:
+    return BackendHealth(name=name, state=state, since=at, reason=reason)
+
+
+def _move(h: BackendHealth, new: S, reason: str, at: float, failures: int = 0) -> Step:
+    if new is h.state:
+        return Step(replace(h, reason=reason, consecutive_failures=failures))
+    moved = BackendHealth(h.name, new, at, reason, failures)
+    return Step(moved, Transition(h.name, h.state, new, reason, at))
+
+
+def on_probe(
+    h: BackendHealth, verdict: Verdict, reason: str, at: float, retry_attempts: int
+) -> Step:
+    """Apply one probe verdict. Results that arrive for a state that is not probed are ignored
+    (a probe that was in flight when the supervisor stopped the backend)."""
+    if h.state in NOT_PROBED:
+        return Step(h)
+    if verdict is Verdict.SUCCESS:
+        if h.state in SUCCESS_KEEPS:
+            return Step(replace(h, consecutive_failures=0))
+        if h.state is S.UP:
+            return Step(replace(h, consecutive_failures=0, reason=reason))
+        return _move(h, S.UP, reason, at)
+    if verdict is Verdict.RATE_LIMITED:
+        return _move(h, S.RATE_LIMITED, reason, at)
+    if verdict is Verdict.AUTH_FAILED:
+        return _move(h, S.AUTH_FAILED, reason, at)
+    # a failure
+    if h.state in FAILURES_IGNORED:
+        return Step(replace(h, reason=reason))
+    failures = h.consecutive_failures + 1
+    if h.state is S.DOWN:
+        return Step(replace(h, consecutive_failures=failures, reason=reason))
+    if failures >= retry_attempts:
+        why = reason if retry_attempts == 1 else f"{reason} ({failures} consecutive failures)"
+        return _move(h, S.DOWN, why, at, failures)
+    return Step(replace(h, consecutive_failures=failures))
+
+
+def on_lifecycle(h: BackendHealth, target: S, reason: str, at: float) -> Step:
+    """Apply a supervisor/actions event that puts the backend in ``target`` at once."""
+    if target is h.state:
+        return Step(replace(h, reason=reason))
+    allowed = LIFECYCLE_FROM.get(target)
+    if allowed is None:
+        raise IllegalTransition(f"{h.name}: {target} is set by probes, not by lifecycle events")
+    if h.state not in allowed:
+        raise IllegalTransition(f"{h.name}: cannot go from {h.state} to {target} ({reason})")
+    return _move(h, target, reason, at)
+
+
+def on_process_exit(h: BackendHealth, restarting: bool, reason: str, at: float) -> Step:
+    """The process exited. During a stop that is the stop completing (``stopped``); otherwise the
+    backend is ``restarting`` (a restart is scheduled) or ``down`` — at once, no probe needed."""
+    if h.state is S.STOPPING:
+        return _move(h, S.STOPPED, reason, at)
+    if h.state in (S.STOPPED, S.DISABLED, S.FAILED):
+        raise IllegalTransition(f"{h.name}: process exit reported while {h.state} ({reason})")
+    return on_lifecycle(h, S.RESTARTING if restarting else S.DOWN, reason, at)

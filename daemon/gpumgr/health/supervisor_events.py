@@ -1,0 +1,71 @@
+"""Supervisor events → backend states: the daemon plugs ``apply_supervisor_event`` into its sink.
+
+A process that exits is ``down`` at once (no probe needed), ``restarting`` when the restart
+policy schedules another try, ``failed`` when it gives up. ``ChildReady`` only triggers a probe:
+the supervisor checked ``/health``, but ``up`` also needs the right model on the port, which the
+probe checks. An event the current state does not allow is logged at error level and dropped
+here, at the edge, so that one bookkeeping slip never kills the supervisor's loop.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from gpumgr.backend_state import BackendState as S
+from gpumgr.health.machine import IllegalTransition, Transition
+from gpumgr.health.scheduler import HealthScheduler
+from gpumgr.supervisor.events import (
+    BackendDown,
+    BackendFailed,
+    ChildExited,
+    ChildReady,
+    ChildStarted,
+    ChildStopped,
+    ChildStopping,
+    Restarting,
+    SupervisorEvent,
+)
+
+log = structlog.get_logger(__name__)
+
+
+def _exit_reason(e: ChildExited) -> str:
+    code = "killed" if e.returncode is None else (
+        f"killed by signal {-e.returncode}" if e.returncode < 0 else f"exit {e.returncode}"
+    )
+    why = "out of memory: " if e.oom else ""
+    return f"process {e.pid} {code}" + (f": {why}{e.last_error}" if e.last_error else "")
+
+
+def apply_supervisor_event(sched: HealthScheduler, event: SupervisorEvent) -> Transition | None:
+    """Move the event's backend; returns the transition (already logged and published)."""
+    name = event.backend
+    try:
+        if isinstance(event, ChildStarted):
+            how = "adopted" if event.adopted else "spawned"
+            return sched.lifecycle(name, S.STARTING, f"{how} pid {event.pid}")
+        if isinstance(event, ChildReady):
+            sched.request_probe(name)
+            return None
+        if isinstance(event, ChildExited):
+            return sched.process_exited(name, restarting=False, reason=_exit_reason(event))
+        if isinstance(event, Restarting):
+            return sched.lifecycle(
+                name, S.RESTARTING, f"restart #{event.attempt} in {event.delay_s:g} s"
+            )
+        if isinstance(event, BackendFailed):
+            return sched.lifecycle(name, S.FAILED, event.detail)
+        if isinstance(event, BackendDown):
+            return sched.lifecycle(name, S.DOWN, event.detail)
+        if isinstance(event, ChildStopping):
+            return sched.lifecycle(name, S.STOPPING, f"stopping pid {event.pid}")
+        if isinstance(event, ChildStopped):
+            how = "killed" if event.killed else "stopped"
+            note = "" if event.memory_released else ", GPU memory not yet released"
+            return sched.lifecycle(name, S.STOPPED, f"pid {event.pid} {how}{note}")
+    except IllegalTransition as exc:
+        log.error("backend.illegal_transition", backend=name, kind=type(event).__name__,
+                  detail=str(exc))
+    except KeyError:
+        log.error("backend.unknown", backend=name, kind=type(event).__name__)
+    return None

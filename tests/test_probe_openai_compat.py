@@ -1,0 +1,105 @@
+"""OpenAI-compatible / llama.cpp probe, reached through the by-type dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx2
+import pytest
+
+from gpumgr.config.registry import Provider
+from gpumgr.engines.probe_result import ProbeOutcome, ProbeResult
+from gpumgr.engines.probes import ProbeOptions, is_probed, probe_provider
+
+SECRET = "llama-secret-0c4e"
+
+
+class FakeLlamaCpp:
+    """``/health`` answers ``health_status``; ``/v1/models`` lists a GGUF file like llama.cpp."""
+
+    def __init__(self) -> None:
+        self.health_status = 200
+        self.paths: list[str] = []
+        self.auth: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                fake.paths.append(self.path)
+                fake.auth.append(self.headers.get("Authorization", ""))
+                if self.path == "/health":
+                    status, body = fake.health_status, {"status": "ok"}
+                elif self.path == "/v1/models":
+                    status, body = 200, {"data": [{"id": "/models/qwen2.5-7b-q4_k_m.gguf"}]}
+                else:
+                    status, body = 404, {}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def llama() -> Iterator[FakeLlamaCpp]:
+    fake = FakeLlamaCpp()
+    t = threading.Thread(target=fake.server.serve_forever, args=(0.05,), daemon=True)
+    t.start()
+    try:
+        yield fake
+    finally:
+        fake.server.shutdown()
+        fake.server.server_close()
+
+
+def run_probe(provider: Provider, env: dict[str, str] | None = None) -> ProbeResult:
+    async def run() -> ProbeResult:
+        async with httpx2.AsyncClient() as client:
+            return await probe_provider(client, provider, ProbeOptions(timeout_s=1.0), env or {})
+
+    return asyncio.run(run())
+
+
+def test_configured_health_endpoint_is_used_and_models_are_available(llama: FakeLlamaCpp) -> None:
+    p = Provider(name="llama", type="llama_cpp", base_url=llama.base_url,
+                 health_endpoint="/health", models=["qwen2.5-7b"])
+    r = run_probe(p)
+    assert r.outcome is ProbeOutcome.OK and llama.paths == ["/health"]
+    assert [(m.name, m.available) for m in r.models] == [("qwen2.5-7b", True)]
+
+
+def test_without_health_endpoint_v1_models_is_probed(llama: FakeLlamaCpp) -> None:
+    p = Provider(name="lm", type="openai_compatible", base_url=llama.base_url)
+    r = run_probe(p)
+    assert llama.paths == ["/v1/models"] and r.served == ("/models/qwen2.5-7b-q4_k_m.gguf",)
+
+
+def test_error_status_is_unhealthy_and_the_key_travels_only_in_the_header(llama: FakeLlamaCpp) -> None:
+    llama.health_status = 500
+    p = Provider(name="llama", type="llama_cpp", base_url=llama.base_url, health_endpoint="/health",
+                 env_var="LLAMA_KEY", requires_api_key=True)
+    r = run_probe(p, {"LLAMA_KEY": SECRET})
+    assert r.outcome is ProbeOutcome.UNHEALTHY and r.detail.startswith("HTTP 500")
+    assert llama.auth == [f"Bearer {SECRET}"] and SECRET not in r.detail
+
+
+def test_only_known_types_that_run_here_are_probed() -> None:
+    url = "http://127.0.0.1:8001"
+    assert is_probed(Provider(type="vllm", base_url=url))
+    assert not is_probed(Provider(type="vllm", base_url=url, status="template"))
+    assert not is_probed(Provider(type="anthropic", base_url="https://api.anthropic.com"))
