@@ -1,0 +1,63 @@
+"""Everything a weights call needs from the loaded configuration, resolved once.
+
+The daemon builds one ``WeightsContext`` at start (and on reload) and calls ``resolve`` before
+each vLLM launch; ``gpumgr pull`` builds the same one, so both agree on cache, endpoint, token,
+offline mode and margins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpumgr.config import Config, Provider
+from gpumgr.weights.cache import disk_free_bytes, hub_cache_dir
+from gpumgr.weights.credentials import HubAccess, hub_access, offline_from_env
+from gpumgr.weights.download import Snapshot, local_snapshot, plan_pull, resolve_snapshot
+from gpumgr.weights.preflight import FreeBytesFn, PullPlan, WeightsSpec
+from gpumgr.weights.progress import ProgressCallback
+
+
+@dataclass(frozen=True)
+class WeightsContext:
+    access: HubAccess
+    hub_dir: Path
+    offline: bool
+    margin_bytes: int
+    lock_timeout_s: float | None = None
+    free_bytes: FreeBytesFn = disk_free_bytes
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, *, endpoint: str | None = None, env: Mapping[str, str] | None = None
+    ) -> WeightsContext:
+        """``endpoint`` is the simulated hub's URL when ``cfg.simulate`` (see ``gpumgr.sim.hub.hub_endpoint``)."""
+        env = os.environ if env is None else env
+        hub = cfg.settings.hub
+        return cls(
+            access=hub_access(hub, env, endpoint=endpoint),
+            hub_dir=hub_cache_dir(cfg.paths.cache_dir, simulate=cfg.simulate),
+            offline=offline_from_env(env),
+            margin_bytes=hub.disk_margin_mib * 1024 * 1024,
+            lock_timeout_s=hub.lock_timeout_s,
+        )
+
+    def resolve(
+        self, provider: Provider | WeightsSpec, *, progress: ProgressCallback | None = None,
+        refresh: bool = False,
+    ) -> Snapshot:
+        """Blocking (runs downloads in threads): call it from a worker thread in the daemon."""
+        return resolve_snapshot(
+            provider, self.access, self.hub_dir, offline=self.offline, refresh=refresh,
+            progress=progress, free_bytes=self.free_bytes, margin_bytes=self.margin_bytes,
+            lock_timeout_s=self.lock_timeout_s,
+        )
+
+    def plan(self, provider: Provider | WeightsSpec) -> PullPlan:
+        return plan_pull(provider, self.access, self.hub_dir, free_bytes=self.free_bytes,
+                         margin_bytes=self.margin_bytes)
+
+    def local(self, provider: Provider | WeightsSpec) -> Snapshot | None:
+        return local_snapshot(provider, self.hub_dir)
