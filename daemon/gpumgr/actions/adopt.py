@@ -1,0 +1,59 @@
+"""What a starting daemon does with the children an earlier daemon recorded.
+
+A record whose process is still the same one (pid + create time + command line) is adopted if
+its backend is still meant to run, and stopped if not (it is provably ours). A record whose
+process is gone, or whose pid now belongs to someone else, is forgotten: that process is never
+signalled, and the backend is started afresh per desired state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from gpumgr.supervisor import process
+from gpumgr.supervisor.logs import log_path
+from gpumgr.supervisor.records import ChildRecord, ChildRecords, is_same_process
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Adoption:
+    adopted: dict[str, process.ChildProcess] = field(default_factory=dict)
+    """Backend → the recorded child, now watched (its health is checked by its keeper)."""
+    unwanted: list[process.ChildProcess] = field(default_factory=list)
+    """Our children whose backend is no longer meant to run: to stop."""
+    forgotten: list[ChildRecord] = field(default_factory=list)
+    """Records of processes that are gone or not ours any more."""
+
+
+def _log_size(log_dir: Path, backend: str) -> int:
+    try:
+        return os.stat(log_path(log_dir, backend)).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def adopt_recorded(records: ChildRecords, wanted: Collection[str], log_dir: Path) -> Adoption:
+    """Sort the recorded children into adopted / unwanted / forgotten (records updated)."""
+    result = Adoption()
+    for backend, rec in records.load().items():
+        if not is_same_process(rec):
+            log.info("adopt.gone", backend=backend, pid=rec.pid)
+            records.remove(backend)
+            result.forgotten.append(rec)
+            continue
+        child = process.adopt(
+            backend, rec.pid, rec.pgid, rec.create_time, rec.cmdline, _log_size(log_dir, backend)
+        )
+        if backend in wanted:
+            result.adopted[backend] = child
+        else:
+            log.info("adopt.unwanted", backend=backend, pid=rec.pid)
+            result.unwanted.append(child)
+    return result

@@ -1,0 +1,158 @@
+"""Prepare one engine's launch just before it starts: inventory re-read → plan → command line.
+
+Called under the GPU's lock (``start.start_engine``), so the plan sees the memory every earlier
+start really took. The plan covers every provider meant to run on the card (their own running
+instances count as reclaimable, so a restart keeps its original slice); after an out-of-memory
+failure the provider is planned alone on what is free now, and only a strictly smaller slice is
+offered, else ``PlanInfeasible`` with the planner's explanation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from gpumgr.config.registry import Provider
+from gpumgr.config.settings import Settings
+from gpumgr.engines.vllm import GpuFacts, build_vllm_launch
+from gpumgr.errors import PlanInfeasible
+from gpumgr.gpu import MIB, GpuBackend, GpuInfo
+from gpumgr.gpu.attribution import attribute
+from gpumgr.modelfiles import read_model_dims, weights_bytes
+from gpumgr.plan import (
+    InstanceRequest,
+    PlannerConstants,
+    VramPlan,
+    estimate,
+    plan_slices,
+    request_for_gpu,
+    resolve_max_model_len,
+)
+
+from .start import LaunchSpec, Prepare, PrepareHint
+
+log = structlog.get_logger(__name__)
+
+ManagedPids = Callable[[], Mapping[int, str]]
+"""pid (== pgid) → backend of the children running now, for attributing GPU memory."""
+
+
+@dataclass
+class LaunchPlanner:
+    """Builds ``LaunchSpec``s for the vLLM providers of one daemon."""
+
+    providers: Sequence[Provider]
+    """The providers meant to run (in the registry's order); planned together per GPU."""
+    settings: Settings
+    inventory: GpuBackend
+    snapshots: Mapping[str, Path]
+    """provider → local snapshot directory (weights fetched before launch)."""
+    managed: ManagedPids
+    command: Sequence[str] | None = None
+    """Prefix replacing the vLLM executable (the simulated engine), else the configured one."""
+    base_env: Mapping[str, str] | None = None
+
+    def _request(self, provider: Provider) -> InstanceRequest:
+        snap = self.snapshots[provider.name]
+        dims = read_model_dims(snap)
+        constants = PlannerConstants.from_settings(self.settings.planner)
+        model = provider.vllm_model
+        max_len = resolve_max_model_len(
+            provider.max_model_len,
+            model.context_length if model else None,
+            constants,
+            dims.max_position_embeddings,
+        )
+        est = estimate(
+            weights_bytes=weights_bytes(snap),
+            kv_bytes_per_token=dims.kv_bytes_per_token(),
+            max_model_len=max_len,
+            max_num_seqs=provider.max_num_seqs,
+            enforce_eager=provider.enforce_eager,
+            constants=constants,
+        )
+        return InstanceRequest(provider.name, est, provider.gpu_memory_utilization)
+
+    def _plan(self, gpu: GpuInfo, providers: Sequence[Provider]) -> VramPlan:
+        return plan_slices(
+            request_for_gpu(
+                gpu,
+                [self._request(p) for p in providers],
+                reserve_bytes=self.settings.gpu.reserve_mib * MIB,
+                ollama_reservation_bytes=self.settings.ollama.reservation_mib * MIB,
+            )
+        )
+
+    def read_gpu(self, index: int) -> GpuInfo:
+        managed = dict(self.managed())
+        inv = attribute(self.inventory.read().require(), managed, managed)
+        return inv.gpu(index)
+
+    def plan_for(self, provider: Provider, hint: PrepareHint) -> tuple[GpuInfo, VramPlan]:
+        """The plan that decides ``provider``'s slice now (see the module doc)."""
+        gpu = self.read_gpu(provider.gpu)
+        together = [p for p in self.providers if p.gpu == provider.gpu]
+        if provider not in together:
+            together.append(provider)
+        plan = self._plan(gpu, together)
+        if hint.after_oom_fraction is None:
+            if not plan.feasible:
+                raise PlanInfeasible("; ".join(p.message for p in plan.problems))
+            return gpu, plan
+        if plan.feasible and plan.instance(provider.name).fraction < hint.after_oom_fraction:
+            return gpu, plan
+        alone = self._plan(gpu, [provider])
+        if alone.feasible and alone.instance(provider.name).fraction < hint.after_oom_fraction:
+            return gpu, alone
+        why = "; ".join(p.message for p in (alone.problems or plan.problems))
+        raise PlanInfeasible(
+            f"{provider.name}: out of memory with --gpu-memory-utilization "
+            f"{hint.after_oom_fraction:g} and no smaller slice fits"
+            + (f" ({why})" if why else "")
+        )
+
+    def launch_spec(self, provider: Provider, hint: PrepareHint) -> LaunchSpec:
+        gpu, plan = self.plan_for(provider, hint)
+        inst = plan.instance(provider.name)
+        snap = self.snapshots[provider.name]
+        launch = build_vllm_launch(
+            provider,
+            fraction=inst.fraction,
+            snapshot_dir=snap,
+            gpu=GpuFacts(gpu.uuid, gpu.compute_capability or "7.5"),
+            settings=self.settings.vllm,
+            max_model_len=inst.max_model_len,
+            max_num_seqs=inst.max_num_seqs,
+            command=self.command,
+            base_env=os.environ if self.base_env is None else self.base_env,
+            checkpoint_quantization=read_model_dims(snap).quantization_method,
+        )
+        assert provider.port is not None  # build_vllm_launch refuses a provider without one
+        log.info(
+            "start.planned",
+            backend=provider.name,
+            fraction=inst.fraction,
+            free_mib=gpu.memory_free_bytes // MIB,
+            max_model_len=inst.max_model_len,
+        )
+        return LaunchSpec(
+            backend=provider.name,
+            argv=launch.argv,
+            env=launch.env,
+            port=provider.port,
+            gpu_uuid=gpu.uuid,
+            fraction=inst.fraction,
+        )
+
+    def preparer(self, provider: Provider) -> Prepare:
+        """The ``prepare`` callable a keeper takes (NVML and file reads run in a thread)."""
+
+        async def prepare(hint: PrepareHint) -> LaunchSpec:
+            return await asyncio.to_thread(self.launch_spec, provider, hint)
+
+        return prepare

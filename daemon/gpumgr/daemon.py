@@ -1,0 +1,238 @@
+"""The daemon's composition root: configuration, weights, adoption, keepers, signals.
+
+Minimal for now (issue 5): it pulls missing weights, adopts the children an earlier daemon left
+serving, starts the ``active`` vLLM providers one at a time per GPU, keeps them alive, and on
+SIGTERM/SIGINT stops every child it owns and exits 0. With simulation on, the GPU, the engine
+and the hub are the simulated ones; the code paths are the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import structlog
+
+from gpumgr.actions.adopt import adopt_recorded
+from gpumgr.actions.keeper import BackendKeeper
+from gpumgr.actions.prepare import LaunchPlanner
+from gpumgr.actions.start import GpuLocks, StartContext, StartTiming
+from gpumgr.config import Config
+from gpumgr.config.registry import Provider, ProviderStatus
+from gpumgr.engines.vllm_log import is_oom
+from gpumgr.errors import GpumgrError
+from gpumgr.gpu import GpuBackend
+from gpumgr.sim.gpu import STATE_ENV
+from gpumgr.supervisor import process
+from gpumgr.supervisor.events import BackendFailed, EventSink, SupervisorEvent
+from gpumgr.supervisor.records import ChildRecords
+from gpumgr.supervisor.restart import RestartPolicy
+
+log = structlog.get_logger(__name__)
+
+SIM_ENGINE_COMMAND = [sys.executable, "-m", "gpumgr.sim.vllm"]
+SIM_LOAD_ENV = "GPUMGR_SIM_LOAD_SECONDS"
+
+
+def _log_event(event: SupervisorEvent) -> None:
+    log.info("supervisor.event", kind=type(event).__name__, **vars(event))
+
+
+class Daemon:
+    """One daemon's live objects. ``start()`` then ``shutdown()``; ``serve()`` does both around
+    the signals. ``keepers`` is what status and control (later issues) read and act through."""
+
+    def __init__(self, config: Config, *, sink: EventSink | None = None) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.paths = config.paths
+        self.simulate = config.simulate
+        self._sinks: list[EventSink] = [_log_event] + ([sink] if sink else [])
+        self.records = ChildRecords(self.paths.state_dir)
+        self.keepers: dict[str, BackendKeeper] = {}
+        self.failed: dict[str, str] = {}
+        """Backends that could not even be prepared (weights), with the reason."""
+        self.inventory: GpuBackend | None = None
+        self._locks = GpuLocks()
+
+    def emit(self, event: SupervisorEvent) -> None:
+        for sink in self._sinks:
+            sink(event)
+
+    @property
+    def wanted(self) -> list[Provider]:
+        """The vLLM providers meant to run: ``status: active``, in the registry's order."""
+        return [
+            p for p in self.config.providers.values()
+            if p.is_vllm and p.status is ProviderStatus.ACTIVE
+        ]
+
+    # -- start -----------------------------------------------------------------------------
+    def _prepare_environment(self) -> GpuBackend:
+        for d in (self.paths.runtime_dir, self.paths.state_dir, self.paths.log_dir,
+                  self.paths.cache_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        if not self.simulate:
+            from gpumgr.gpu.nvml import NvmlBackend
+
+            return NvmlBackend()
+        from gpumgr.gpu.simulated import SimulatedBackend, sim_state_path
+
+        backend = SimulatedBackend.from_settings(self.settings, self.paths.runtime_dir)
+        os.environ[STATE_ENV] = str(sim_state_path(self.paths.runtime_dir))
+        load_s = self.settings.simulate.load_seconds
+        if load_s is not None:
+            os.environ.setdefault(SIM_LOAD_ENV, f"{load_s:g}")
+        return backend
+
+    def _resolve_weights(self, providers: list[Provider]) -> dict[str, Path]:
+        """Local snapshots, pulling what is missing (the simulated hub when simulating)."""
+        from gpumgr.weights import (
+            hub_access,
+            hub_cache_dir,
+            local_snapshot,
+            offline_from_env,
+            resolve_snapshot,
+        )
+
+        hub_dir = hub_cache_dir(self.paths.cache_dir, simulate=self.simulate)
+        found: dict[str, Path] = {}
+        missing: list[Provider] = []
+        for p in providers:
+            snap = local_snapshot(p, hub_dir)
+            if snap is not None:
+                found[p.name] = snap.path
+            else:
+                missing.append(p)
+        if not missing:
+            return found
+        endpoint: str | None = None
+        with contextlib.ExitStack() as stack:
+            if self.simulate:
+                endpoint = self.settings.simulate.hub_endpoint
+                if endpoint is None:
+                    from gpumgr.sim.hub import start_catalog_hub
+
+                    endpoint = stack.enter_context(start_catalog_hub()).url
+            access = hub_access(self.settings.hub, os.environ, endpoint=endpoint)
+            for p in missing:
+                try:
+                    snap = resolve_snapshot(
+                        p, access, hub_dir,
+                        offline=offline_from_env(os.environ) and not self.simulate,
+                        lock_timeout_s=self.settings.hub.lock_timeout_s,
+                    )  # fmt: skip
+                except GpumgrError as exc:
+                    self.failed[p.name] = str(exc)
+                    log.error("weights.failed", backend=p.name, error=str(exc))
+                    continue
+                found[p.name] = snap.path
+        return found
+
+    def _managed_pids(self) -> Mapping[int, str]:
+        return {k.child.pid: name for name, k in self.keepers.items() if k.child is not None}
+
+    async def start(self) -> None:
+        """Everything up to the keepers running; returns without waiting for engines."""
+        self.inventory = self._prepare_environment()
+        gpus = {g.index: g.uuid for g in self.inventory.read().require().gpus}  # fail early
+        wanted = self.wanted
+        snapshots = await asyncio.to_thread(self._resolve_weights, wanted)
+        for name, reason in self.failed.items():
+            self.emit(BackendFailed(name, reason))
+        runnable = [p for p in wanted if p.name in snapshots]
+
+        adoption = adopt_recorded(self.records, {p.name for p in runnable}, self.paths.log_dir)
+        vllm = self.settings.vllm
+        for child in adoption.unwanted:
+            await process.stop(child, term_timeout_s=vllm.stop_timeout_s)
+            self.records.remove(child.backend)
+
+        planner = LaunchPlanner(
+            providers=runnable,
+            settings=self.settings,
+            inventory=self.inventory,
+            snapshots=snapshots,
+            managed=self._managed_pids,
+            command=SIM_ENGINE_COMMAND if self.simulate else None,
+        )
+        ctx = StartContext(
+            log_dir=self.paths.log_dir,
+            records=self.records,
+            locks=self._locks,
+            sink=self.emit,
+            is_oom=is_oom,
+            timing=StartTiming(
+                start_timeout_s=vllm.start_timeout_s, poll_s=self.settings.health.starting_poll_s
+            ),
+            log_max_bytes=vllm.log_max_bytes,
+            log_backups=vllm.log_backups,
+        )
+        policy = RestartPolicy.from_settings(self.settings.restart)
+        for p in runnable:
+            if p.gpu not in gpus:
+                self.failed[p.name] = f"GPU {p.gpu} not found ({len(gpus)} card(s))"
+                self.emit(BackendFailed(p.name, self.failed[p.name]))
+                continue
+            assert p.port is not None  # the config loader requires a port for vLLM
+            keeper = BackendKeeper(
+                p.name,
+                gpus[p.gpu],
+                p.port,
+                planner.preparer(p),
+                ctx,
+                policy,
+                stop_timeout_s=vllm.stop_timeout_s,
+                memory_released=self._memory_released,
+                memory_timeout_s=vllm.memory_release_timeout_s,
+            )
+            self.keepers[p.name] = keeper
+            keeper.launch(adoption.adopted.get(p.name))  # the GPU lock orders the starts
+        log.info("daemon.started", backends=list(self.keepers), adopted=list(adoption.adopted),
+                 simulated=self.simulate)
+
+    async def _memory_released(self, pids: frozenset[int]) -> bool:
+        assert self.inventory is not None
+        inv = await asyncio.to_thread(self.inventory.read)
+        if not inv.available:
+            return True  # nothing to wait for that we could see
+        return not any(p.pid in pids for g in inv.gpus for p in g.processes)
+
+    # -- stop ------------------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        """Stop every child (all at once: each waits for its own group and memory)."""
+        await asyncio.gather(*(k.stop() for k in self.keepers.values()))
+        log.info("daemon.stopped", backends=list(self.keepers))
+
+    async def serve(self) -> int:
+        """Run until SIGTERM or SIGINT; then stop every child and return 0."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            starting = asyncio.ensure_future(self.start())
+            waiter = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # a configuration or GPU error ends the daemon here
+                await waiter
+            else:
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+        finally:
+            await self.shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        return 0
+
+
+def run_daemon(config: Config, *, sink: EventSink | None = None) -> int:
+    """Blocking entry point for ``gpumgr daemon``."""
+    return asyncio.run(Daemon(config, sink=sink).serve())

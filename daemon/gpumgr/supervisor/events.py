@@ -1,0 +1,96 @@
+"""Typed events the supervisor and the start sequencer emit through a callback.
+
+The daemon feeds them to the backend state machine and the status publisher; the supervisor
+knows neither. Every event is a frozen dataclass carrying the backend name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ChildStarted:
+    """A process was spawned (or adopted); it is loading, not yet serving."""
+
+    backend: str
+    pid: int
+    port: int | None
+    fraction: float | None
+    adopted: bool = False
+
+
+@dataclass(frozen=True)
+class ChildReady:
+    """``/health`` answered 200: the backend serves."""
+
+    backend: str
+    pid: int
+    startup_s: float
+    adopted: bool = False
+
+
+@dataclass(frozen=True)
+class ChildExited:
+    """The process exited when nobody asked it to (crash, OOM, early exit at start)."""
+
+    backend: str
+    pid: int
+    returncode: int | None
+    oom: bool
+    last_error: str
+
+
+@dataclass(frozen=True)
+class Restarting:
+    backend: str
+    delay_s: float
+    attempt: int
+
+
+@dataclass(frozen=True)
+class BackendFailed:
+    """No more automatic tries; ``detail`` says why (the engine's last error, the plan)."""
+
+    backend: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class BackendDown:
+    """The backend cannot run right now and gpumgr will not act (e.g. a foreign port holder)."""
+
+    backend: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ChildStopping:
+    backend: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class ChildStopped:
+    backend: str
+    pid: int
+    killed: bool
+    memory_released: bool
+
+
+SupervisorEvent = (
+    ChildStarted
+    | ChildReady
+    | ChildExited
+    | Restarting
+    | BackendFailed
+    | BackendDown
+    | ChildStopping
+    | ChildStopped
+)
+EventSink = Callable[[SupervisorEvent], None]
+
+
+def discard(_event: SupervisorEvent) -> None:
+    """An event sink that drops everything (tools that need no status)."""

@@ -1,0 +1,84 @@
+"""The launch planner: the slice comes from the inventory re-read at start time, and after an
+out-of-memory exit only a strictly smaller slice is offered."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpumgr.actions.prepare import LaunchPlanner
+from gpumgr.actions.start import PrepareHint
+from gpumgr.config.registry import Provider
+from gpumgr.config.settings import Settings
+from gpumgr.errors import PlanInfeasible
+from gpumgr.gpu.simulated import SimulatedBackend
+from gpumgr.modelfiles import header_only_safetensors
+from gpumgr.sim.gpu import SimGpuSpec, SimGpuState, sim_uuid
+
+GIB = 1024**3
+SIM_COMMAND = [sys.executable, "-m", "gpumgr.sim.vllm"]
+
+
+def _snapshot(tmp: Path) -> Path:
+    snap = tmp / "qwen7b"
+    snap.mkdir()
+    (snap / "config.json").write_text(json.dumps({
+        "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+        "hidden_size": 3584, "max_position_embeddings": 32768,
+        "quantization_config": {"quant_method": "awq"},
+    }))  # fmt: skip
+    (snap / "model.safetensors").write_bytes(header_only_safetensors(int(5.2 * GIB)))
+    return snap
+
+
+@pytest.fixture
+def planner(tmp_path: Path) -> LaunchPlanner:
+    state = SimGpuState(tmp_path / "sim-gpu.json")
+    provider = Provider(
+        name="qwen-7b", type="vllm", base_url="http://127.0.0.1:8001", max_model_len=8192,
+        max_num_seqs=16, models=[{"name": "qwen-coder-vllm"}],
+    )  # fmt: skip
+    return LaunchPlanner(
+        providers=[provider],
+        settings=Settings(),
+        inventory=SimulatedBackend(state, [SimGpuSpec(index=0, uuid=sim_uuid(0))]),
+        snapshots={"qwen-7b": _snapshot(tmp_path)},
+        managed=dict,
+        command=SIM_COMMAND,
+        base_env={},
+    )
+
+
+def test_the_launch_carries_the_planned_fraction_and_the_card_uuid(planner: LaunchPlanner) -> None:
+    spec = planner.launch_spec(planner.providers[0], PrepareHint())
+    assert spec.argv[:4] == [*SIM_COMMAND, "serve"]
+    assert spec.argv[spec.argv.index("--gpu-memory-utilization") + 1] == f"{spec.fraction:g}"
+    assert 0.4 < spec.fraction < 0.97
+    assert spec.env["CUDA_VISIBLE_DEVICES"] == sim_uuid(0) == spec.gpu_uuid
+    assert spec.port == 8001
+
+
+def test_memory_taken_since_the_last_plan_shrinks_the_next_slice(
+    planner: LaunchPlanner, tmp_path: Path
+) -> None:
+    before = planner.launch_spec(planner.providers[0], PrepareHint()).fraction
+    squatter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        SimGpuState(tmp_path / "sim-gpu.json").allocate(squatter.pid, sim_uuid(0), 3000, "x")
+        after = planner.launch_spec(planner.providers[0], PrepareHint(after_oom_fraction=before))
+        assert after.fraction < before  # a smaller slice fits: it is offered
+        with pytest.raises(PlanInfeasible, match="no smaller slice fits"):
+            planner.launch_spec(planner.providers[0], PrepareHint(after_oom_fraction=0.35))
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_after_an_oom_the_same_slice_is_never_offered_again(planner: LaunchPlanner) -> None:
+    same = planner.launch_spec(planner.providers[0], PrepareHint()).fraction
+    with pytest.raises(PlanInfeasible, match=f"--gpu-memory-utilization {same:g}"):
+        planner.launch_spec(planner.providers[0], PrepareHint(after_oom_fraction=same))
