@@ -25,3 +25,12 @@ def example_config(tmp_path: Path) -> Path:
     dest = tmp_path / "config"
     shutil.copytree(EXAMPLE_CONFIG, dest)
     return dest
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> object:
+    """A CLI invoked in-process configures structlog (level filter included); undo it per test."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()
