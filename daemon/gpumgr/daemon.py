@@ -13,8 +13,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 
 import structlog
 
@@ -27,11 +26,14 @@ from gpumgr.config.registry import Provider, ProviderStatus
 from gpumgr.engines.vllm_log import is_oom
 from gpumgr.errors import GpumgrError
 from gpumgr.gpu import GpuBackend
+from gpumgr.monitor import Monitor
+from gpumgr.sd_notify import Notifier
 from gpumgr.sim.gpu import STATE_ENV
 from gpumgr.supervisor import process
 from gpumgr.supervisor.events import BackendFailed, EventSink, SupervisorEvent
 from gpumgr.supervisor.records import ChildRecords
 from gpumgr.supervisor.restart import RestartPolicy
+from gpumgr.weights import DownloadProgress, Snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +60,10 @@ class Daemon:
         self.failed: dict[str, str] = {}
         """Backends that could not even be prepared (weights), with the reason."""
         self.inventory: GpuBackend | None = None
+        self.monitor: Monitor | None = None
         self._locks = GpuLocks()
+        self._notifier = Notifier()
+        self._background: set[asyncio.Task[object]] = set()
 
     def emit(self, event: SupervisorEvent) -> None:
         for sink in self._sinks:
@@ -90,48 +95,32 @@ class Daemon:
             os.environ.setdefault(SIM_LOAD_ENV, f"{load_s:g}")
         return backend
 
-    def _resolve_weights(self, providers: list[Provider]) -> dict[str, Path]:
-        """Local snapshots, pulling what is missing (the simulated hub when simulating)."""
-        from gpumgr.weights import (
-            hub_access,
-            hub_cache_dir,
-            local_snapshot,
-            offline_from_env,
-            resolve_snapshot,
-        )
+    def _resolve_weights(
+        self, providers: list[Provider], progress: Callable[[str, DownloadProgress], None]
+    ) -> dict[str, Snapshot]:
+        """Local snapshots, pulling what is missing (from the simulated hub when simulating)."""
+        from gpumgr.sim.hub import hub_endpoint
+        from gpumgr.weights import WeightsContext
 
-        hub_dir = hub_cache_dir(self.paths.cache_dir, simulate=self.simulate)
-        found: dict[str, Path] = {}
-        missing: list[Provider] = []
-        for p in providers:
-            snap = local_snapshot(p, hub_dir)
-            if snap is not None:
-                found[p.name] = snap.path
-            else:
-                missing.append(p)
-        if not missing:
-            return found
-        endpoint: str | None = None
+        found: dict[str, Snapshot] = {}
         with contextlib.ExitStack() as stack:
-            if self.simulate:
-                endpoint = self.settings.simulate.hub_endpoint
-                if endpoint is None:
-                    from gpumgr.sim.hub import start_catalog_hub
-
-                    endpoint = stack.enter_context(start_catalog_hub()).url
-            access = hub_access(self.settings.hub, os.environ, endpoint=endpoint)
-            for p in missing:
+            endpoint = (
+                stack.enter_context(hub_endpoint(self.settings.simulate.hub_endpoint))
+                if self.simulate
+                else None
+            )
+            weights = WeightsContext.from_config(self.config, endpoint=endpoint)
+            for p in providers:
                 try:
-                    snap = resolve_snapshot(
-                        p, access, hub_dir,
-                        offline=offline_from_env(os.environ) and not self.simulate,
-                        lock_timeout_s=self.settings.hub.lock_timeout_s,
-                    )  # fmt: skip
+                    snap = weights.local(p) or weights.resolve(
+                        p, progress=lambda ev, name=p.name: progress(name, ev)
+                    )
                 except GpumgrError as exc:
                     self.failed[p.name] = str(exc)
                     log.error("weights.failed", backend=p.name, error=str(exc))
                     continue
-                found[p.name] = snap.path
+                found[p.name] = snap
+                log.info("weights.ready", backend=p.name, repo=snap.repo, commit=snap.commit)
         return found
 
     def _managed_pids(self) -> Mapping[int, str]:
@@ -141,8 +130,26 @@ class Daemon:
         """Everything up to the keepers running; returns without waiting for engines."""
         self.inventory = self._prepare_environment()
         gpus = {g.index: g.uuid for g in self.inventory.read().require().gpus}  # fail early
+        self.monitor = Monitor(
+            self.config,
+            self.inventory,
+            managed_pids=self._managed_pids,
+            on_unresponsive=self._restart_unresponsive,
+            notifier=self._notifier,
+        )
+        self._sinks.append(self.monitor.supervisor_sink)
+        await self.monitor.start()
         wanted = self.wanted
-        snapshots = await asyncio.to_thread(self._resolve_weights, wanted)
+        loop = asyncio.get_running_loop()
+        monitor = self.monitor
+
+        def progress(name: str, ev: DownloadProgress) -> None:
+            loop.call_soon_threadsafe(monitor.downloading, name, ev.detail())
+
+        resolved = await asyncio.to_thread(self._resolve_weights, wanted, progress)
+        for name, snap in resolved.items():
+            monitor.publisher.update_backend(name, weights_commit=snap.commit)
+        snapshots = {name: snap.path for name, snap in resolved.items()}
         for name, reason in self.failed.items():
             self.emit(BackendFailed(name, reason))
         runnable = [p for p in wanted if p.name in snapshots]
@@ -196,6 +203,14 @@ class Daemon:
         log.info("daemon.started", backends=list(self.keepers), adopted=list(adoption.adopted),
                  simulated=self.simulate)
 
+    def _restart_unresponsive(self, backend: str, reason: str) -> None:
+        keeper = self.keepers.get(backend)
+        if keeper is None or keeper.child is None or keeper.child.exited:
+            return
+        task: asyncio.Task[object] = asyncio.ensure_future(keeper.restart_unresponsive(reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _memory_released(self, pids: frozenset[int]) -> bool:
         assert self.inventory is not None
         inv = await asyncio.to_thread(self.inventory.read)
@@ -206,7 +221,10 @@ class Daemon:
     # -- stop ------------------------------------------------------------------------------
     async def shutdown(self) -> None:
         """Stop every child (all at once: each waits for its own group and memory)."""
+        self._notifier.stopping()
         await asyncio.gather(*(k.stop() for k in self.keepers.values()))
+        if self.monitor is not None:
+            await self.monitor.stop()
         log.info("daemon.stopped", backends=list(self.keepers))
 
     async def serve(self) -> int:

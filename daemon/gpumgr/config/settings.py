@@ -32,6 +32,9 @@ class HealthSettings(_Section):
     """Random delay added to each probe (APScheduler ``jitter``); detection may take this longer."""
     cloud_backoff_cap_s: float = Field(default=3600.0, gt=0)
     """Longest wait between cloud probes while rate-limited (429s back off exponentially)."""
+    restart_unresponsive_after_s: float | None = Field(default=30.0, gt=0)
+    """A managed vLLM server that stays ``down`` this long while its process lives (hung) is
+    restarted; null turns that off."""
 
 
 class GpuSettings(_Section):

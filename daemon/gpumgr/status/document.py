@@ -85,6 +85,8 @@ class BackendStatus(_Contract):
     last_check: AwareDatetime | None = None
     latency_ms: float | None = Field(default=None, ge=0)
     detail: str | None = None
+    weights_commit: str | None = None
+    """The Hugging Face commit of the weights a managed backend runs (an addition to §5)."""
     unavailable_models: dict[str, str] = Field(default_factory=dict)
     """Models of this backend that cannot be served although it is up, with the reason
     (e.g. an Ollama model that is not pulled). An addition to the §5 fields."""
