@@ -54,4 +54,11 @@ class Notifier:
         return self.send("STOPPING=1")
 
 
-CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+CHILD_ENV_DROP_PREFIXES = ("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_FD", "LISTEN_PID")
+"""systemd's notify socket, watchdog and socket activation belong to gpumgr; a child that inherits
+them could send READY/WATCHDOG on the daemon's behalf (and hide a hung daemon)."""
+
+
+def child_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without the variables that speak for the daemon's unit to systemd."""
+    return {k: v for k, v in env.items() if not k.startswith(CHILD_ENV_DROP_PREFIXES)}

@@ -11,7 +11,6 @@ sees the memory every earlier start really took.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ class LaunchSpec:
     backend: str
     argv: list[str]
     env: dict[str, str]
-    """Added to (and overriding) the daemon's environment."""
+    """The child's complete environment (the launch builder already started from the daemon's)."""
     port: int
     gpu_uuid: str
     fraction: float
@@ -174,7 +173,7 @@ async def start_engine(
         spec = await prepare(hint)  # inventory re-read and plan, inside the lock
         path = log_path(ctx.log_dir, spec.backend)
         rotate_before_start(path, ctx.log_max_bytes, ctx.log_backups)
-        env = {**os.environ, **spec.env}
+        env = spec.env
         try:
             child = await process.spawn(spec.backend, spec.argv, env, path)
         except OSError as exc:

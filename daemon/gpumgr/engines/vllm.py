@@ -30,6 +30,7 @@ from gpumgr.engines.vllm_log import (
     parse_memory_report,
 )
 from gpumgr.errors import InputError
+from gpumgr.sd_notify import child_environment
 
 __all__ = [
     "GpuFacts",
@@ -51,9 +52,6 @@ AWQ_MARLIN = "awq_marlin"
 MIN_BF16_CAPABILITY = (8, 0)
 """bf16 needs Ampere (compute capability 8.0); older cards (Turing 7.5) must run ``--dtype half``."""
 
-STRIPPED_ENV_PREFIXES = ("NOTIFY_SOCKET", "WATCHDOG_")
-"""systemd's notify socket and watchdog belong to gpumgr; a child that inherits them could
-send READY/WATCHDOG on the daemon's behalf."""
 
 MANAGED_FLAGS: dict[str, str] = {
     "--host": "the daemon always binds vLLM to 127.0.0.1",
@@ -190,11 +188,6 @@ def _format_fraction(fraction: float) -> str:
     # round() first: 0.57 * 10_000 is 5699.999999999999 in binary floating point
     ten_thousandths = math.floor(round(fraction * 10_000, 6))
     return f"{ten_thousandths / 10_000:.4f}".rstrip("0").rstrip(".")
-
-
-def child_environment(base_env: Mapping[str, str]) -> dict[str, str]:
-    """``base_env`` without systemd's notify socket and watchdog variables."""
-    return {k: v for k, v in base_env.items() if not k.startswith(STRIPPED_ENV_PREFIXES)}
 
 
 def build_vllm_launch(

@@ -19,20 +19,14 @@ from pathlib import Path
 import psutil
 import structlog
 
+from gpumgr.sd_notify import child_environment
 from gpumgr.supervisor.logs import open_for_child
 
 log = structlog.get_logger(__name__)
 
-_STRIPPED_ENV_PREFIXES = ("NOTIFY_SOCKET", "WATCHDOG_")
 _GROUP_POLL_S = 0.05
 _MEMORY_POLL_S = 0.1
 _KILL_GRACE_S = 5.0
-
-
-def child_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` without systemd's notify/watchdog variables: a child must never answer for the
-    daemon's unit (a vLLM that pings the watchdog would hide a hung daemon)."""
-    return {k: v for k, v in env.items() if not k.startswith(_STRIPPED_ENV_PREFIXES)}
 
 
 def group_members(pgid: int) -> list[int]:
