@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import Callable, Mapping
 
 import structlog
@@ -28,6 +27,7 @@ from gpumgr.errors import GpumgrError
 from gpumgr.gpu import GpuBackend
 from gpumgr.monitor import Monitor
 from gpumgr.sd_notify import Notifier
+from gpumgr.sim import SIM_ENGINE_COMMAND
 from gpumgr.sim.gpu import STATE_ENV
 from gpumgr.supervisor import process
 from gpumgr.supervisor.events import BackendFailed, EventSink, SupervisorEvent
@@ -37,7 +37,6 @@ from gpumgr.weights import DownloadProgress, Snapshot
 
 log = structlog.get_logger(__name__)
 
-SIM_ENGINE_COMMAND = [sys.executable, "-m", "gpumgr.sim.vllm"]
 SIM_LOAD_ENV = "GPUMGR_SIM_LOAD_SECONDS"
 
 

@@ -8,6 +8,7 @@ plan fits, 1 when one does not (the explanation printed, one line on stderr), 2 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,9 +21,11 @@ from gpumgr.cli.plan_inputs import (
     model_facts,
     ollama_models,
     open_backend,
+    snapshot_path,
 )
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider, ProviderStatus
+from gpumgr.engines.vllm import GpuFacts, build_vllm_launch
 from gpumgr.errors import InputError, PlanInfeasible
 from gpumgr.gpu import MIB, GpuInfo
 from gpumgr.plan import (
@@ -35,6 +38,7 @@ from gpumgr.plan import (
     request_for_gpu,
 )
 from gpumgr.plan.provider import instance_request
+from gpumgr.sim import SIM_ENGINE_COMMAND
 
 
 def select_providers(cfg: Config, names: tuple[str, ...]) -> list[Provider]:
@@ -58,9 +62,30 @@ def select_providers(cfg: Config, names: tuple[str, ...]) -> list[Provider]:
     return out
 
 
-def instance_json(budget: InstanceBudget, provider: Provider, gpu: GpuInfo) -> dict[str, Any]:
-    """One provider's entry in ``plan --json``. The lead adds ``argv`` here (the vLLM command
-    line from gpumgr.engines.vllm for this budget)."""
+def launch_argv(provider: Provider, budget: InstanceBudget, gpu: GpuInfo, cfg: Config) -> list[str]:
+    """The exact vLLM argument list the daemon would start for this budget.
+
+    The snapshot path is the downloaded one; before ``gpumgr pull`` it is shown as a placeholder.
+    """
+    snap = snapshot_path(provider, cfg, cfg.simulate) or Path(f"<snapshot of {provider.hf_repo}>")
+    launch = build_vllm_launch(
+        provider,
+        fraction=budget.fraction,
+        snapshot_dir=snap,
+        gpu=GpuFacts(gpu.uuid, gpu.compute_capability or "7.5"),
+        settings=cfg.settings.vllm,
+        max_model_len=budget.max_model_len,
+        max_num_seqs=budget.max_num_seqs,
+        command=SIM_ENGINE_COMMAND if cfg.simulate else None,
+        base_env={},
+    )
+    return launch.argv
+
+
+def instance_json(
+    budget: InstanceBudget, provider: Provider, gpu: GpuInfo, cfg: Config
+) -> dict[str, Any]:
+    """One provider's entry in ``plan --json``, with the ``argv`` it would launch."""
     entry = budget.to_dict()
     entry.update(
         {
@@ -69,22 +94,23 @@ def instance_json(budget: InstanceBudget, provider: Provider, gpu: GpuInfo) -> d
             "port": provider.port,
             "hf_repo": provider.hf_repo,
             "served_names": provider.served_names,
+            "argv": launch_argv(provider, budget, gpu, cfg),
         }
     )
     return entry
 
 
-def plan_json(
-    plans: list[tuple[VramPlan, GpuInfo]], providers: dict[str, Provider], simulated: bool
-) -> dict[str, Any]:
+def plan_json(plans: list[tuple[VramPlan, GpuInfo]], cfg: Config) -> dict[str, Any]:
     out_plans = []
     for plan, gpu in plans:
         d = plan.to_dict()
-        d["instances"] = [instance_json(i, providers[i.provider], gpu) for i in plan.instances]
+        d["instances"] = [
+            instance_json(i, cfg.providers[i.provider], gpu, cfg) for i in plan.instances
+        ]
         out_plans.append(d)
     return {
         "feasible": all(p.feasible for p, _ in plans),
-        "simulated": simulated,
+        "simulated": cfg.simulate,
         "gpus": out_plans,
     }
 
@@ -172,7 +198,7 @@ def plan(
             )
         )
     if as_json:
-        emit_json(plan_json(plans, cfg.providers, simulate))
+        emit_json(plan_json(plans, cfg))
     else:
         console = Console(width=None if sys.stdout.isatty() else 120)
         if not plans:

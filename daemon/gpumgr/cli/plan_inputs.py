@@ -106,15 +106,12 @@ def ollama_models(providers: list[Provider]) -> list[OllamaModel] | None:
     return None
 
 
-def _snapshot_dir(hub_dir: Path, repo: str, revision: str | None) -> Path | None:
-    """A downloaded snapshot in the Hugging Face cache layout, or None."""
-    storage = hub_dir / ("models--" + repo.replace("/", "--"))
-    ref = storage / "refs" / (revision or "main")
-    commit = ref.read_text().strip() if ref.is_file() else revision
-    if commit and (storage / "snapshots" / commit / "config.json").is_file():
-        return storage / "snapshots" / commit
-    snaps = sorted((storage / "snapshots").glob("*/config.json")) if not revision else []
-    return snaps[0].parent if snaps else None
+def snapshot_path(provider: Provider, cfg: Config, simulate: bool) -> Path | None:
+    """The provider's complete local snapshot (what ``gpumgr pull`` left), or None. No network."""
+    from gpumgr.weights import hub_cache_dir, local_snapshot
+
+    snap = local_snapshot(provider, hub_cache_dir(cfg.paths.cache_dir, simulate=simulate))
+    return snap.path if snap else None
 
 
 def model_facts(
@@ -128,8 +125,7 @@ def model_facts(
     repo = provider.hf_repo
     if repo is None:
         raise InputError(f"{provider.name}: no Hugging Face repo (set hf_repo on its model)")
-    hub_dir = cfg.paths.cache_dir / ("simulated-hub" if simulate else "hub")
-    snap = _snapshot_dir(hub_dir, repo, provider.hf_revision)
+    snap = snapshot_path(provider, cfg, simulate)
     try:
         if snap is not None:
             dims = read_model_dims(snap)
@@ -146,7 +142,7 @@ def model_facts(
     except ModelFileError as exc:
         raise InputError(f"{provider.name}: {exc}") from None
     raise InputError(
-        f"{provider.name}: no config.json for {repo} in {hub_dir} "
+        f"{provider.name}: no downloaded snapshot of {repo} in {cfg.paths.cache_dir} "
         f"(run `gpumgr pull {provider.name}` first)"
     )
 
