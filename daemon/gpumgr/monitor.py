@@ -92,6 +92,7 @@ class Monitor:
         self._down_since: dict[str, float] = {}
         self._restarts: dict[str, int] = {}
         self.last_inventory: GpuInventory | None = None
+        self._gpu_refresh: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -156,6 +157,7 @@ class Monitor:
     # -- callbacks -------------------------------------------------------------------------
     def _on_transition(self, t: Transition) -> None:
         self.publisher.update_backend(t.backend, state=t.new, detail=t.reason, since=_utc(t.at))
+        self._refresh_gpus_soon()  # a state change usually moves memory: show it now
         if t.new is BackendState.DOWN:
             self._down_since.setdefault(t.backend, time.monotonic())
         else:
@@ -184,6 +186,11 @@ class Monitor:
         self.publisher.set_gpus(
             [GpuStatus.model_validate(g.to_dict()) for g in inv.gpus] if inv.available else []
         )
+
+    def _refresh_gpus_soon(self) -> None:
+        if self._gpu_refresh is None or self._gpu_refresh.done():
+            with contextlib.suppress(RuntimeError):  # no running loop (tests driving callbacks)
+                self._gpu_refresh = asyncio.get_running_loop().create_task(self._poll_gpus_once())
 
     async def _gpu_loop(self) -> None:
         while True:

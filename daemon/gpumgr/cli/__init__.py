@@ -82,6 +82,7 @@ _COMMANDS = {
     "pull": "gpumgr.cli.pull",
     "daemon": "gpumgr.cli.daemon",
     "status": "gpumgr.cli.status",
+    "demo": "gpumgr.cli.demo",
 }
 for _name, _module in _COMMANDS.items():
     try:

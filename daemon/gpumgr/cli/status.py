@@ -7,11 +7,12 @@ it says so and exits 1 (it does not pass off an old ``status.json`` as live, but
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
 import httpx2
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 
 from gpumgr.cli.common import config_dir_option, emit_json, load_config_from_ctx
@@ -38,16 +39,23 @@ def fetch_status(listen: str, timeout_s: float = 3.0) -> dict[str, Any]:
         raise DaemonUnavailable(f"gpumgr daemon not reachable at {url}: {type(exc).__name__}") from None
 
 
-def render(doc: dict[str, Any], console: Console) -> None:
+def render_table(doc: dict[str, Any]) -> Group:
+    """The GPUs and the backends of a status document, for a person."""
+    lines: list[Any] = []
     for gpu in doc.get("gpus", []):
-        console.print(
+        lines.append(
             f"[bold]GPU {gpu['index']}[/] {gpu['name']}  "
             f"{gpu['memory_used_mib']} / {gpu['memory_total_mib']} MiB used, "
             f"{gpu['memory_free_mib']} MiB free"
+            + "".join(f"\n  pid {p['pid']}: {p['used_mib']} MiB ({p['owner']})" for p in gpu.get("processes", []))
         )
     table = Table(show_edge=False, header_style="bold")
-    for col in ("backend", "type", "state", "models", "port", "pid", "util", "restarts", "detail"):
-        table.add_column(col)
+    for col in ("backend", "type", "state"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("models", no_wrap=True, overflow="ellipsis", max_width=40)
+    for col in ("port", "pid", "util", "restarts"):
+        table.add_column(col, no_wrap=True, min_width=len(col))
+    table.add_column("detail", overflow="fold")
     for b in doc.get("backends", []):
         style = _STATE_STYLE.get(b["state"], "")
         table.add_row(
@@ -56,7 +64,8 @@ def render(doc: dict[str, Any], console: Console) -> None:
             f"{b['gpu_memory_utilization']:.2f}" if b.get("gpu_memory_utilization") else "",
             str(b.get("restarts", 0)), b.get("detail") or "",
         )
-    console.print(table)
+    lines.append(table)
+    return Group(*lines)
 
 
 @click.command()
@@ -70,4 +79,5 @@ def status(ctx: click.Context, config_dir: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(doc)
     else:
-        render(doc, Console())
+        console = Console(width=None if sys.stdout.isatty() else 160)
+        console.print(render_table(doc))

@@ -1,0 +1,32 @@
+"""``gpumgr demo``: run the daemon on a simulated GPU and watch models come up."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from gpumgr.cli.common import config_dir_option, load_config_from_ctx
+
+
+@click.command("demo")
+@config_dir_option
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the demo's config, logs and state here (default: a new temp directory).")
+@click.option("--load-seconds", type=float, default=3.0, show_default=True,
+              help="How long each simulated vLLM engine takes to load.")
+@click.option("--follow", is_flag=True, help="Keep watching until Ctrl-C instead of stopping once settled.")
+@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
+              help="Give up waiting for the backends to settle after this many seconds.")
+@click.pass_context
+def demo(ctx: click.Context, config_dir: str | None, workdir: Path | None, load_seconds: float,
+         follow: bool, timeout_s: float) -> None:
+    """Start the example configuration on a simulated GPU, show its status, then stop it."""
+    from gpumgr.demo import run_demo
+
+    cfg = load_config_from_ctx(ctx, config_dir)  # validates the example before copying it
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    ctx.exit(run_demo(cfg.config_dir, workdir=workdir, load_seconds=load_seconds, follow=follow,
+                      timeout_s=timeout_s, console=console))

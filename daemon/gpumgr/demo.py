@@ -1,0 +1,215 @@
+"""``gpumgr demo``: the whole system on a simulated GPU, for a newcomer to watch.
+
+Copies the example configuration into a scratch workspace with free ports, starts a simulated
+Ollama, runs the real daemon (``gpumgr daemon --simulate``) as a child process, shows the status
+document live while models come up, sends one chat request through a vLLM backend, then stops
+everything. Nothing here is used by the daemon itself; it only drives it from outside, as an
+operator would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import yaml
+from rich.console import Console
+from rich.live import Live
+
+from gpumgr.cli.status import render_table
+from gpumgr.errors import GpumgrError
+from gpumgr.sim.ollama_process import SimOllamaProcess, start_sim_ollama
+
+SETTLED = {"up", "failed", "down", "auth_failed", "rate_limited", "disabled", "stopped"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DemoWorkspace:
+    root: Path
+    config_dir: Path
+    listen: str
+    ports: dict[int, int] = field(default_factory=dict)
+
+    def env(self, load_seconds: float) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            GPUMGR_RUNTIME_DIR=str(self.root / "run"),
+            GPUMGR_STATE_DIR=str(self.root / "state"),
+            GPUMGR_LOG_DIR=str(self.root / "log"),
+            GPUMGR_CACHE_DIR=str(self.root / "cache"),
+            GPUMGR_LISTEN=self.listen,
+            GPUMGR_SIMULATE="1",
+            GPUMGR_SIM_LOAD_SECONDS=f"{load_seconds:g}",
+        )
+        return env
+
+
+def prepare_workspace(example_dir: Path, root: Path, ollama_port: int) -> DemoWorkspace:
+    """The example configuration with every local port moved to a free one."""
+    cfg_dir = root / "config"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("model-mappings.yaml", "gpumgr.yaml"):
+        if (example_dir / name).exists():
+            shutil.copy(example_dir / name, cfg_dir / name)
+    data = yaml.safe_load((example_dir / "providers.yaml").read_text())
+    ports: dict[int, int] = {}
+    for p in data.get("providers", {}).values():
+        url = p.get("base_url") or ""
+        if p.get("type") == "ollama":
+            p["base_url"] = f"http://127.0.0.1:{ollama_port}"
+        elif p.get("type") == "vllm" and url.startswith("http://127.0.0.1:"):
+            old = int(url.rsplit(":", 1)[1].split("/")[0])
+            ports.setdefault(old, free_port())  # swap partners keep sharing one port
+            p["base_url"] = f"http://127.0.0.1:{ports[old]}"
+    (cfg_dir / "providers.yaml").write_text(
+        "# Demo copy of the example registry, local ports moved to free ones.\n"
+        + yaml.safe_dump(data, sort_keys=False)
+    )
+    return DemoWorkspace(root, cfg_dir, f"127.0.0.1:{free_port()}", ports)
+
+
+@contextmanager
+def running_daemon(ws: DemoWorkspace, load_seconds: float) -> Iterator[subprocess.Popen[bytes]]:
+    log = open(ws.root / "daemon.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpumgr.cli", "daemon", "--simulate", "--config-dir", str(ws.config_dir)],
+        env=ws.env(load_seconds), stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def _status(url: str) -> dict[str, Any] | None:
+    try:
+        return dict(httpx2.get(url, timeout=2).json())
+    except (httpx2.HTTPError, ValueError):
+        return None
+
+
+def _settled(doc: dict[str, Any]) -> bool:
+    return all(b["state"] in SETTLED for b in doc["backends"]) and any(
+        b["managed"] and b["state"] != "stopped" for b in doc["backends"]
+    )
+
+
+def sample_chat(doc: dict[str, Any]) -> tuple[str, str] | None:
+    """Send one chat request to the first vLLM backend that is up; (model, answer)."""
+    for b in doc["backends"]:
+        if b["type"] == "vllm" and b["available"]:
+            model = b["models"][0]
+            resp = httpx2.post(
+                f"{b['base_url']}/v1/chat/completions",
+                json={"model": model, "messages": [{"role": "user", "content": "Say hello."}],
+                      "max_tokens": 16},
+                timeout=10,
+            )
+            return model, str(resp.json()["choices"][0]["message"]["content"])
+    return None
+
+
+def run_demo(example_dir: Path, *, workdir: Path | None, load_seconds: float, follow: bool,
+             timeout_s: float, console: Console) -> int:
+    root = workdir or Path(tempfile.mkdtemp(prefix="gpumgr-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    sim_gpu_state = root / "run" / "sim-gpu.json"
+    ollama: SimOllamaProcess = start_sim_ollama(
+        ["qwen2.5-coder:7b", "llama3.1:latest"],
+        env={**os.environ, "GPUMGR_SIM_GPU_STATE": str(sim_gpu_state)},
+    )
+    try:
+        ws = prepare_workspace(example_dir, root, ollama.port)
+        console.print(f"[bold]gpumgr demo[/] workspace {root} (logs in {root / 'log'})")
+        console.print(f"simulated Ollama on {ollama.base_url}; status on http://{ws.listen}/v1/status")
+        url = f"http://{ws.listen}/v1/status"
+        with running_daemon(ws, load_seconds) as daemon:
+            doc = _watch(url, daemon, follow=follow, timeout_s=timeout_s, console=console)
+            if doc is None:
+                console.print(f"[red]the daemon exited early[/]; see {root / 'daemon.log'}")
+                return 1
+            answer = sample_chat(doc)
+            if answer:
+                console.print(f"request to [bold]{answer[0]}[/] answered: {answer[1]!r}")
+            console.print("stopping the daemon (SIGTERM: every engine is stopped, none left behind)")
+        console.print(f"daemon exited with status {daemon.returncode}")
+        ok = daemon.returncode == 0 and all(
+            b["available"] for b in doc["backends"] if b["managed"] and b["state"] != "stopped"
+        )
+        return 0 if ok else 1
+    finally:
+        ollama.stop()
+
+
+def _watch(url: str, daemon: subprocess.Popen[bytes], *, follow: bool, timeout_s: float,
+           console: Console) -> dict[str, Any] | None:
+    """Show the status until it settles (or until Ctrl-C with ``follow``); the last document."""
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, Any] | None = None
+    seen: dict[str, str] = {}
+    t0 = time.monotonic()
+
+    def step() -> bool:
+        nonlocal last
+        if daemon.poll() is not None:
+            return False
+        doc = _status(url)
+        if doc is None:
+            return True
+        last = doc
+        for b in doc["backends"]:
+            if seen.get(b["name"]) != b["state"]:
+                if not console.is_terminal:
+                    console.print(
+                        f"{time.monotonic() - t0:6.1f}s {b['name']}: {seen.get(b['name'], '-')} -> "
+                        f"{b['state']}" + (f" ({b['detail']})" if b.get("detail") else "")
+                    )
+                seen[b["name"]] = b["state"]
+        return follow or not _settled(doc)
+
+    try:
+        if console.is_terminal:
+            with Live(console=console, refresh_per_second=4) as live:
+                while time.monotonic() < deadline and step():
+                    if last:
+                        live.update(render_table(last))
+                    time.sleep(0.25)
+                if last:
+                    live.update(render_table(last))
+        else:
+            while time.monotonic() < deadline and step():
+                time.sleep(0.25)
+            if last:
+                console.print(render_table(last))
+    except KeyboardInterrupt:
+        pass
+    if daemon.poll() is not None:
+        return None
+    if last is None:
+        raise GpumgrError("the daemon's status API never answered")
+    return last
