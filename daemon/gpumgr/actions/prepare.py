@@ -19,20 +19,20 @@ import structlog
 
 from gpumgr.config.registry import Provider
 from gpumgr.config.settings import Settings
-from gpumgr.engines.vllm import GpuFacts, build_vllm_launch
+from gpumgr.engines.vllm import GpuFacts, VllmLaunch, build_vllm_launch
 from gpumgr.errors import PlanInfeasible
 from gpumgr.gpu import MIB, GpuBackend, GpuInfo
 from gpumgr.gpu.attribution import attribute
 from gpumgr.modelfiles import read_model_dims, weights_bytes
 from gpumgr.plan import (
+    InstanceBudget,
     InstanceRequest,
     PlannerConstants,
     VramPlan,
-    estimate,
     plan_slices,
     request_for_gpu,
-    resolve_max_model_len,
 )
+from gpumgr.plan.provider import instance_request
 
 from .start import LaunchSpec, Prepare, PrepareHint
 
@@ -40,6 +40,34 @@ log = structlog.get_logger(__name__)
 
 ManagedPids = Callable[[], Mapping[int, str]]
 """pid (== pgid) → backend of the children running now, for attributing GPU memory."""
+
+
+def launch_for_budget(
+    provider: Provider,
+    budget: InstanceBudget,
+    gpu: GpuInfo,
+    snapshot_dir: Path,
+    settings: Settings,
+    *,
+    command: Sequence[str] | None,
+    base_env: Mapping[str, str],
+) -> VllmLaunch:
+    """The vLLM command line for one planned instance (the daemon's and ``plan --json``'s)."""
+    config_json = snapshot_dir / "config.json"
+    return build_vllm_launch(
+        provider,
+        fraction=budget.fraction,
+        snapshot_dir=snapshot_dir,
+        gpu=GpuFacts(gpu.uuid, gpu.compute_capability or "7.5"),
+        settings=settings.vllm,
+        max_model_len=budget.max_model_len,
+        max_num_seqs=budget.max_num_seqs,
+        command=command,
+        base_env=base_env,
+        checkpoint_quantization=(
+            read_model_dims(config_json).quantization_method if config_json.is_file() else None
+        ),
+    )
 
 
 @dataclass
@@ -59,24 +87,12 @@ class LaunchPlanner:
 
     def _request(self, provider: Provider) -> InstanceRequest:
         snap = self.snapshots[provider.name]
-        dims = read_model_dims(snap)
-        constants = PlannerConstants.from_settings(self.settings.planner)
-        model = provider.vllm_model
-        max_len = resolve_max_model_len(
-            provider.max_model_len,
-            model.context_length if model else None,
-            constants,
-            dims.max_position_embeddings,
+        return instance_request(
+            provider,
+            read_model_dims(snap),
+            constants=PlannerConstants.from_settings(self.settings.planner),
+            snapshot_weights_bytes=weights_bytes(snap),
         )
-        est = estimate(
-            weights_bytes=weights_bytes(snap),
-            kv_bytes_per_token=dims.kv_bytes_per_token(),
-            max_model_len=max_len,
-            max_num_seqs=provider.max_num_seqs,
-            enforce_eager=provider.enforce_eager,
-            constants=constants,
-        )
-        return InstanceRequest(provider.name, est, provider.gpu_memory_utilization)
 
     def _plan(self, gpu: GpuInfo, providers: Sequence[Provider]) -> VramPlan:
         return plan_slices(
@@ -120,17 +136,10 @@ class LaunchPlanner:
         gpu, plan = self.plan_for(provider, hint)
         inst = plan.instance(provider.name)
         snap = self.snapshots[provider.name]
-        launch = build_vllm_launch(
-            provider,
-            fraction=inst.fraction,
-            snapshot_dir=snap,
-            gpu=GpuFacts(gpu.uuid, gpu.compute_capability or "7.5"),
-            settings=self.settings.vllm,
-            max_model_len=inst.max_model_len,
-            max_num_seqs=inst.max_num_seqs,
+        launch = launch_for_budget(
+            provider, inst, gpu, snap, self.settings,
             command=self.command,
             base_env=os.environ if self.base_env is None else self.base_env,
-            checkpoint_quantization=read_model_dims(snap).quantization_method,
         )
         assert provider.port is not None  # build_vllm_launch refuses a provider without one
         log.info(

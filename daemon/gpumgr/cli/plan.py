@@ -25,7 +25,7 @@ from gpumgr.cli.plan_inputs import (
 )
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider, ProviderStatus
-from gpumgr.engines.vllm import GpuFacts, build_vllm_launch
+from gpumgr.actions.prepare import launch_for_budget
 from gpumgr.errors import InputError, PlanInfeasible
 from gpumgr.gpu import MIB, GpuInfo
 from gpumgr.plan import (
@@ -68,16 +68,9 @@ def launch_argv(provider: Provider, budget: InstanceBudget, gpu: GpuInfo, cfg: C
     The snapshot path is the downloaded one; before ``gpumgr pull`` it is shown as a placeholder.
     """
     snap = snapshot_path(provider, cfg, cfg.simulate) or Path(f"<snapshot of {provider.hf_repo}>")
-    launch = build_vllm_launch(
-        provider,
-        fraction=budget.fraction,
-        snapshot_dir=snap,
-        gpu=GpuFacts(gpu.uuid, gpu.compute_capability or "7.5"),
-        settings=cfg.settings.vllm,
-        max_model_len=budget.max_model_len,
-        max_num_seqs=budget.max_num_seqs,
-        command=SIM_ENGINE_COMMAND if cfg.simulate else None,
-        base_env={},
+    launch = launch_for_budget(
+        provider, budget, gpu, snap, cfg.settings,
+        command=SIM_ENGINE_COMMAND if cfg.simulate else None, base_env={},
     )
     return launch.argv
 
