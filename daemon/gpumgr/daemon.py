@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -112,7 +113,7 @@ class Daemon:
             for p in providers:
                 try:
                     snap = weights.local(p) or weights.resolve(
-                        p, progress=lambda ev, name=p.name: progress(name, ev)
+                        p, progress=functools.partial(progress, p.name)
                     )
                 except GpumgrError as exc:
                     self.failed[p.name] = str(exc)
