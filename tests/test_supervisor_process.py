@@ -128,6 +128,23 @@ def test_stop_of_a_polite_child_needs_no_sigkill(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_stop_of_a_hung_sigstopped_child_needs_no_sigkill(tmp_path: Path) -> None:
+    """A hung engine (SIGSTOPped group) still gets its SIGTERM: the stop continues it."""
+
+    async def main() -> None:
+        argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+        child = await process.spawn("hung", argv, dict(os.environ), tmp_path / "hung.log")
+        try:
+            os.killpg(child.pgid, signal.SIGSTOP)
+            outcome = await process.stop(child, term_timeout_s=5)
+            assert not outcome.killed and outcome.group_gone
+            assert outcome.stop_s < 2
+        finally:
+            _kill_group(child.pgid)
+
+    asyncio.run(main())
+
+
 def test_an_adopted_process_exit_is_noticed_through_its_pidfd(tmp_path: Path) -> None:
     """The process is not our child (its parent exited), as after a daemon restart."""
     launcher = (

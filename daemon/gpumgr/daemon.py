@@ -21,6 +21,7 @@ from gpumgr.actions.adopt import adopt_recorded
 from gpumgr.actions.keeper import BackendKeeper
 from gpumgr.actions.prepare import LaunchPlanner
 from gpumgr.actions.start import GpuLocks, StartContext, StartTiming
+from gpumgr.backend_state import BackendState
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider, ProviderStatus
 from gpumgr.engines.vllm_log import is_oom
@@ -203,13 +204,16 @@ class Daemon:
         log.info("daemon.started", backends=list(self.keepers), adopted=list(adoption.adopted),
                  simulated=self.simulate)
 
-    def _restart_unresponsive(self, backend: str, reason: str) -> None:
+    def _restart_unresponsive(self, backend: str, reason: str) -> bool:
         keeper = self.keepers.get(backend)
         if keeper is None or keeper.child is None or keeper.child.exited:
-            return
+            return False
+        if keeper.state not in (BackendState.UP, BackendState.STARTING):
+            return False  # already restarting or stopping; ask again if it stays down
         task: asyncio.Task[object] = asyncio.ensure_future(keeper.restart_unresponsive(reason))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return True
 
     async def _memory_released(self, pids: frozenset[int]) -> bool:
         assert self.inventory is not None

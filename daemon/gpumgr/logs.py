@@ -85,3 +85,6 @@ def configure_logging(level: str = "info", *, json_lines: bool | None = None, st
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(lvl, logging.WARNING), stream=stream, force=True)
+    # APScheduler warns in plain text whenever a probe run is skipped because the previous one
+    # is still waiting on a hung server; the health state machine already says so, as JSON.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)

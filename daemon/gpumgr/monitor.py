@@ -41,7 +41,8 @@ log = structlog.get_logger(__name__)
 GPU_POLL_S = 1.0
 """How often the GPU's memory and processes are re-read into the document."""
 
-UnresponsiveHook = Callable[[str, str], None]
+UnresponsiveHook = Callable[[str, str], bool]
+"""Asked to restart a hung backend; True when a restart was set in motion."""
 
 
 def _utc(ts: float) -> datetime:
@@ -103,6 +104,7 @@ class Monitor:
         await self._poll_gpus_once()
         self.scheduler.start()
         self._tasks.append(asyncio.create_task(self._gpu_loop(), name="gpu-poll"))
+        self._tasks.append(asyncio.create_task(self._unresponsive_loop(), name="unresponsive"))
         if self._notifier.watchdog_interval_s:
             self._tasks.append(asyncio.create_task(self._watchdog_loop(), name="watchdog"))
         inv = self.last_inventory
@@ -199,6 +201,11 @@ class Monitor:
                 await self._poll_gpus_once()
             except Exception as exc:  # noqa: BLE001 - a bad read must not end the loop
                 log.warning("gpu.poll_failed", error=str(exc))
+
+    async def _unresponsive_loop(self) -> None:
+        """Separate from the GPU poll: a hung NVML read must not stop hung-engine restarts."""
+        while True:
+            await asyncio.sleep(GPU_POLL_S)
             self._check_unresponsive()
 
     def _check_unresponsive(self) -> None:
@@ -209,9 +216,9 @@ class Monitor:
         now = time.monotonic()
         for name, since in list(self._down_since.items()):
             if now - since >= after_s:
-                del self._down_since[name]
                 reason = self.scheduler.health(name).reason
-                self._on_unresponsive(name, f"down for {after_s:g} s while its process lives: {reason}")
+                if self._on_unresponsive(name, f"down for {after_s:g} s while its process lives: {reason}"):
+                    del self._down_since[name]
 
     async def _watchdog_loop(self) -> None:
         assert self._notifier.watchdog_interval_s

@@ -125,9 +125,11 @@ class BackendKeeper:
     async def restart_unresponsive(self, reason: str) -> bool:
         """Stop a child that is alive but does not answer (a hang the health probes saw); the
         loop then treats the exit as a crash, so the restart policy and its limits apply.
-        False when there is no running child to restart."""
+        False when there is no running child to restart. A child the keeper still sees as
+        starting counts too: the probes may have seen it up (and then hang) before the keeper's
+        own readiness check finished."""
         child = self.child
-        if child is None or child.exited or self.state is not BackendState.UP:
+        if child is None or child.exited or self.state not in (BackendState.UP, BackendState.STARTING):
             return False
         log.warning("keeper.unresponsive", backend=self.backend, pid=child.pid, reason=reason)
         self._set(BackendState.RESTARTING, f"unresponsive: {reason}")

@@ -229,6 +229,7 @@ async def stop(
     killed = False
     if child.group_alive():
         child.signal_group(signal.SIGTERM)
+        child.signal_group(signal.SIGCONT)  # a stopped (hung, SIGSTOPped) group must see the TERM
         if not await _wait_group_gone(child, term_timeout_s):
             killed = child.signal_group(signal.SIGKILL)
             log.warning("supervisor.sigkill", backend=child.backend, pgid=child.pgid)
