@@ -21,21 +21,19 @@ and writes ``bench/results/detection.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import signal
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the subprocess-daemon harness lives with the tests
 
+from _report import header, results_path, write_result  # noqa: E402
 from daemon_harness import (  # noqa: E402
     FAST_LIFECYCLE_YAML,
     DaemonHarness,
@@ -44,7 +42,7 @@ from daemon_harness import (  # noqa: E402
     wait_for,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results" / "detection.json"
+RESULTS = results_path("detection")
 ENGINE = "qwen-7b"
 POLL_S = 0.005
 """How often this process re-reads ``/v1/status`` and ``status.json`` while it waits."""
@@ -179,21 +177,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown profile(s): {', '.join(unknown)}")
     result: dict[str, Any] = {
-        "benchmark": "detection",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        **header("detection"),
         "repeats": args.repeats,
         "poll_s": POLL_S,
         "profiles": {name: run_profile(name, args.repeats) for name in names},
     }
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ import math
 import random
 import statistics
 import time
-from pathlib import Path
 from typing import Any
+
+from _report import print_rows, results_path, write_result
 
 from gpumgr.plan import InstanceRequest, OllamaModel, PlanRequest, VramPlan, estimate, plan_slices
 
@@ -127,15 +128,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3)
     args = ap.parse_args()
     result = run(args.scenarios, args.seed)
-    rows = [(k, json.dumps(v)) for k, v in result.items()]
-    width = max(len(k) for k, _ in rows)
-    print(f"{'metric':<{width}}  value")
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
-    out = Path(__file__).parent / "results" / "plan_efficiency.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print_rows([("metric", "value"), *((k, json.dumps(v)) for k, v in result.items())])
+    write_result(result, results_path("plan_efficiency"))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -31,6 +29,7 @@ from typing import Any
 import httpx2
 import psutil
 import structlog
+from _report import header, print_rows, results_path, write_result
 
 from gpumgr.api.server import ApiServer
 from gpumgr.api.status_app import create_status_app
@@ -38,7 +37,7 @@ from gpumgr.backend_state import BackendState
 from gpumgr.status.document import BackendStatus, DaemonInfo, GpuProcess, GpuStatus
 from gpumgr.status.publisher import StatusPublisher
 
-RESULTS = Path(__file__).resolve().parent / "results" / "status_api.json"
+RESULTS = results_path("status_api")
 BACKENDS = 8
 PROBE_INTERVAL_S = 2.0
 
@@ -171,13 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     latencies_s.sort()
     n = len(latencies_s)
     return {
-        "benchmark": "status_api",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        **header("status_api"),
         "backends": BACKENDS,
         "concurrency": args.concurrency,
         "duration_s": args.duration_s,
@@ -214,10 +207,8 @@ def print_table(result: dict[str, Any]) -> None:
         ("server idle CPU (%)", result["server_idle_cpu_percent"]),
         ("server idle RSS (MiB)", result["server_idle_rss_mib"]),
     ]
-    width = max(len(k) for k, _ in rows)
     print(f"status API benchmark ({result['machine']['cpus']} CPUs)")
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
+    print_rows(rows, indent="  ")
 
 
 def main() -> None:
@@ -234,9 +225,7 @@ def main() -> None:
         return
     result = run(args)
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,43 +13,26 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import psutil
 import pytest
 
+from daemon_harness import alive, free_port, wait_for
 from gpumgr.sim.gpu import SimGpuState
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = REPO_ROOT / "config"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+WAIT_S = 60.0
+"""How long a wait here may take: engines load on a loaded 2-core CI machine too."""
 
 
 def healthy(port: int) -> bool:
     try:
         return httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
     except httpx2.HTTPError:
-        return False
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
         return False
 
 
@@ -169,7 +152,7 @@ def test_a_new_daemon_adopts_both_engines_after_sigkill_without_restarting_them(
 ) -> None:
     run, p1, p2 = two_engines
     first = run.start()
-    wait_for(lambda: healthy(p1) and healthy(p2), what="both engines healthy")
+    wait_for(lambda: healthy(p1) and healthy(p2), WAIT_S, "both engines healthy")
     before = {name: r["pid"] for name, r in run.records().items()}
     assert set(before) == {"qwen-7b", "deepseek-6.7b"}
 
@@ -180,7 +163,7 @@ def test_a_new_daemon_adopts_both_engines_after_sigkill_without_restarting_them(
     second = run.start()
     wait_for(
         lambda: sum(1 for e in run.events(1) if e.get("kind") == "ChildReady") == 2,
-        what="the second daemon to see both engines ready",
+        WAIT_S, "the second daemon to see both engines ready",
     )
     events = run.events(1)
     ready = [e for e in events if e.get("kind") == "ChildReady"]
@@ -205,13 +188,13 @@ def test_a_dead_recorded_child_is_restarted_and_a_foreign_port_holder_left_alone
 ) -> None:
     run, p1, p2 = two_engines
     first = run.start()
-    wait_for(lambda: healthy(p1) and healthy(p2), what="both engines healthy")
+    wait_for(lambda: healthy(p1) and healthy(p2), WAIT_S, "both engines healthy")
     old = {name: int(r["pid"]) for name, r in run.records().items()}  # type: ignore[call-overload]
     first.send_signal(signal.SIGKILL)
     first.wait()
     for pid in old.values():  # both engines die while no daemon watches
         os.killpg(pid, signal.SIGKILL)
-    wait_for(lambda: not any(alive(p) for p in old.values()), what="engines gone")
+    wait_for(lambda: not any(alive(p) for p in old.values()), WAIT_S, "engines gone")
     squatter = subprocess.Popen(
         [sys.executable, "-c",
          f"import socket,time; s=socket.socket(); s.bind(('127.0.0.1',{p2})); s.listen(); "
@@ -221,13 +204,13 @@ def test_a_dead_recorded_child_is_restarted_and_a_foreign_port_holder_left_alone
     try:
         assert squatter.stdout is not None and squatter.stdout.readline().strip() == b"ok"
         second = run.start()
-        wait_for(lambda: healthy(p1), what="qwen-7b restarted")
+        wait_for(lambda: healthy(p1), WAIT_S, "qwen-7b restarted")
         new_pid = int(run.records()["qwen-7b"]["pid"])  # type: ignore[call-overload]
         assert new_pid != old["qwen-7b"]
         message = f"port {p2} is held by pid {squatter.pid} (not started by gpumgr)"
         wait_for(
             lambda: any(e.get("detail") == message for e in run.events(1)),
-            what="the foreign listener reported",
+            WAIT_S, "the foreign listener reported",
         )
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=20) == 0
@@ -251,7 +234,7 @@ def test_the_example_configuration_runs_out_of_the_box_and_stops_clean_on_sigter
     run.env["GPUMGR_SIM_LOAD_SECONDS"] = "0.3"
     try:
         daemon = run.start()
-        wait_for(lambda: healthy(8001), what="qwen-7b of the example config healthy")
+        wait_for(lambda: healthy(8001), WAIT_S, "qwen-7b of the example config healthy")
         pid = int(run.records()["qwen-7b"]["pid"])  # type: ignore[call-overload]
         cmd = psutil.Process(pid).cmdline()
         fraction = float(cmd[cmd.index("--gpu-memory-utilization") + 1])

@@ -10,11 +10,9 @@ no engine and no GPU memory behind, and that the key never reached its log.
 
 from __future__ import annotations
 
-import http.server
 import os
 import secrets
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from daemon_harness import (
     vllm_provider_yaml,
     wait_for,
 )
+from fake_http import JsonServer, Reply, Request
 from gpumgr.sim.ollama_process import SimOllamaProcess, start_sim_ollama
 
 pytestmark = pytest.mark.slow
@@ -52,40 +51,21 @@ NOT_PULLED = "llama3.1:latest"
 OLLAMA_MODEL_MIB = 1500
 
 
-class FakeCloud:
-    """A real HTTP server on 127.0.0.1 answering every request with one status code, echoing
-    the Authorization header in the body (a careless server may; the key must not leak)."""
+class FakeCloud(JsonServer):
+    """Answers every request with one status code, echoing the Authorization header in the
+    body (a careless server may; the key must not leak)."""
 
     def __init__(self, status: int) -> None:
+        super().__init__(self._answer)
         self.status = status
-        self.auth_headers: list[str] = []
-        cloud = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                auth = self.headers.get("Authorization", "")
-                cloud.auth_headers.append(auth)
-                body = f'{{"error": "request refused for {auth}"}}'.encode()
-                self.send_response(cloud.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+    def auth_headers(self) -> list[str]:
+        return [r.headers.get("Authorization", "") for r in self.received]
 
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def _answer(self, request: Request) -> Reply:
+        auth = request.headers.get("Authorization", "")
+        return Reply(self.status, {"error": f"request refused for {auth}"})
 
 
 @dataclass
@@ -128,7 +108,7 @@ def _providers(engine_port: int, ollama_url: str, quota_url: str, badkey_url: st
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
     tmp = tmp_path_factory.mktemp("daemon-status")
     key = "sk-gpumgr-test-" + secrets.token_hex(16)
-    clouds = {"cloud-quota": FakeCloud(429), "cloud-badkey": FakeCloud(401)}
+    clouds = {"cloud-quota": FakeCloud(429).start(), "cloud-badkey": FakeCloud(401).start()}
     ollama: SimOllamaProcess | None = None
     harness: DaemonHarness | None = None
     sse: SseRecorder | None = None
@@ -143,8 +123,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
         )  # fmt: skip
         harness = DaemonHarness(
             tmp,
-            _providers(free_port(), ollama.base_url, clouds["cloud-quota"].url,
-                       clouds["cloud-badkey"].url),
+            _providers(free_port(), ollama.base_url, clouds["cloud-quota"].base_url,
+                       clouds["cloud-badkey"].base_url),
             FAST_HEALTH_YAML.format(restart_after_s=600) + FAST_LIFECYCLE_YAML,
             env={KEY_ENV: key},
         )  # fmt: skip

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
 import pytest
 import structlog
+from fake_http import JsonServer, Reply, Request
 
 from gpumgr.backend_state import BackendState
 from gpumgr.config.registry import HealthChecks, Provider
@@ -25,54 +22,37 @@ from gpumgr.health.scheduler import HealthScheduler
 KEY = "sk-cloud-7f3a9c1e5b2d4f60"  # the secret: must never show up in details or logs
 
 
-class FakeCloud:
+class FakeCloud(JsonServer):
     """Answers ``status`` to every ``GET /api/tags`` and counts the requests."""
 
     def __init__(self) -> None:
+        super().__init__(self._answer)
         self.status = 200
-        self.requests = 0
-        self.auth_headers: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                fake.requests += 1
-                fake.auth_headers.append(self.headers.get("Authorization", ""))
-                if fake.status == 200:
-                    body = {"models": [{"name": "gpt-oss:120b"}, {"name": "qwen3-coder:480b"}]}
-                elif fake.status == 429:
-                    body = {"error": "you have reached your weekly usage limit"}
-                else:
-                    # a server that echoes the credential back must not leak it through us
-                    body = {"error": f"invalid key {self.headers.get('Authorization', '')}"}
-                data = json.dumps(body).encode()
-                self.send_response(fake.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
 
     @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+    def requests(self) -> int:
+        return len(self.received)
+
+    @property
+    def auth_headers(self) -> list[str]:
+        return [r.headers.get("Authorization", "") for r in self.received]
+
+    def _answer(self, request: Request) -> Reply:
+        body: object
+        if self.status == 200:
+            body = {"models": [{"name": "gpt-oss:120b"}, {"name": "qwen3-coder:480b"}]}
+        elif self.status == 429:
+            body = {"error": "you have reached your weekly usage limit"}
+        else:
+            # a server that echoes the credential back must not leak it through us
+            body = {"error": f"invalid key {request.headers.get('Authorization', '')}"}
+        return Reply(self.status, body)
 
 
 @pytest.fixture
 def cloud() -> Iterator[FakeCloud]:
-    fake = FakeCloud()
-    t = threading.Thread(target=fake.server.serve_forever, args=(0.05,), daemon=True)
-    t.start()
-    try:
+    with FakeCloud() as fake:
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
 
 
 def probe(base_url: str, key: str | None, streak: int = 0) -> ProbeResult:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
 import pytest
+from fake_http import JsonServer, Reply, Request
 
 from gpumgr.config.registry import Provider
 from gpumgr.engines.probe_result import ProbeOutcome, ProbeResult
@@ -18,53 +16,33 @@ from gpumgr.engines.probes import ProbeOptions, is_probed, probe_provider
 SECRET = "llama-secret-0c4e"
 
 
-class FakeLlamaCpp:
+class FakeLlamaCpp(JsonServer):
     """``/health`` answers ``health_status``; ``/v1/models`` lists a GGUF file like llama.cpp."""
 
     def __init__(self) -> None:
+        super().__init__(self._answer)
         self.health_status = 200
-        self.paths: list[str] = []
-        self.auth: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                fake.paths.append(self.path)
-                fake.auth.append(self.headers.get("Authorization", ""))
-                if self.path == "/health":
-                    status, body = fake.health_status, {"status": "ok"}
-                elif self.path == "/v1/models":
-                    status, body = 200, {"data": [{"id": "/models/qwen2.5-7b-q4_k_m.gguf"}]}
-                else:
-                    status, body = 404, {}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
 
     @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+    def paths(self) -> list[str]:
+        return [r.path for r in self.received]
+
+    @property
+    def auth(self) -> list[str]:
+        return [r.headers.get("Authorization", "") for r in self.received]
+
+    def _answer(self, request: Request) -> Reply:
+        if request.path == "/health":
+            return Reply(self.health_status, {"status": "ok"})
+        if request.path == "/v1/models":
+            return Reply(200, {"data": [{"id": "/models/qwen2.5-7b-q4_k_m.gguf"}]})
+        return Reply(404, {})
 
 
 @pytest.fixture
 def llama() -> Iterator[FakeLlamaCpp]:
-    fake = FakeLlamaCpp()
-    t = threading.Thread(target=fake.server.serve_forever, args=(0.05,), daemon=True)
-    t.start()
-    try:
+    with FakeLlamaCpp() as fake:
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
 
 
 def run_probe(provider: Provider, env: dict[str, str] | None = None) -> ProbeResult:

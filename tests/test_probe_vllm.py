@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
 import pytest
+from fake_http import JsonServer, Reply, Request
 
 from gpumgr.engines.probe_result import ProbeOutcome, ProbeResult
 from gpumgr.engines.vllm_probe import parse_metrics, probe_vllm
@@ -26,63 +25,41 @@ vllm:kv_cache_usage_perc{{model_name="qwen-coder-vllm"}} 0.42
 """
 
 
-class FakeVllm:
+class FakeVllm(JsonServer):
     """Answers like vLLM; tests change ``served``, ``health_status``, ``waiting`` or ``hang``."""
 
     def __init__(self) -> None:
+        super().__init__(self._answer)
         self.served = ["qwen-coder-vllm"]
         self.health_status = 200
         self.running = 1
         self.waiting = 0
         self.hang = threading.Event()
         self.release = threading.Event()
-        fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
+    def _answer(self, request: Request) -> Reply | None:
+        if self.hang.is_set():
+            self.release.wait(30)
+            return None
+        if request.path == "/health":
+            return Reply(self.health_status, b"", "text/plain")
+        if request.path == "/v1/models":
+            return Reply(200, {"object": "list",
+                               "data": [{"id": n, "object": "model"} for n in self.served]})
+        if request.path == "/metrics":
+            text = METRICS.format(running=self.running, waiting=self.waiting)
+            return Reply(200, text.encode(), "text/plain; version=0.0.4")
+        return Reply(404, {})
 
-            def do_GET(self) -> None:
-                if fake.hang.is_set():
-                    fake.release.wait(30)
-                    return
-                if self.path == "/health":
-                    self._send(fake.health_status, b"", "text/plain")
-                elif self.path == "/v1/models":
-                    body = {"object": "list", "data": [{"id": n, "object": "model"} for n in fake.served]}
-                    self._send(200, json.dumps(body).encode(), "application/json")
-                elif self.path == "/metrics":
-                    text = METRICS.format(running=fake.running, waiting=fake.waiting)
-                    self._send(200, text.encode(), "text/plain; version=0.0.4")
-                else:
-                    self._send(404, b"{}", "application/json")
-
-            def _send(self, status: int, body: bytes, ctype: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+    def stop(self) -> None:
+        self.release.set()
+        super().stop()
 
 
 @pytest.fixture
 def fake_vllm() -> Iterator[FakeVllm]:
-    fake = FakeVllm()
-    fake.thread.start()
-    try:
+    with FakeVllm() as fake:
         yield fake
-    finally:
-        fake.release.set()
-        fake.server.shutdown()
-        fake.server.server_close()
 
 
 def probe(base_url: str, expected: list[str], timeout_s: float = 1.0, threshold: int = 4) -> ProbeResult:

@@ -6,28 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from vllm_fixtures import UUID, vllm_provider
 
 from gpumgr.config.registry import Provider
 from gpumgr.config.settings import VllmSettings
 from gpumgr.engines.vllm import GpuFacts, build_vllm_launch, resolve_vllm_command
 from gpumgr.errors import InputError
 
-UUID = "GPU-5105e000-0000-4000-8000-000000000000"
 SIM = [sys.executable, "-m", "gpumgr.sim.vllm"]
-
-
-def _provider(**kw: object) -> Provider:
-    base: dict[str, object] = {
-        "name": "qwen-7b",
-        "type": "vllm",
-        "base_url": "http://127.0.0.1:8001",
-        "max_model_len": 8192,
-        "max_num_seqs": 16,
-        "models": [{"name": "qwen-coder-vllm", "hf_repo": "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ",
-                    "quantization": "AWQ"}],
-    }  # fmt: skip
-    base.update(kw)
-    return Provider.model_validate(base)
 
 
 def _launch(provider: Provider | None = None, capability: str = "7.5", **kw: object):  # type: ignore[no-untyped-def]
@@ -39,7 +25,7 @@ def _launch(provider: Provider | None = None, capability: str = "7.5", **kw: obj
         "base_env": {"PATH": "/usr/bin"},
     }
     args.update(kw)
-    return build_vllm_launch(provider or _provider(), **args)  # type: ignore[arg-type]
+    return build_vllm_launch(provider or vllm_provider(), **args)  # type: ignore[arg-type]
 
 
 def test_reference_box_command_line_is_the_documented_one() -> None:
@@ -68,17 +54,17 @@ def test_planned_values_override_the_provider_and_fraction_is_never_rounded_up()
 
 
 def test_quantization_awq_marlin_for_awq_else_the_providers_else_none() -> None:
-    plain = _provider(models=[{"name": "org/plain-model"}])
+    plain = vllm_provider(models=[{"name": "org/plain-model"}])
     assert "--quantization" not in _launch(plain).argv
     assert "awq_marlin" in _launch(plain, checkpoint_quantization="awq").argv
-    argv = _launch(_provider(quantization="AWQ")).argv
+    argv = _launch(vllm_provider(quantization="AWQ")).argv
     assert argv[argv.index("--quantization") + 1] == "awq"
-    argv = _launch(_provider(quantization="gptq_marlin")).argv
+    argv = _launch(vllm_provider(quantization="gptq_marlin")).argv
     assert argv[argv.index("--quantization") + 1] == "gptq_marlin"
 
 
 def test_switches_and_extra_args_follow_the_provider() -> None:
-    provider = _provider(enforce_eager=True, enable_sleep_mode=True,
+    provider = vllm_provider(enforce_eager=True, enable_sleep_mode=True,
                          extra_args=["--enable-prefix-caching"])  # fmt: skip
     launch = _launch(provider)
     assert "--enforce-eager" in launch.argv
@@ -89,7 +75,7 @@ def test_switches_and_extra_args_follow_the_provider() -> None:
 
 
 def test_served_names_are_every_model_name_and_alias() -> None:
-    provider = _provider(models=[{"name": "qwen-coder-vllm", "aliases": ["coder", "qwen"]}])
+    provider = vllm_provider(models=[{"name": "qwen-coder-vllm", "aliases": ["coder", "qwen"]}])
     argv = _launch(provider).argv
     i = argv.index("--served-model-name")
     assert argv[i + 1 : i + 4] == ["qwen-coder-vllm", "coder", "qwen"]
@@ -105,7 +91,7 @@ def test_environment_pins_the_gpu_by_uuid_goes_offline_and_drops_systemd_variabl
 
 
 def test_api_key_reaches_vllm_through_the_environment_never_the_argv() -> None:
-    provider = _provider(requires_api_key=True, env_var="QWEN_KEY")
+    provider = vllm_provider(requires_api_key=True, env_var="QWEN_KEY")
     launch = _launch(provider, base_env={"QWEN_KEY": "sk-very-secret"})
     assert launch.env["VLLM_API_KEY"] == "sk-very-secret"
     assert not any("sk-very-secret" in token for token in launch.argv)
@@ -120,20 +106,21 @@ def test_executable_precedence_command_then_vllm_bin_then_venv_then_settings(tmp
     venv_bin.write_text("#!/bin/sh\n")
     venv_bin.chmod(0o755)
     settings = VllmSettings(command="/opt/vllm/bin/python -m vllm.entrypoints.cli.main")
-    located = _provider(location=str(tmp_path))
+    located = vllm_provider(location=str(tmp_path))
     assert resolve_vllm_command(located, settings, SIM) == SIM
-    assert resolve_vllm_command(_provider(vllm_bin="/x/vllm", location=str(tmp_path)), settings) == ["/x/vllm"]
+    bin_given = vllm_provider(vllm_bin="/x/vllm", location=str(tmp_path))
+    assert resolve_vllm_command(bin_given, settings) == ["/x/vllm"]
     assert resolve_vllm_command(located, settings) == [str(venv_bin)]
-    no_venv = _provider(location=str(tmp_path / "missing"))
+    no_venv = vllm_provider(location=str(tmp_path / "missing"))
     assert resolve_vllm_command(no_venv, settings) == [
         "/opt/vllm/bin/python", "-m", "vllm.entrypoints.cli.main"]  # fmt: skip
-    assert resolve_vllm_command(_provider(), VllmSettings()) == ["vllm"]
+    assert resolve_vllm_command(vllm_provider(), VllmSettings()) == ["vllm"]
 
 
 def test_a_provider_without_a_length_or_a_port_cannot_be_launched() -> None:
     with pytest.raises(InputError, match="max_model_len"):
-        _launch(_provider(max_model_len=None, models=[{"name": "org/m"}]))
+        _launch(vllm_provider(max_model_len=None, models=[{"name": "org/m"}]))
     with pytest.raises(InputError, match="not vllm"):
-        _launch(_provider(type="ollama"))
+        _launch(vllm_provider(type="ollama"))
     with pytest.raises(InputError, match=r"\(0, 1\]"):
         _launch(fraction=1.5)

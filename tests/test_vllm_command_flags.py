@@ -6,41 +6,15 @@ The reference is the flag list dumped from vLLM 0.33.0's own parser
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
-from conftest import reference_dir
+from vllm_fixtures import UUID, reference_flags, vllm_provider
 
-from gpumgr.config.registry import Provider
 from gpumgr.config.settings import VllmSettings
 from gpumgr.engines import vllm_flags
 from gpumgr.engines.vllm import GpuFacts, build_vllm_launch, emitted_flags, validate_extra_args
 from gpumgr.errors import InputError
-
-UUID = "GPU-5105e000-0000-4000-8000-000000000000"
-
-
-def reference_flags() -> dict[str, str]:
-    """flag -> takes_value ('yes', 'no', 'optional') from the reference TSV."""
-    path = reference_dir() / "vllm-0.33.0-serve-flags.tsv"
-    with open(path, newline="", encoding="utf-8") as f:
-        return {row["flag"]: row["takes_value"] for row in csv.DictReader(f, delimiter="\t")}
-
-
-def _provider(**kw: object) -> Provider:
-    base: dict[str, object] = {
-        "name": "qwen-7b",
-        "type": "vllm",
-        "base_url": "http://127.0.0.1:8001",
-        "max_model_len": 8192,
-        "max_num_seqs": 16,
-        "models": [{"name": "qwen-coder-vllm", "hf_repo": "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ",
-                    "quantization": "AWQ", "aliases": ["qwen-coder"]}],
-    }  # fmt: skip
-    base.update(kw)
-    return Provider.model_validate(base)
-
 
 def test_packaged_flag_list_is_the_reference_list() -> None:
     ref = reference_flags()
@@ -66,7 +40,7 @@ def test_every_emitted_flag_is_accepted_by_vllm_serve_0_33(
 ) -> None:
     ref = reference_flags()
     launch = build_vllm_launch(
-        _provider(**provider_kw),
+        vllm_provider(aliases=["qwen-coder"], **provider_kw),
         fraction=0.62,
         snapshot_dir=tmp_path,
         gpu=GpuFacts(UUID, capability),
