@@ -132,3 +132,11 @@ def test_a_full_start_swap_cycle_yields_one_transition_per_change() -> None:
         (S.DOWNLOADING, S.STARTING),
         (S.STARTING, S.UP),
     ]
+
+
+def test_a_backend_that_cannot_be_prepared_fails_straight_from_stopped() -> None:
+    """Weights that cannot be fetched, no GPU, no plan: the backend never got a process."""
+    step = machine.on_lifecycle(
+        machine.initial("qwen-7b", S.STOPPED, 0.0), S.FAILED, "GPU unavailable: no driver", 1.0
+    )
+    assert step.transition == Transition("qwen-7b", S.STOPPED, S.FAILED, "GPU unavailable: no driver", 1.0)

@@ -130,7 +130,7 @@ class Daemon:
     async def start(self) -> None:
         """Everything up to the keepers running; returns without waiting for engines."""
         self.inventory = self._prepare_environment()
-        gpus = {g.index: g.uuid for g in self.inventory.read().require().gpus}  # fail early
+        first_read = self.inventory.read()
         self.monitor = Monitor(
             self.config,
             self.inventory,
@@ -141,6 +141,16 @@ class Daemon:
         self._sinks.append(self.monitor.supervisor_sink)
         await self.monitor.start()
         wanted = self.wanted
+        if not first_read.available:
+            # Ollama, the cloud and every other backend are still watched and published; only
+            # the vLLM servers need the card. (A driver/library mismatch after an upgrade, say.)
+            reason = first_read.error or "GPU unavailable"
+            log.error("gpu.unavailable", error=reason)
+            for p in wanted:
+                self.failed[p.name] = reason
+                self.emit(BackendFailed(p.name, reason))
+            return
+        gpus = {g.index: g.uuid for g in first_read.gpus}
         loop = asyncio.get_running_loop()
         monitor = self.monitor
 

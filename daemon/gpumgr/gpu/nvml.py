@@ -103,27 +103,35 @@ class NvmlBackend:
     def __init__(self, nvml: Any = None, inspect_process: ProcessInspector | None = None) -> None:
         self._nvml = pynvml if nvml is None else nvml
         self._inspect = inspect_process or psutil_inspector
+        self._last_error: str | None = None
+
+    def _unavailable(self, exc: BaseException) -> GpuInventory:
+        """The inventory of an unreadable GPU; logged once per outage, not on every poll."""
+        msg = unavailable_message(exc)
+        if msg != self._last_error:
+            log.warning("gpu.unavailable", backend="nvml", reason=msg)
+            self._last_error = msg
+        return GpuInventory(backend="nvml", error=msg)
 
     def read(self) -> GpuInventory:
         nv = self._nvml
         try:
             nv.nvmlInit()
         except Exception as exc:  # noqa: BLE001 - any failure to start NVML is "unavailable"
-            msg = unavailable_message(exc)
-            log.info("gpu.unavailable", backend="nvml", reason=msg)
-            return GpuInventory(backend="nvml", error=msg)
+            return self._unavailable(exc)
         try:
             warnings: list[str] = []
             driver = self._optional(lambda: _text(nv.nvmlSystemGetDriverVersion()))
             count = int(nv.nvmlDeviceGetCount())
             gpus = tuple(self._read_gpu(i, warnings) for i in range(count))
+            if self._last_error is not None:
+                log.info("gpu.available", backend="nvml", gpus=count)
+                self._last_error = None
             return GpuInventory(
                 backend="nvml", gpus=gpus, driver_version=driver, warnings=tuple(warnings)
             )
         except Exception as exc:  # noqa: BLE001 - a card that cannot be read: report, not crash
-            msg = unavailable_message(exc)
-            log.info("gpu.unavailable", backend="nvml", reason=msg)
-            return GpuInventory(backend="nvml", error=msg)
+            return self._unavailable(exc)
         finally:
             try:
                 nv.nvmlShutdown()

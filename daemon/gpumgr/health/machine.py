@@ -84,7 +84,8 @@ LIFECYCLE_FROM: dict[S, frozenset[S]] = {
     S.STOPPED: _ANY_LIVE | {S.STOPPING, S.DOWNLOADING, S.RESTARTING, S.FAILED},
     S.RESTARTING: _ANY_LIVE - {S.RATE_LIMITED, S.AUTH_FAILED},
     S.DOWN: _ANY_LIVE | {S.RESTARTING, S.STOPPED, S.DOWNLOADING, S.FAILED},
-    S.FAILED: _ANY_LIVE | {S.DOWNLOADING, S.RESTARTING, S.STOPPING},
+    # from stopped: a backend that could not even be prepared (weights, no GPU, no plan)
+    S.FAILED: _ANY_LIVE | {S.STOPPED, S.DOWNLOADING, S.RESTARTING, S.STOPPING},
     S.UNKNOWN: frozenset(),
     S.DISABLED: frozenset(),
 }
