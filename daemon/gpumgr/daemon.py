@@ -22,7 +22,7 @@ from gpumgr.actions.keeper import BackendKeeper
 from gpumgr.actions.prepare import LaunchPlanner
 from gpumgr.actions.start import GpuLocks, StartContext, StartTiming
 from gpumgr.backend_state import BackendState
-from gpumgr.config import Config
+from gpumgr.config import Config, ConfigError, load_config
 from gpumgr.config.registry import Provider, ProviderStatus
 from gpumgr.engines.vllm_log import is_oom
 from gpumgr.errors import GpumgrError
@@ -247,6 +247,7 @@ class Daemon:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.check_reload)
         try:
             starting = asyncio.ensure_future(self.start())
             waiter = asyncio.ensure_future(stop.wait())
@@ -260,9 +261,30 @@ class Daemon:
                     await starting
         finally:
             await self.shutdown()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         return 0
+
+    def check_reload(self) -> bool:
+        """SIGHUP (``systemctl reload``): re-read the three files and say whether they are valid.
+
+        Applying a changed registry to running backends belongs with start/stop/swap control
+        (a later issue); until then the running configuration stays, and a reload never takes
+        a model down or kills the daemon, whatever the files say.
+        """
+        try:
+            load_config(self.config.config_dir, simulate=self.config.simulate)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("config.reload_invalid", issue=str(issue))
+            self._notifier.status(f"reload refused: {len(exc.issues)} configuration error(s)")
+            return False
+        log.warning(
+            "config.reload_valid",
+            detail="the configuration is valid; applying changes to running backends is not "
+            "supported yet, the running configuration stays",
+        )
+        return True
 
 
 def run_daemon(config: Config, *, sink: EventSink | None = None) -> int:
