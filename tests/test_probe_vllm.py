@@ -36,6 +36,8 @@ class FakeVllm(JsonServer):
         self.waiting = 0
         self.hang = threading.Event()
         self.release = threading.Event()
+        self.api_key: str | None = None
+        """Like ``VLLM_API_KEY``: ``/v1/*`` answers 401 without ``Bearer <key>``."""
 
     def _answer(self, request: Request) -> Reply | None:
         if self.hang.is_set():
@@ -44,6 +46,8 @@ class FakeVllm(JsonServer):
         if request.path == "/health":
             return Reply(self.health_status, b"", "text/plain")
         if request.path == "/v1/models":
+            if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                return Reply(401, {"error": "Unauthorized"})
             return Reply(200, {"object": "list",
                                "data": [{"id": n, "object": "model"} for n in self.served]})
         if request.path == "/metrics":
@@ -62,10 +66,13 @@ def fake_vllm() -> Iterator[FakeVllm]:
         yield fake
 
 
-def probe(base_url: str, expected: list[str], timeout_s: float = 1.0, threshold: int = 4) -> ProbeResult:
+def probe(
+    base_url: str, expected: list[str], timeout_s: float = 1.0, threshold: int = 4,
+    api_key: str | None = None,
+) -> ProbeResult:
     async def run() -> ProbeResult:
         async with httpx2.AsyncClient() as client:
-            return await probe_vllm(client, base_url, expected, timeout_s, threshold)
+            return await probe_vllm(client, base_url, expected, timeout_s, threshold, api_key=api_key)
 
     return asyncio.run(run())
 
@@ -124,3 +131,11 @@ def test_metrics_parser_sums_model_names_and_rejects_garbage() -> None:
     assert load is not None and load.running == 2 and load.waiting == 7
     assert parse_metrics("not prometheus {{{") is None
     assert parse_metrics("# nothing here\n") is None
+
+
+def test_a_server_started_with_an_api_key_is_probed_with_it(fake_vllm: FakeVllm) -> None:
+    fake_vllm.api_key = "sk-vllm-local-123"
+    assert probe(fake_vllm.base_url, ["qwen-coder-vllm"]).outcome is ProbeOutcome.UNHEALTHY
+    r = probe(fake_vllm.base_url, ["qwen-coder-vllm"], api_key="sk-vllm-local-123")
+    assert r.outcome is ProbeOutcome.OK
+    assert "sk-vllm-local-123" not in (r.detail or "")

@@ -124,3 +124,24 @@ def test_a_provider_without_a_length_or_a_port_cannot_be_launched() -> None:
         _launch(vllm_provider(type="ollama"))
     with pytest.raises(InputError, match=r"\(0, 1\]"):
         _launch(fraction=1.5)
+
+
+def test_the_child_gets_only_its_own_key_and_never_the_hub_token_or_other_providers_keys() -> None:
+    from pathlib import Path
+
+    from gpumgr.config.settings import VllmSettings
+    from gpumgr.engines.vllm import GpuFacts, build_vllm_launch
+
+    provider = vllm_provider(requires_api_key=True, env_var="QWEN_KEY")
+    env = {"PATH": "/usr/bin", "QWEN_KEY": "own-key-1", "OLLAMA_CLOUD_API_KEY": "cloud-key-2",
+           "HF_TOKEN": "hf_token_3"}
+    launch = build_vllm_launch(
+        provider, fraction=0.5, snapshot_dir=Path("/snap"), gpu=GpuFacts("GPU-x"),
+        settings=VllmSettings(), base_env=env,
+        withheld_env={"QWEN_KEY", "OLLAMA_CLOUD_API_KEY"},
+    )
+    assert launch.env["VLLM_API_KEY"] == "own-key-1"
+    assert launch.env["PATH"] == "/usr/bin"
+    for secret in ("own-key-1", "cloud-key-2", "hf_token_3"):
+        assert secret not in launch.argv
+    assert {"QWEN_KEY", "OLLAMA_CLOUD_API_KEY", "HF_TOKEN"}.isdisjoint(launch.env)

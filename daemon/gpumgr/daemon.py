@@ -178,6 +178,7 @@ class Daemon:
             snapshots=snapshots,
             managed=self._managed_pids,
             command=SIM_ENGINE_COMMAND if self.simulate else None,
+            withheld_env={p.env_var for p in self.config.providers.values() if p.env_var},
         )
         ctx = StartContext(
             log_dir=self.paths.log_dir,

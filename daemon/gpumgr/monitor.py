@@ -34,7 +34,13 @@ from gpumgr.status.document import DaemonInfo, GpuStatus
 from gpumgr.status.publisher import StatusPublisher
 from gpumgr.status.redact import provider_secrets, redactor_for
 from gpumgr.status.seed import initial_backends
-from gpumgr.supervisor.events import ChildStarted, ChildStopped, Restarting, SupervisorEvent
+from gpumgr.supervisor.events import (
+    ChildExited,
+    ChildStarted,
+    ChildStopped,
+    Restarting,
+    SupervisorEvent,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -123,6 +129,8 @@ class Monitor:
 
     async def stop(self) -> None:
         self._notifier.stopping()
+        if self._gpu_refresh is not None:
+            self._tasks.append(self._gpu_refresh)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -138,14 +146,14 @@ class Monitor:
     def supervisor_sink(self, event: SupervisorEvent) -> None:
         """Supervisor events: the state machine moves at once, the document gets pid/slice."""
         if isinstance(event, ChildStarted):
-            self.publisher.update_backend(
-                event.backend, pid=event.pid, port=event.port,
-                gpu_memory_utilization=event.fraction,
-            )
+            changes: dict[str, object] = {"pid": event.pid, "port": event.port}
+            if event.fraction is not None:  # an adopted child's slice is not re-announced
+                changes["gpu_memory_utilization"] = event.fraction
+            self.publisher.update_backend(event.backend, **changes)
         elif isinstance(event, Restarting):
             self._restarts[event.backend] = self._restarts.get(event.backend, 0) + 1
             self.publisher.update_backend(event.backend, restarts=self._restarts[event.backend])
-        elif isinstance(event, ChildStopped):
+        elif isinstance(event, (ChildStopped, ChildExited)):
             self.publisher.update_backend(event.backend, pid=None)
         apply_supervisor_event(self.scheduler, event)
 
@@ -192,15 +200,18 @@ class Monitor:
     def _refresh_gpus_soon(self) -> None:
         if self._gpu_refresh is None or self._gpu_refresh.done():
             with contextlib.suppress(RuntimeError):  # no running loop (tests driving callbacks)
-                self._gpu_refresh = asyncio.get_running_loop().create_task(self._poll_gpus_once())
+                self._gpu_refresh = asyncio.get_running_loop().create_task(self._poll_gpus_safely())
+
+    async def _poll_gpus_safely(self) -> None:
+        try:
+            await self._poll_gpus_once()
+        except Exception as exc:  # noqa: BLE001 - a bad read must not end a loop or a task
+            log.warning("gpu.poll_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _gpu_loop(self) -> None:
         while True:
             await asyncio.sleep(GPU_POLL_S)
-            try:
-                await self._poll_gpus_once()
-            except Exception as exc:  # noqa: BLE001 - a bad read must not end the loop
-                log.warning("gpu.poll_failed", error=str(exc))
+            await self._poll_gpus_safely()
 
     async def _unresponsive_loop(self) -> None:
         """Separate from the GPU poll: a hung NVML read must not stop hung-engine restarts."""

@@ -94,7 +94,16 @@ class BackendKeeper:
         self._task = asyncio.get_running_loop().create_task(
             self._run(adopted), name=f"keeper:{self.backend}"
         )
+        self._task.add_done_callback(self._on_loop_end)
         return self._task
+
+    def _on_loop_end(self, task: asyncio.Task[None]) -> None:
+        """The loop never ends on an exception by design; if a bug makes it, say so loudly."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("keeper.crashed", backend=self.backend, error=f"{type(exc).__name__}: {exc}")
+        self._fail(f"gpumgr internal error: {type(exc).__name__}: {exc}")
 
     async def stop(self) -> process.StopOutcome | None:
         """Stop the loop and the child's whole group; forget the record. Idempotent."""
@@ -191,7 +200,9 @@ class BackendKeeper:
         self.child = child
         self._ctx.sink(ChildStarted(self.backend, child.pid, self.port, None, adopted=True))
         self._set(BackendState.STARTING, "adopted; waiting for /health")
-        async with httpx2.AsyncClient() as client:
+        # It may still be initialising (the old daemon died mid-start): no other start on this
+        # GPU until it answers, as for any start (DESIGN §3).
+        async with self._ctx.locks.for_gpu(self.gpu_uuid), httpx2.AsyncClient() as client:
             try:
                 startup_s = await wait_ready(
                     child, f"http://127.0.0.1:{self.port}/health", self._ctx.timing, client
@@ -231,6 +242,14 @@ class BackendKeeper:
             oom_error = self.last_error if hint.after_oom_fraction is not None else ""
             self._fail(f"{exc}; last error: {oom_error}" if oom_error else str(exc))
             return None
+        except Exception as exc:  # noqa: BLE001 - NVML gone, unreadable snapshot, disk full...
+            # ...is a failed start like any other: the restart policy decides, and its limit
+            # ends in ``failed`` with this reason instead of a keeper that silently died.
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("keeper.start_error", backend=self.backend, error=reason)
+            if self.child is not None and self.child.group_alive():
+                await process.stop(self.child, term_timeout_s=self._stop_timeout_s)
+            return StartFailed(self.backend, reason, oom=False, last_error=reason, returncode=None)
         self.spec = spec
         self._set(BackendState.UP, f"pid {child.pid} healthy")
         return child
@@ -254,7 +273,10 @@ class BackendKeeper:
             try:
                 return await asyncio.wait_for(child.wait(), timeout=_LOG_ROTATE_CHECK_S)
             except asyncio.TimeoutError:
-                if rotate_live(path, self._ctx.log_max_bytes, self._ctx.log_backups):
+                rotated = await asyncio.to_thread(
+                    rotate_live, path, self._ctx.log_max_bytes, self._ctx.log_backups
+                )
+                if rotated:
                     child.log_offset = 0
 
     def _after_crash(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,7 @@ def launch_for_budget(
     *,
     command: Sequence[str] | None,
     base_env: Mapping[str, str],
+    withheld_env: Collection[str] = (),
 ) -> VllmLaunch:
     """The vLLM command line for one planned instance (the daemon's and ``plan --json``'s)."""
     config_json = snapshot_dir / "config.json"
@@ -64,6 +65,7 @@ def launch_for_budget(
         max_num_seqs=budget.max_num_seqs,
         command=command,
         base_env=base_env,
+        withheld_env=withheld_env,
         checkpoint_quantization=(
             read_model_dims(config_json).quantization_method if config_json.is_file() else None
         ),
@@ -84,6 +86,8 @@ class LaunchPlanner:
     command: Sequence[str] | None = None
     """Prefix replacing the vLLM executable (the simulated engine), else the configured one."""
     base_env: Mapping[str, str] | None = None
+    withheld_env: Collection[str] = ()
+    """Variables never passed to a vLLM child: every provider's ``env_var`` (secrets)."""
 
     def _request(self, provider: Provider) -> InstanceRequest:
         snap = self.snapshots[provider.name]
@@ -140,6 +144,7 @@ class LaunchPlanner:
             provider, inst, gpu, snap, self.settings,
             command=self.command,
             base_env=os.environ if self.base_env is None else self.base_env,
+            withheld_env=self.withheld_env,
         )
         assert provider.port is not None  # build_vllm_launch refuses a provider without one
         log.info(

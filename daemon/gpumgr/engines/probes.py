@@ -70,7 +70,10 @@ async def probe_provider(
     if provider.type is ProviderType.VLLM:
         if not provider.base_url:
             return ProbeResult(ProbeOutcome.UNREACHABLE, 0.0, "no base_url")
-        return await probe_vllm(client, provider.base_url, names, t, options.busy_waiting_threshold)
+        return await probe_vllm(
+            client, provider.base_url, names, t, options.busy_waiting_threshold,
+            api_key=api_key_of(provider, env),
+        )
     if provider.type is ProviderType.OLLAMA:
         return await probe_ollama(client, provider.base_url or DEFAULT_OLLAMA_URL, names, t)
     if provider.type is ProviderType.OLLAMA_CLOUD:

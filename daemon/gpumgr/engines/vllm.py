@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,6 +201,7 @@ def build_vllm_launch(
     max_num_seqs: int | None = None,
     command: Sequence[str] | None = None,
     base_env: Mapping[str, str] | None = None,
+    withheld_env: Collection[str] = (),
     checkpoint_quantization: str | None = None,
     is_executable: Callable[[Path], bool] = _default_is_file,
 ) -> VllmLaunch:
@@ -263,7 +264,14 @@ def build_vllm_launch(
                 "(the vLLM server needs its API key)"
             )
         env["VLLM_API_KEY"] = key
+    # The server runs offline and needs no other secret: not the hub token, not the keys of
+    # other providers (``withheld_env``: every provider's env_var), not its own under its name.
+    for name in (*HUB_TOKEN_ENV, *withheld_env):
+        env.pop(name, None)
     return VllmLaunch(argv=argv, env=env)
+
+
+HUB_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")
 
 
 def emitted_flags(argv: Sequence[str]) -> list[str]:

@@ -85,8 +85,13 @@ async def probe_vllm(
     expected_names: Sequence[str],
     timeout_s: float,
     busy_waiting_threshold: int = 4,
+    api_key: str | None = None,
 ) -> ProbeResult:
-    """One probe: ``/health``, then ``/v1/models`` and ``/metrics`` concurrently."""
+    """One probe: ``/health``, then ``/v1/models`` and ``/metrics`` concurrently.
+
+    ``api_key``: a server started with ``VLLM_API_KEY`` answers 401 on ``/v1/*`` without it.
+    """
+    auth = {"Authorization": f"Bearer {api_key}"} if api_key else None
 
     async def run(sw: Stopwatch) -> ProbeResult:
         health = await get(client, join(base_url, "/health"), timeout_s)
@@ -95,7 +100,7 @@ async def probe_vllm(
                 ProbeOutcome.UNHEALTHY, sw.ms(), f"health {health.status_code}"
             )
         models_resp, metrics_resp = await asyncio.gather(
-            get(client, join(base_url, "/v1/models"), timeout_s),
+            get(client, join(base_url, "/v1/models"), timeout_s, headers=auth),
             get(client, join(base_url, "/metrics"), timeout_s),
             return_exceptions=True,
         )

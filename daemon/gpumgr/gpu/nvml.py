@@ -109,7 +109,7 @@ class NvmlBackend:
         """The inventory of an unreadable GPU; logged once per outage, not on every poll."""
         msg = unavailable_message(exc)
         if msg != self._last_error:
-            log.warning("gpu.unavailable", backend="nvml", reason=msg)
+            log.info("gpu.unavailable", backend="nvml", reason=msg)
             self._last_error = msg
         return GpuInventory(backend="nvml", error=msg)
 
@@ -152,9 +152,13 @@ class NvmlBackend:
         cc = self._optional(
             lambda: "{}.{}".format(*nv.nvmlDeviceGetCudaComputeCapability(handle))
         )
-        procs = self._processes(handle, "compute", warnings) + self._processes(
+        # A process with a CUDA and a graphics context is in both lists with the same memory.
+        by_pid: dict[int, GpuProcess] = {}
+        for proc in self._processes(handle, "compute", warnings) + self._processes(
             handle, "graphics", warnings
-        )
+        ):
+            by_pid.setdefault(proc.pid, proc)
+        procs = tuple(by_pid.values())
         return GpuInfo(
             index=index,
             uuid=uuid,

@@ -51,7 +51,8 @@ class GpuProcess(_Contract):
     """A process holding memory on a GPU; ``owner`` is a backend name, ``ollama`` or ``other``."""
 
     pid: int
-    used_mib: int = Field(ge=0)
+    used_mib: int | None = Field(default=None, ge=0)
+    """None where the driver cannot say per process (NVML in some containers, WDDM)."""
     owner: str
 
 

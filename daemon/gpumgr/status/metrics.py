@@ -67,7 +67,8 @@ class _DocumentCollector(Collector):
             free.add_metric([label], float(gpu.memory_free_mib * MIB_BYTES))
             sums_mib: dict[str, int] = {}
             for proc in gpu.processes:
-                sums_mib[proc.owner] = sums_mib.get(proc.owner, 0) + proc.used_mib
+                if proc.used_mib is not None:
+                    sums_mib[proc.owner] = sums_mib.get(proc.owner, 0) + proc.used_mib
             for owner, mib in sums_mib.items():
                 per_owner.add_metric([label, owner], float(mib * MIB_BYTES))
         yield total

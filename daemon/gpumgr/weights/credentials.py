@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpumgr.config.settings import HubSettings
+from gpumgr.logs import register_secret
 from gpumgr.errors import WeightsInputError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -90,5 +91,8 @@ class HubAccess:
 
 def hub_access(hub: HubSettings, env: Mapping[str, str], *, endpoint: str | None = None) -> HubAccess:
     """Everything a download needs from settings and environment, resolved once."""
-    return HubAccess(endpoint=resolve_endpoint(hub, env, endpoint), token=resolve_token(hub, env),
+    token = resolve_token(hub, env)
+    if token is not None:
+        register_secret(token.value)  # masked in every log event, wherever a library echoes it
+    return HubAccess(endpoint=resolve_endpoint(hub, env, endpoint), token=token,
                      max_workers=hub.max_workers, timeout_s=hub.timeout_s)
