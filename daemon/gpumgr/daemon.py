@@ -13,7 +13,10 @@ import contextlib
 import functools
 import os
 import signal
+import sys
+import threading
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import structlog
 
@@ -38,6 +41,8 @@ from gpumgr.supervisor.restart import RestartPolicy
 from gpumgr.weights import DownloadProgress, Snapshot
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 SIM_LOAD_ENV = "GPUMGR_SIM_LOAD_SECONDS"
 
@@ -155,9 +160,12 @@ class Daemon:
         monitor = self.monitor
 
         def progress(name: str, ev: DownloadProgress) -> None:
-            loop.call_soon_threadsafe(monitor.downloading, name, ev.detail())
+            with contextlib.suppress(RuntimeError):  # the loop closed while a download ran on
+                loop.call_soon_threadsafe(monitor.downloading, name, ev.detail())
 
-        resolved = await asyncio.to_thread(self._resolve_weights, wanted, progress)
+        # A daemon thread, not the default executor: SIGTERM during a 9 GB download must not wait
+        # for it (asyncio.run joins executor threads); the next pull cleans up its partial files.
+        resolved = await run_in_daemon_thread(self._resolve_weights, wanted, progress)
         for name, snap in resolved.items():
             monitor.publisher.update_backend(name, weights_commit=snap.commit)
         snapshots = {name: snap.path for name, snap in resolved.items()}
@@ -288,6 +296,45 @@ class Daemon:
         return True
 
 
+async def run_in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in a daemon thread, awaited; abandoned (not joined) if the caller is cancelled."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            outcome: tuple[T | None, BaseException | None] = (fn(*args), None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            outcome = (None, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(deliver, *outcome)
+
+    threading.Thread(target=work, name=f"gpumgr:{getattr(fn, '__name__', 'work')}", daemon=True).start()
+    return await future
+
+
 def run_daemon(config: Config, *, sink: EventSink | None = None) -> int:
-    """Blocking entry point for ``gpumgr daemon``."""
-    return asyncio.run(Daemon(config, sink=sink).serve())
+    """Blocking entry point for ``gpumgr daemon``.
+
+    After an orderly shutdown, a download still in flight (huggingface_hub's own worker
+    threads, which the interpreter would join at exit) is abandoned rather than waited for:
+    its partial files are cleaned up by the next pull, under the repository's lock.
+    """
+    code = asyncio.run(Daemon(config, sink=sink).serve())
+    # Daemon or not, executor workers are joined at interpreter exit (concurrent.futures' own
+    # atexit hook), so any thread still running here would hold the exit up.
+    busy = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+    if busy:
+        log.info("daemon.abandoned_threads", threads=busy)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
