@@ -183,6 +183,49 @@ def test_a_new_daemon_adopts_both_engines_after_sigkill_without_restarting_them(
 
 
 @pytest.mark.slow
+def test_after_a_driver_upgrade_breaks_nvml_serving_engines_are_adopted_not_lost(
+    two_engines: tuple[DaemonRun, int, int],
+) -> None:
+    """The daemon restarts and NVML no longer answers (driver/library mismatch): engines that
+    are serving keep serving and stay ``up``; only new starts are impossible."""
+    from gpumgr.gpu.nvml import NvmlBackend
+
+    if NvmlBackend().read().available:
+        pytest.skip("this machine has a GPU")
+    run, p1, p2 = two_engines
+    first = run.start()
+    wait_for(lambda: healthy(p1) and healthy(p2), WAIT_S, "both engines healthy")
+    before = {name: r["pid"] for name, r in run.records().items()}
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+    status_port = free_port()
+    run.env["GPUMGR_LISTEN"] = f"127.0.0.1:{status_port}"
+    log = run.tmp / "daemon-nogpu.log"
+    with open(log, "wb") as out:  # no --simulate: the real NVML path, which has no driver here
+        second = subprocess.Popen(
+            [sys.executable, "-m", "gpumgr.cli", "daemon", "--config-dir", str(run.config_dir)],
+            env=run.env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    run.daemons.append(second)
+
+    def both_up() -> bool:
+        try:
+            doc = httpx2.get(f"http://127.0.0.1:{status_port}/v1/status", timeout=1).json()
+        except httpx2.HTTPError:
+            return False
+        states = {b["name"]: (b["state"], b["pid"]) for b in doc["backends"]}
+        return states.get("qwen-7b") == ("up", before["qwen-7b"]) and states.get(
+            "deepseek-6.7b") == ("up", before["deepseek-6.7b"])
+
+    wait_for(both_up, WAIT_S, "both adopted engines up under a daemon without NVML")
+    assert '"event": "gpu.unavailable"' in log.read_text()
+    assert not [line for line in log.read_text().splitlines() if "supervisor.spawn" in line]
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=30) == 0
+
+
+@pytest.mark.slow
 def test_a_dead_recorded_child_is_restarted_and_a_foreign_port_holder_left_alone(
     two_engines: tuple[DaemonRun, int, int],
 ) -> None:

@@ -102,9 +102,13 @@ class Daemon:
         return backend
 
     def _resolve_weights(
-        self, providers: list[Provider], progress: Callable[[str, DownloadProgress], None]
+        self,
+        providers: list[Provider],
+        progress: Callable[[str, DownloadProgress], None],
+        local_only: bool = False,
     ) -> dict[str, Snapshot]:
-        """Local snapshots, pulling what is missing (from the simulated hub when simulating)."""
+        """Local snapshots, pulling what is missing (from the simulated hub when simulating);
+        ``local_only``: what is on disk, nothing fetched."""
         from gpumgr.sim.hub import hub_endpoint
         from gpumgr.weights import WeightsContext
 
@@ -117,6 +121,11 @@ class Daemon:
             )
             weights = WeightsContext.from_config(self.config, endpoint=endpoint)
             for p in providers:
+                if local_only:
+                    local = weights.local(p)
+                    if local is not None:
+                        found[p.name] = local
+                    continue
                 try:
                     snap = weights.local(p) or weights.resolve(
                         p, progress=functools.partial(progress, p.name)
@@ -146,15 +155,12 @@ class Daemon:
         self._sinks.append(self.monitor.supervisor_sink)
         await self.monitor.start()
         wanted = self.wanted
-        if not first_read.available:
-            # Ollama, the cloud and every other backend are still watched and published; only
-            # the vLLM servers need the card. (A driver/library mismatch after an upgrade, say.)
-            reason = first_read.error or "GPU unavailable"
-            log.error("gpu.unavailable", error=reason)
-            for p in wanted:
-                self.failed[p.name] = reason
-                self.emit(BackendFailed(p.name, reason))
-            return
+        # Without a readable GPU (no driver, or a driver/library mismatch after an upgrade)
+        # nothing new can be planned or started, but engines that are serving keep serving:
+        # they are adopted, and Ollama, the cloud and the rest are watched and published.
+        gpu_error = None if first_read.available else (first_read.error or "GPU unavailable")
+        if gpu_error:
+            log.error("gpu.unavailable", error=gpu_error)
         gpus = {g.index: g.uuid for g in first_read.gpus}
         loop = asyncio.get_running_loop()
         monitor = self.monitor
@@ -165,7 +171,9 @@ class Daemon:
 
         # A daemon thread, not the default executor: SIGTERM during a 9 GB download must not wait
         # for it (asyncio.run joins executor threads); the next pull cleans up its partial files.
-        resolved = await run_in_daemon_thread(self._resolve_weights, wanted, progress)
+        resolved = await run_in_daemon_thread(
+            self._resolve_weights, wanted, progress, gpu_error is not None
+        )
         for name, snap in resolved.items():
             monitor.publisher.update_backend(name, weights_commit=snap.commit)
         snapshots = {name: snap.path for name, snap in resolved.items()}
@@ -173,7 +181,9 @@ class Daemon:
             self.emit(BackendFailed(name, reason))
         runnable = [p for p in wanted if p.name in snapshots]
 
-        adoption = adopt_recorded(self.records, {p.name for p in runnable}, self.paths.log_dir)
+        # Desired state decides what is adopted, not whether its weights are found on disk now:
+        # a serving engine of an active provider is never stopped for a missing snapshot.
+        adoption = adopt_recorded(self.records, {p.name for p in wanted}, self.paths.log_dir)
         vllm = self.settings.vllm
         for child in adoption.unwanted:
             await process.stop(child, term_timeout_s=vllm.stop_timeout_s)
@@ -201,15 +211,23 @@ class Daemon:
             log_backups=vllm.log_backups,
         )
         policy = RestartPolicy.from_settings(self.settings.restart)
-        for p in runnable:
-            if p.gpu not in gpus:
+        for p in wanted:
+            record = adoption.records.get(p.name)
+            if gpu_error is not None and record is None:
+                self.failed[p.name] = gpu_error
+                self.emit(BackendFailed(p.name, gpu_error))
+                continue
+            if p.name not in snapshots and record is None:
+                continue  # its weights failed (reported above)
+            gpu_uuid = (record.gpu_uuid if record is not None else None) or gpus.get(p.gpu)
+            if gpu_uuid is None:
                 self.failed[p.name] = f"GPU {p.gpu} not found ({len(gpus)} card(s))"
                 self.emit(BackendFailed(p.name, self.failed[p.name]))
                 continue
             assert p.port is not None  # the config loader requires a port for vLLM
             keeper = BackendKeeper(
                 p.name,
-                gpus[p.gpu],
+                gpu_uuid,
                 p.port,
                 planner.preparer(p),
                 ctx,
@@ -219,7 +237,9 @@ class Daemon:
                 memory_timeout_s=vllm.memory_release_timeout_s,
             )
             self.keepers[p.name] = keeper
-            keeper.launch(adoption.adopted.get(p.name))  # the GPU lock orders the starts
+            keeper.launch(  # the GPU lock orders the starts
+                adoption.adopted.get(p.name), record.fraction if record is not None else None
+            )
         log.info("daemon.started", backends=list(self.keepers), adopted=list(adoption.adopted),
                  simulated=self.simulate)
 

@@ -26,6 +26,8 @@ log = structlog.get_logger(__name__)
 class Adoption:
     adopted: dict[str, process.ChildProcess] = field(default_factory=dict)
     """Backend → the recorded child, now watched (its health is checked by its keeper)."""
+    records: dict[str, ChildRecord] = field(default_factory=dict)
+    """Backend → the record of an adopted child (its GPU and slice)."""
     unwanted: list[process.ChildProcess] = field(default_factory=list)
     """Our children whose backend is no longer meant to run: to stop."""
     forgotten: list[ChildRecord] = field(default_factory=list)
@@ -53,6 +55,7 @@ def adopt_recorded(records: ChildRecords, wanted: Collection[str], log_dir: Path
         )
         if backend in wanted:
             result.adopted[backend] = child
+            result.records[backend] = rec
         else:
             log.info("adopt.unwanted", backend=backend, pid=rec.pid)
             result.unwanted.append(child)

@@ -86,13 +86,15 @@ class BackendKeeper:
         self._task: asyncio.Task[None] | None = None
 
     # -- public ----------------------------------------------------------------------------
-    def launch(self, adopted: process.ChildProcess | None = None) -> asyncio.Task[None]:
-        """Start the keep-alive loop (optionally around an adopted child) as a task."""
+    def launch(
+        self, adopted: process.ChildProcess | None = None, adopted_fraction: float | None = None
+    ) -> asyncio.Task[None]:
+        """Start the keep-alive loop (optionally around an adopted child and its slice) as a task."""
         if self._task is not None and not self._task.done():
             raise RuntimeError(f"{self.backend}: keeper already running")
         self._stopping = False
         self._task = asyncio.get_running_loop().create_task(
-            self._run(adopted), name=f"keeper:{self.backend}"
+            self._run(adopted, adopted_fraction), name=f"keeper:{self.backend}"
         )
         self._task.add_done_callback(self._on_loop_end)
         return self._task
@@ -156,10 +158,13 @@ class BackendKeeper:
         self.child = child
         self.spec = spec
 
-    async def _run(self, adopted: process.ChildProcess | None) -> None:
+    async def _run(
+        self, adopted: process.ChildProcess | None, adopted_fraction: float | None = None
+    ) -> None:
         history = CrashHistory()
         hint = PrepareHint()
-        child = adopted if adopted is not None and await self._take_over(adopted) else None
+        taken = adopted is not None and await self._take_over(adopted, adopted_fraction)
+        child = adopted if taken else None
         while not self._stopping:
             if child is None:
                 started = await self._start_once(hint)
@@ -194,11 +199,11 @@ class BackendKeeper:
             hint = PrepareHint(after_oom_fraction=fraction) if oom else PrepareHint()
             await self._sleep(delay_s)
 
-    async def _take_over(self, child: process.ChildProcess) -> bool:
+    async def _take_over(self, child: process.ChildProcess, fraction: float | None) -> bool:
         """Adopt a recorded child: it counts once it answers ``/health`` (it may still be loading
         if the old daemon died mid-start). One that never does is stopped and started afresh."""
         self.child = child
-        self._ctx.sink(ChildStarted(self.backend, child.pid, self.port, None, adopted=True))
+        self._ctx.sink(ChildStarted(self.backend, child.pid, self.port, fraction, adopted=True))
         self._set(BackendState.STARTING, "adopted; waiting for /health")
         # It may still be initialising (the old daemon died mid-start): no other start on this
         # GPU until it answers, as for any start (DESIGN §3).
