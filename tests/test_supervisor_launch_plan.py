@@ -82,3 +82,44 @@ def test_after_an_oom_the_same_slice_is_never_offered_again(planner: LaunchPlann
     same = planner.launch_spec(planner.providers[0], PrepareHint()).fraction
     with pytest.raises(PlanInfeasible, match=f"--gpu-memory-utilization {same:g}"):
         planner.launch_spec(planner.providers[0], PrepareHint(after_oom_fraction=same))
+
+
+def test_a_running_engine_keeps_its_slice_in_the_plan_of_the_next_start(tmp_path: Path) -> None:
+    """qwen-7b runs with 0.84 (an older plan, or adopted): the second provider's slice must fit
+    beside what it really holds, not beside the smaller slice a joint plan would give it."""
+    state = SimGpuState(tmp_path / "sim-gpu.json")
+    spec = SimGpuSpec(index=0, uuid=sim_uuid(0))
+    state.ensure([spec])
+    qwen = Provider(
+        name="qwen-7b", type="vllm", base_url="http://127.0.0.1:8001", max_model_len=8192,
+        max_num_seqs=16, models=[{"name": "qwen-coder-vllm"}],
+    )  # fmt: skip
+    other = Provider(
+        name="qwen-b", type="vllm", base_url="http://127.0.0.1:8002", max_model_len=2048,
+        max_num_seqs=2, models=[{"name": "qwen-b"}],
+    )  # fmt: skip
+    snap = _snapshot(tmp_path)
+    engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        # what a 0.84 engine holds: its context plus 0.84 of the card
+        state.allocate(engine.pid, sim_uuid(0), 500 + int(0.84 * 16384), "vllm")
+        planner = LaunchPlanner(
+            providers=[qwen, other], settings=Settings(),
+            inventory=SimulatedBackend(state, [spec]),
+            snapshots={"qwen-7b": snap, "qwen-b": snap},
+            managed=lambda: {engine.pid: "qwen-7b"}, command=SIM_COMMAND, base_env={},
+            running_fractions=lambda: {"qwen-7b": 0.84},
+        )  # fmt: skip
+        with pytest.raises(PlanInfeasible):
+            planner.launch_spec(other, PrepareHint())  # 0.84 + a 5.2 GiB model do not fit
+        unaware = LaunchPlanner(
+            providers=[qwen, other], settings=Settings(),
+            inventory=SimulatedBackend(state, [spec]),
+            snapshots={"qwen-7b": snap, "qwen-b": snap},
+            managed=lambda: {engine.pid: "qwen-7b"}, command=SIM_COMMAND, base_env={},
+        )  # fmt: skip
+        # without the running slice the joint plan would promise memory qwen-7b still holds
+        assert unaware.launch_spec(other, PrepareHint()).fraction > 0
+    finally:
+        engine.kill()
+        engine.wait()

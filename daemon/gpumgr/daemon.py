@@ -197,6 +197,7 @@ class Daemon:
             managed=self._managed_pids,
             command=SIM_ENGINE_COMMAND if self.simulate else None,
             withheld_env={p.env_var for p in self.config.providers.values() if p.env_var},
+            running_fractions=self._running_fractions,
         )
         ctx = StartContext(
             log_dir=self.paths.log_dir,
@@ -242,6 +243,14 @@ class Daemon:
             )
         log.info("daemon.started", backends=list(self.keepers), adopted=list(adoption.adopted),
                  simulated=self.simulate)
+
+    def _running_fractions(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, keeper in self.keepers.items():
+            fraction = keeper.running_fraction
+            if fraction is not None:
+                out[name] = fraction
+        return out
 
     def _restart_unresponsive(self, backend: str, reason: str) -> bool:
         keeper = self.keepers.get(backend)

@@ -84,6 +84,7 @@ class BackendKeeper:
         self.spec: LaunchSpec | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._adopted_fraction: float | None = None
 
     # -- public ----------------------------------------------------------------------------
     def launch(
@@ -199,10 +200,18 @@ class BackendKeeper:
             hint = PrepareHint(after_oom_fraction=fraction) if oom else PrepareHint()
             await self._sleep(delay_s)
 
+    @property
+    def running_fraction(self) -> float | None:
+        """The slice the live engine runs with (None when none runs or it is unknown)."""
+        if self.child is None or self.child.exited:
+            return None
+        return self.spec.fraction if self.spec is not None else self._adopted_fraction
+
     async def _take_over(self, child: process.ChildProcess, fraction: float | None) -> bool:
         """Adopt a recorded child: it counts once it answers ``/health`` (it may still be loading
         if the old daemon died mid-start). One that never does is stopped and started afresh."""
         self.child = child
+        self._adopted_fraction = fraction
         self._ctx.sink(ChildStarted(self.backend, child.pid, self.port, fraction, adopted=True))
         self._set(BackendState.STARTING, "adopted; waiting for /health")
         # It may still be initialising (the old daemon died mid-start): no other start on this

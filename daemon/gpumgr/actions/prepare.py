@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
@@ -88,6 +88,9 @@ class LaunchPlanner:
     base_env: Mapping[str, str] | None = None
     withheld_env: Collection[str] = ()
     """Variables never passed to a vLLM child: every provider's ``env_var`` (secrets)."""
+    running_fractions: Callable[[], Mapping[str, float]] = dict
+    """Backend → the slice its live engine runs with. A running engine keeps its slice while
+    another one starts (it is not restarted), so the plan holds it at that slice."""
 
     def _request(self, provider: Provider) -> InstanceRequest:
         snap = self.snapshots[provider.name]
@@ -98,11 +101,18 @@ class LaunchPlanner:
             snapshot_weights_bytes=weights_bytes(snap),
         )
 
-    def _plan(self, gpu: GpuInfo, providers: Sequence[Provider]) -> VramPlan:
+    def _plan(self, gpu: GpuInfo, providers: Sequence[Provider], starting: str) -> VramPlan:
+        running = self.running_fractions()
+        requests = [
+            replace(r, pinned_fraction=running[r.provider])
+            if r.provider != starting and r.provider in running
+            else r
+            for r in (self._request(p) for p in providers)
+        ]
         return plan_slices(
             request_for_gpu(
                 gpu,
-                [self._request(p) for p in providers],
+                requests,
                 reserve_bytes=self.settings.gpu.reserve_mib * MIB,
                 ollama_reservation_bytes=self.settings.ollama.reservation_mib * MIB,
             )
@@ -119,14 +129,14 @@ class LaunchPlanner:
         together = [p for p in self.providers if p.gpu == provider.gpu]
         if provider not in together:
             together.append(provider)
-        plan = self._plan(gpu, together)
+        plan = self._plan(gpu, together, provider.name)
         if hint.after_oom_fraction is None:
             if not plan.feasible:
                 raise PlanInfeasible("; ".join(p.message for p in plan.problems))
             return gpu, plan
         if plan.feasible and plan.instance(provider.name).fraction < hint.after_oom_fraction:
             return gpu, plan
-        alone = self._plan(gpu, [provider])
+        alone = self._plan(gpu, [provider], provider.name)
         if alone.feasible and alone.instance(provider.name).fraction < hint.after_oom_fraction:
             return gpu, alone
         why = "; ".join(p.message for p in (alone.problems or plan.problems))
