@@ -27,7 +27,7 @@ from gpumgr.actions.start import GpuLocks, StartContext, StartTiming
 from gpumgr.backend_state import BackendState
 from gpumgr.config import Config, ConfigError, load_config
 from gpumgr.config.registry import Provider, ProviderStatus
-from gpumgr.engines.vllm_log import is_oom
+from gpumgr.engines.vllm_log import is_oom, vllm_last_error
 from gpumgr.errors import GpumgrError
 from gpumgr.gpu import GpuBackend
 from gpumgr.monitor import Monitor
@@ -186,7 +186,11 @@ class Daemon:
         adoption = adopt_recorded(self.records, {p.name for p in wanted}, self.paths.log_dir)
         vllm = self.settings.vllm
         for child in adoption.unwanted:
-            await process.stop(child, term_timeout_s=vllm.stop_timeout_s)
+            await process.stop(
+                child, term_timeout_s=vllm.stop_timeout_s,
+                memory_released=self._memory_released,
+                memory_timeout_s=vllm.memory_release_timeout_s,
+            )
             self.records.remove(child.backend)
 
         planner = LaunchPlanner(
@@ -205,6 +209,7 @@ class Daemon:
             locks=self._locks,
             sink=self.emit,
             is_oom=is_oom,
+            last_error=vllm_last_error,
             timing=StartTiming(
                 start_timeout_s=vllm.start_timeout_s, poll_s=self.settings.health.starting_poll_s
             ),

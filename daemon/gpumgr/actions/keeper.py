@@ -28,7 +28,7 @@ from gpumgr.supervisor.events import (
     ChildStopping,
     Restarting,
 )
-from gpumgr.supervisor.logs import last_error, log_path, rotate_live, tail_lines
+from gpumgr.supervisor.logs import log_path, rotate_live, tail_lines
 from gpumgr.supervisor.records import port_listener_pid
 from gpumgr.supervisor.restart import CrashHistory, RestartAction, RestartPolicy, decide
 
@@ -120,12 +120,7 @@ class BackendKeeper:
         if child is not None and child.group_alive():
             self._set(BackendState.STOPPING, "stopping")
             self._ctx.sink(ChildStopping(self.backend, child.pid))
-            outcome = await process.stop(
-                child,
-                term_timeout_s=self._stop_timeout_s,
-                memory_released=self._memory_released,
-                memory_timeout_s=self._memory_timeout_s,
-            )
+            outcome = await self._stop_group(child)
             self._ctx.sink(
                 ChildStopped(self.backend, child.pid, outcome.killed, outcome.memory_released)
             )
@@ -145,8 +140,18 @@ class BackendKeeper:
             return False
         log.warning("keeper.unresponsive", backend=self.backend, pid=child.pid, reason=reason)
         self._set(BackendState.RESTARTING, f"unresponsive: {reason}")
-        await process.stop(child, term_timeout_s=self._stop_timeout_s)
+        await self._stop_group(child)
         return True
+
+    async def _stop_group(self, child: process.ChildProcess) -> process.StopOutcome:
+        """Stop the child's group and wait (bounded) until the GPU shows its memory back, so
+        the next plan never counts memory that is still held."""
+        return await process.stop(
+            child,
+            term_timeout_s=self._stop_timeout_s,
+            memory_released=self._memory_released,
+            memory_timeout_s=self._memory_timeout_s,
+        )
 
     # -- the loop --------------------------------------------------------------------------
     def _set(self, state: BackendState, detail: str) -> None:
@@ -183,14 +188,9 @@ class BackendKeeper:
                 lines = tail_lines(
                     log_path(self._ctx.log_dir, self.backend), 30, since_offset=child.log_offset
                 )
-                exit_pid, oom, err = child.pid, self._ctx.is_oom(lines), last_error(lines)
+                exit_pid, oom, err = child.pid, self._ctx.is_oom(lines), self._ctx.last_error(lines)
                 if child.group_alive():  # e.g. vLLM's EngineCore outliving its API server
-                    await process.stop(
-                        child,
-                        term_timeout_s=self._stop_timeout_s,
-                        memory_released=self._memory_released,
-                        memory_timeout_s=self._memory_timeout_s,
-                    )
+                    await self._stop_group(child)
                 self._ctx.records.remove(self.backend)
             fraction = self.spec.fraction if self.spec else None
             self.child = child = None
@@ -223,7 +223,7 @@ class BackendKeeper:
                 )
             except (ChildGone, TimeoutError) as exc:
                 log.warning("keeper.adopt_failed", backend=self.backend, error=str(exc))
-                await process.stop(child, term_timeout_s=self._stop_timeout_s)
+                await self._stop_group(child)
                 self._ctx.records.remove(self.backend)
                 self.child = None
                 return False
@@ -262,7 +262,7 @@ class BackendKeeper:
             reason = f"{type(exc).__name__}: {exc}"
             log.error("keeper.start_error", backend=self.backend, error=reason)
             if self.child is not None and self.child.group_alive():
-                await process.stop(self.child, term_timeout_s=self._stop_timeout_s)
+                await self._stop_group(self.child)
             return StartFailed(self.backend, reason, oom=False, last_error=reason, returncode=None)
         self.spec = spec
         self._set(BackendState.UP, f"pid {child.pid} healthy")

@@ -101,6 +101,8 @@ class StartContext:
     sink: EventSink
     is_oom: OomCheck
     timing: StartTiming = field(default_factory=StartTiming)
+    last_error: Callable[[list[str]], str] = last_error
+    """The log line that says why an engine died (the engine type's own reader, if any)."""
     log_max_bytes: int = 20 * 1024 * 1024
     log_backups: int = 3
 
@@ -220,7 +222,7 @@ async def _start_failure(
     ctx.records.remove(spec.backend)
     lines = tail_lines(log_path(ctx.log_dir, spec.backend), 30, since_offset=child.log_offset)
     oom = ctx.is_oom(lines)
-    err = str(exc) if timed_out else last_error(lines)
+    err = str(exc) if timed_out else ctx.last_error(lines)
     if timed_out:
         message = f"{spec.backend}: {exc}"
     else:

@@ -197,3 +197,8 @@ def last_error_line(lines: Iterable[str]) -> str | None:
         elif _ERROR_LEVEL.match(line):
             error = line
     return exception or error
+
+
+def vllm_last_error(lines: list[str]) -> str:
+    """``last_error_line``, else the last line (the supervisor's ``detail`` is never empty)."""
+    return last_error_line(lines) or (lines[-1].strip() if lines else "")

@@ -93,8 +93,10 @@ def is_same_process(record: ChildRecord) -> bool:
                 return False
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return False
+            if os.getpgid(record.pid) != record.pgid:
+                return False  # the group gpumgr would signal is not the one it started
             return list(proc.cmdline()) == list(record.cmdline)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ProcessLookupError):
         return False
 
 
