@@ -123,3 +123,62 @@ def test_a_running_engine_keeps_its_slice_in_the_plan_of_the_next_start(tmp_path
     finally:
         engine.kill()
         engine.wait()
+
+
+def _snapshot_14b(tmp: Path) -> Path:
+    snap = tmp / "qwen14b"
+    snap.mkdir()
+    (snap / "config.json").write_text(json.dumps({
+        "num_hidden_layers": 48, "num_attention_heads": 40, "num_key_value_heads": 8,
+        "hidden_size": 5120, "max_position_embeddings": 32768,
+        "quantization_config": {"quant_method": "awq"},
+    }))  # fmt: skip
+    (snap / "model.safetensors").write_bytes(header_only_safetensors(int(9.3 * GIB)))
+    return snap
+
+
+@pytest.mark.parametrize("policy", ["never", "unload_idle"])
+def test_ollamas_resident_model_is_unloaded_to_make_room_unless_the_policy_says_never(
+    tmp_path: Path, policy: str
+) -> None:
+    """A 6000 MiB Ollama model leaves too little for the 14B; gpumgr sees both and, by policy,
+    unloads it through Ollama's API (keep_alive 0) before the start instead of failing."""
+    import httpx2
+
+    from gpumgr.actions.ollama_room import OllamaRoom
+    from gpumgr.config.settings import OllamaSettings
+    from gpumgr.sim.ollama_process import start_sim_ollama
+
+    state_path = tmp_path / "sim-gpu.json"
+    spec = SimGpuSpec(index=0, uuid=sim_uuid(0))
+    SimGpuState(state_path).ensure([spec])
+    ollama = start_sim_ollama(
+        ["llama3.1:latest"], loaded=["llama3.1:latest"], sizes_mib={"llama3.1:latest": 6000},
+        env={"GPUMGR_SIM_GPU_STATE": str(state_path), "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        providers = [
+            Provider(name="ollama", type="ollama", base_url=ollama.base_url,
+                     models=[{"name": "llama3.1:latest"}]),
+            Provider(name="qwen-14b", type="vllm", base_url="http://127.0.0.1:8001",
+                     max_model_len=8192, max_num_seqs=4, models=[{"name": "qwen-coder-14b"}]),
+        ]  # fmt: skip
+        planner = LaunchPlanner(
+            providers=[providers[1]],
+            settings=Settings(ollama=OllamaSettings(eviction=policy)),  # type: ignore[arg-type]
+            inventory=SimulatedBackend(SimGpuState(state_path), [spec]),
+            snapshots={"qwen-14b": _snapshot_14b(tmp_path)},
+            managed=dict, command=SIM_COMMAND, base_env={},
+            ollama=OllamaRoom(providers),
+        )  # fmt: skip
+        loaded = lambda: httpx2.get(f"{ollama.base_url}/api/ps", timeout=2).json()["models"]  # noqa: E731
+        if policy == "never":
+            with pytest.raises(PlanInfeasible, match="unload Ollama model llama3.1:latest"):
+                planner.launch_spec(providers[1], PrepareHint())
+            assert len(loaded()) == 1
+        else:
+            launch = planner.launch_spec(providers[1], PrepareHint())
+            assert launch.fraction > 0.6
+            assert loaded() == []
+    finally:
+        ollama.stop()

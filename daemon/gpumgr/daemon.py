@@ -22,6 +22,7 @@ import structlog
 
 from gpumgr.actions.adopt import adopt_recorded
 from gpumgr.actions.keeper import BackendKeeper
+from gpumgr.actions.ollama_room import OllamaRoom
 from gpumgr.actions.prepare import LaunchPlanner
 from gpumgr.actions.start import GpuLocks, StartContext, StartTiming
 from gpumgr.backend_state import BackendState
@@ -202,6 +203,7 @@ class Daemon:
             command=SIM_ENGINE_COMMAND if self.simulate else None,
             withheld_env={p.env_var for p in self.config.providers.values() if p.env_var},
             running_fractions=self._running_fractions,
+            ollama=OllamaRoom(list(self.config.providers.values())),
         )
         ctx = StartContext(
             log_dir=self.paths.log_dir,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,16 +28,22 @@ from gpumgr.modelfiles import read_model_dims, weights_bytes
 from gpumgr.plan import (
     InstanceBudget,
     InstanceRequest,
+    OllamaModel,
     PlannerConstants,
     VramPlan,
     plan_slices,
+    ollama_unload_set,
     request_for_gpu,
 )
 from gpumgr.plan.provider import instance_request
 
+from .ollama_room import OllamaRoom
 from .start import LaunchSpec, Prepare, PrepareHint
 
 log = structlog.get_logger(__name__)
+
+OLLAMA_UNLOAD_WAIT_S = 10.0
+"""How long a start waits for the GPU to show an unloaded Ollama model's memory back."""
 
 ManagedPids = Callable[[], Mapping[int, str]]
 """pid (== pgid) → backend of the children running now, for attributing GPU memory."""
@@ -88,6 +95,8 @@ class LaunchPlanner:
     base_env: Mapping[str, str] | None = None
     withheld_env: Collection[str] = ()
     """Variables never passed to a vLLM child: every provider's ``env_var`` (secrets)."""
+    ollama: OllamaRoom | None = None
+    """The local Ollama, whose models may be unloaded to make room (``ollama.eviction``)."""
     running_fractions: Callable[[], Mapping[str, float]] = dict
     """Backend → the slice its live engine runs with. A running engine keeps its slice while
     another one starts (it is not restarted), so the plan holds it at that slice."""
@@ -101,7 +110,13 @@ class LaunchPlanner:
             snapshot_weights_bytes=weights_bytes(snap),
         )
 
-    def _plan(self, gpu: GpuInfo, providers: Sequence[Provider], starting: str) -> VramPlan:
+    def _plan(
+        self,
+        gpu: GpuInfo,
+        providers: Sequence[Provider],
+        starting: str,
+        ollama_models: Sequence[OllamaModel] | None = None,
+    ) -> VramPlan:
         running = self.running_fractions()
         requests = [
             replace(r, pinned_fraction=running[r.provider])
@@ -114,6 +129,7 @@ class LaunchPlanner:
                 gpu,
                 requests,
                 reserve_bytes=self.settings.gpu.reserve_mib * MIB,
+                ollama_models=ollama_models,
                 ollama_reservation_bytes=self.settings.ollama.reservation_mib * MIB,
             )
         )
@@ -123,13 +139,48 @@ class LaunchPlanner:
         inv = attribute(self.inventory.read().require(), managed, managed)
         return inv.gpu(index)
 
+    def _plan_with_room(
+        self, provider: Provider, together: Sequence[Provider]
+    ) -> tuple[GpuInfo, VramPlan]:
+        """The plan on the GPU as it is, after unloading Ollama models if the policy allows
+        and the plan needs it (see ``gpumgr.actions.ollama_room``)."""
+        gpu = self.read_gpu(provider.gpu)
+        policy = self.settings.ollama.eviction
+        loaded = self.ollama.loaded() if self.ollama else None
+        if self.ollama and loaded and policy == "unload_all":
+            gpu = self._unload_and_wait(provider, gpu, loaded)
+            loaded = self.ollama.loaded()
+        plan = self._plan(gpu, together, provider.name, loaded)
+        if plan.feasible or not (self.ollama and loaded) or policy == "never":
+            return gpu, plan
+        shortfall = max(p.shortfall_bytes for p in plan.problems)
+        victims = ollama_unload_set(plan.request, shortfall)
+        if not victims:
+            return gpu, plan
+        gpu = self._unload_and_wait(provider, gpu, victims)
+        return gpu, self._plan(gpu, together, provider.name, self.ollama.loaded())
+
+    def _unload_and_wait(
+        self, provider: Provider, gpu: GpuInfo, models: Sequence[OllamaModel]
+    ) -> GpuInfo:
+        """Unload ``models`` and wait (bounded) until the GPU shows most of their memory back."""
+        assert self.ollama is not None
+        if not self.ollama.unload(models, f"room for {provider.name}"):
+            return gpu
+        expected = gpu.memory_free_bytes + int(0.9 * sum(m.vram_bytes for m in models))
+        deadline = time.monotonic() + OLLAMA_UNLOAD_WAIT_S
+        while True:
+            now = self.read_gpu(provider.gpu)
+            if now.memory_free_bytes >= expected or time.monotonic() >= deadline:
+                return now
+            time.sleep(0.1)
+
     def plan_for(self, provider: Provider, hint: PrepareHint) -> tuple[GpuInfo, VramPlan]:
         """The plan that decides ``provider``'s slice now (see the module doc)."""
-        gpu = self.read_gpu(provider.gpu)
         together = [p for p in self.providers if p.gpu == provider.gpu]
         if provider not in together:
             together.append(provider)
-        plan = self._plan(gpu, together, provider.name)
+        gpu, plan = self._plan_with_room(provider, together)
         if hint.after_oom_fraction is None:
             if not plan.feasible:
                 raise PlanInfeasible("; ".join(p.message for p in plan.problems))

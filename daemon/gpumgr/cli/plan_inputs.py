@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
-import httpx2
 import psutil
 
+from gpumgr.actions.ollama_room import OllamaRoom
 from gpumgr.config import Config
-from gpumgr.config.registry import Provider, ProviderStatus, ProviderType
+from gpumgr.config.registry import Provider, ProviderStatus
 from gpumgr.errors import InputError
 from gpumgr.gpu import GpuBackend, GpuInventory
 from gpumgr.gpu.attribution import attribute
@@ -86,24 +85,7 @@ def attributed_inventory(backend: GpuBackend, providers: list[Provider]) -> GpuI
 
 def ollama_models(providers: list[Provider]) -> list[OllamaModel] | None:
     """Ollama's loaded models (``/api/ps`` ``size_vram``), or None when no local Ollama answers."""
-    for p in providers:
-        if p.type is not ProviderType.OLLAMA or not p.runs_here or not p.base_url:
-            continue
-        try:
-            r = httpx2.get(p.base_url.rstrip("/") + "/api/ps", timeout=OLLAMA_PS_TIMEOUT_S)
-            r.raise_for_status()
-            body: Any = r.json()
-        except (httpx2.HTTPError, ValueError):
-            continue
-        models = body.get("models") if isinstance(body, dict) else None
-        if not isinstance(models, list):
-            return []
-        return [
-            OllamaModel(str(m.get("name") or m.get("model") or "?"), int(m.get("size_vram") or 0))
-            for m in models
-            if isinstance(m, dict)
-        ]
-    return None
+    return OllamaRoom(providers, timeout_s=OLLAMA_PS_TIMEOUT_S).loaded()
 
 
 def snapshot_path(provider: Provider, cfg: Config, simulate: bool) -> Path | None:

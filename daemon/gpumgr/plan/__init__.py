@@ -23,10 +23,12 @@ from gpumgr.plan.model import (
     VramPlan,
     budget_bytes_for,
 )
+from gpumgr.plan.explain import ollama_unload_set
 from gpumgr.plan.request import request_for_gpu
 from gpumgr.plan.slices import plan_slices
 
 __all__ = [
+    "ollama_unload_set",
     "EstimateError",
     "InstanceBudget",
     "InstanceRequest",

@@ -125,19 +125,29 @@ def _ollama_gain(request: PlanRequest, unload: list[OllamaModel]) -> int:
     return max(held, reservation) - max(after, reservation)
 
 
-def _unload_ollama(request: PlanRequest, shortfall: int) -> list[str]:
-    """The single smallest Ollama model whose unloading suffices, else the fewest largest ones."""
+def ollama_unload_set(request: PlanRequest, shortfall: int) -> list[OllamaModel]:
+    """The Ollama models to unload to close ``shortfall``: the single smallest one that
+    suffices, else the fewest largest ones; empty when unloading all would not suffice."""
     models = sorted(request.ollama_models, key=lambda m: m.vram_bytes)
     for m in models:
         if _ollama_gain(request, [m]) >= shortfall:
-            return [f"unload Ollama model {m.name} (frees {mib(m.vram_bytes)} MiB)"]
+            return [m]
     chosen: list[OllamaModel] = []
     for m in reversed(models):
         chosen.append(m)
         if _ollama_gain(request, chosen) >= shortfall:
-            names = ", ".join(c.name for c in chosen)
-            return [f"unload Ollama models {names} (frees {mib(_ollama_gain(request, chosen))} MiB)"]
+            return chosen
     return []
+
+
+def _unload_ollama(request: PlanRequest, shortfall: int) -> list[str]:
+    chosen = ollama_unload_set(request, shortfall)
+    if not chosen:
+        return []
+    if len(chosen) == 1:
+        return [f"unload Ollama model {chosen[0].name} (frees {mib(chosen[0].vram_bytes)} MiB)"]
+    names = ", ".join(c.name for c in chosen)
+    return [f"unload Ollama models {names} (frees {mib(_ollama_gain(request, chosen))} MiB)"]
 
 
 def _stop_other(request: PlanRequest, shortfall: int) -> list[str]:
