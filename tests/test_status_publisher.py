@@ -13,7 +13,7 @@ import pytest
 from gpumgr.backend_state import BackendState
 from gpumgr.status.document import BackendStatus, DaemonInfo, GpuProcess, GpuStatus
 from gpumgr.status.publisher import BackendEvent, StatusPublisher, Subscription
-from gpumgr.status.redact import redactor_for
+from gpumgr.redaction import redactor_for
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -15,7 +15,7 @@ from gpumgr.api.status_app import create_status_app
 from gpumgr.config.registry import Provider
 from gpumgr.status.document import BackendStatus, DaemonInfo
 from gpumgr.status.publisher import StatusPublisher
-from gpumgr.status.redact import provider_secrets, redactor_for
+from gpumgr.redaction import provider_secrets, redactor_for
 
 pytestmark = pytest.mark.anyio
 

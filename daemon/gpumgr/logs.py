@@ -17,14 +17,15 @@ from typing import Any
 
 import structlog
 
-REDACTED = "***"
+from gpumgr.redaction import MIN_SECRET_CHARS, REDACTED, redact
+
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_key|apikey|authorization|bearer)", re.I)
 _secret_values: set[str] = set()
 
 
 def register_secret(value: str | None) -> None:
     """Remember a secret's value so that it is masked wherever it appears in a log event."""
-    if value and len(value) >= 4:
+    if value and len(value) >= MIN_SECRET_CHARS:
         _secret_values.add(value)
 
 
@@ -35,10 +36,8 @@ def register_secrets_from_env(names: Iterable[str], env: MutableMapping[str, str
 
 
 def redact_text(text: str) -> str:
-    for secret in _secret_values:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
+    """``text`` with every registered secret masked (CLI errors, log fields)."""
+    return redact(text, _secret_values)
 
 
 def _redact_value(value: Any) -> Any:

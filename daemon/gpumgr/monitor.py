@@ -32,7 +32,7 @@ from gpumgr.logs import register_secret
 from gpumgr.sd_notify import Notifier
 from gpumgr.status.document import DaemonInfo, GpuStatus
 from gpumgr.status.publisher import StatusPublisher
-from gpumgr.status.redact import provider_secrets, redactor_for
+from gpumgr.redaction import provider_secrets, redactor_for
 from gpumgr.status.seed import initial_backends
 from gpumgr.supervisor.events import (
     ChildExited,

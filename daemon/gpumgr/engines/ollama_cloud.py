@@ -20,9 +20,9 @@ from gpumgr.engines.probe_result import (
     ProbeOutcome,
     ProbeResult,
     Stopwatch,
-    redact,
     short,
 )
+from gpumgr.redaction import redact
 
 DEFAULT_BASE_URL = "https://ollama.com"
 DEFAULT_BACKOFF_CAP_S = 3600.0

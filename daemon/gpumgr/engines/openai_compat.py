@@ -17,9 +17,9 @@ from gpumgr.engines.probe_result import (
     ProbeOutcome,
     ProbeResult,
     Stopwatch,
-    redact,
     short,
 )
+from gpumgr.redaction import redact
 from gpumgr.engines.vllm_probe import served_model_ids
 
 

@@ -12,7 +12,8 @@ from urllib.parse import urljoin
 
 import httpx2
 
-from gpumgr.engines.probe_result import ProbeOutcome, ProbeResult, Stopwatch, redact, short
+from gpumgr.engines.probe_result import ProbeOutcome, ProbeResult, Stopwatch, short
+from gpumgr.redaction import redact
 
 
 def join(base_url: str, path: str) -> str:

@@ -104,14 +104,6 @@ class Stopwatch:
         return round((time.perf_counter() - self._t0) * 1000.0, 3)
 
 
-def redact(text: str, secrets: tuple[str, ...]) -> str:
-    """Replace every secret value in ``text`` (a server may echo a key back in an error body)."""
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
-    return text
-
-
 def short(text: str, limit: int = 200) -> str:
     """One line, bounded: server bodies go into ``detail`` and must not flood the document."""
     one = " ".join(text.split())

@@ -1,9 +1,9 @@
-"""Redaction of secret values from text that is about to be published.
+"""Secret values and their redaction: the one place that knows how a secret is masked.
 
 Probe errors are free text from other programs (an HTTP client's exception, a server's error
-body) and may echo a request header or URL back. The publisher passes every such string
-through a redaction hook; this module builds the usual one: replace every known secret value
-(the API keys named by providers' ``env_var``) wherever it occurs.
+body) and may echo a request header or URL back; logs and CLI errors may carry a library's
+message. Every such string passes through ``redact``/``redactor_for``: each known secret value
+(the API keys named by providers' ``env_var``, the hub token) is replaced wherever it occurs.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ def redactor_for(secrets: Iterable[str]) -> Redactor:
         return lambda text: text
     pattern = re.compile("|".join(re.escape(v) for v in values))
     return lambda text: pattern.sub(REDACTED, text)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each of ``secrets`` replaced by ``***`` (a one-off ``redactor_for``)."""
+    return redactor_for(secrets)(text)
 
 
 def provider_secrets(providers: Iterable[Provider], environ: Mapping[str, str]) -> list[str]:
