@@ -23,15 +23,21 @@ GIB = 1024**3
 SIM_COMMAND = [sys.executable, "-m", "gpumgr.sim.vllm"]
 
 
-def _snapshot(tmp: Path) -> Path:
-    snap = tmp / "qwen7b"
+QWEN_7B = {"num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+           "hidden_size": 3584}
+QWEN_14B = {"num_hidden_layers": 48, "num_attention_heads": 40, "num_key_value_heads": 8,
+            "hidden_size": 5120}
+
+
+def _snapshot(tmp: Path, name: str = "qwen7b", dims: dict[str, int] = QWEN_7B,
+              weights_gib: float = 5.2) -> Path:
+    """A snapshot directory with the model's config.json and a header-only safetensors."""
+    snap = tmp / name
     snap.mkdir()
     (snap / "config.json").write_text(json.dumps({
-        "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-        "hidden_size": 3584, "max_position_embeddings": 32768,
-        "quantization_config": {"quant_method": "awq"},
+        **dims, "max_position_embeddings": 32768, "quantization_config": {"quant_method": "awq"},
     }))  # fmt: skip
-    (snap / "model.safetensors").write_bytes(header_only_safetensors(int(5.2 * GIB)))
+    (snap / "model.safetensors").write_bytes(header_only_safetensors(int(weights_gib * GIB)))
     return snap
 
 
@@ -125,18 +131,6 @@ def test_a_running_engine_keeps_its_slice_in_the_plan_of_the_next_start(tmp_path
         engine.wait()
 
 
-def _snapshot_14b(tmp: Path) -> Path:
-    snap = tmp / "qwen14b"
-    snap.mkdir()
-    (snap / "config.json").write_text(json.dumps({
-        "num_hidden_layers": 48, "num_attention_heads": 40, "num_key_value_heads": 8,
-        "hidden_size": 5120, "max_position_embeddings": 32768,
-        "quantization_config": {"quant_method": "awq"},
-    }))  # fmt: skip
-    (snap / "model.safetensors").write_bytes(header_only_safetensors(int(9.3 * GIB)))
-    return snap
-
-
 @pytest.mark.parametrize("policy", ["never", "unload_idle"])
 def test_ollamas_resident_model_is_unloaded_to_make_room_unless_the_policy_says_never(
     tmp_path: Path, policy: str
@@ -167,7 +161,7 @@ def test_ollamas_resident_model_is_unloaded_to_make_room_unless_the_policy_says_
             providers=[providers[1]],
             settings=Settings(ollama=OllamaSettings(eviction=policy)),  # type: ignore[arg-type]
             inventory=SimulatedBackend(SimGpuState(state_path), [spec]),
-            snapshots={"qwen-14b": _snapshot_14b(tmp_path)},
+            snapshots={"qwen-14b": _snapshot(tmp_path, "qwen14b", QWEN_14B, 9.3)},
             managed=dict, command=SIM_COMMAND, base_env={},
             ollama=OllamaRoom(providers),
         )  # fmt: skip
