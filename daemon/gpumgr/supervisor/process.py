@@ -30,7 +30,17 @@ _KILL_GRACE_S = 5.0
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) pids whose process group is ``pgid``."""
+    """Live (non-zombie) pids whose process group is ``pgid``.
+
+    A group that no longer exists at all answers at once (``killpg(pgid, 0)``); only a group
+    that still has members, live or zombie, costs a walk of the process table.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass  # it exists; whose it is, the walk below tells
     members: list[int] = []
     for proc in psutil.process_iter(["status"]):
         try:
@@ -208,7 +218,7 @@ async def _wait_group_gone(child: ChildProcess, timeout_s: float) -> bool:
             await asyncio.wait_for(child.wait(), timeout=timeout_s)
         except asyncio.TimeoutError:
             return False
-    while group_members(child.pgid):
+    while await asyncio.to_thread(group_members, child.pgid):
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(_GROUP_POLL_S)
