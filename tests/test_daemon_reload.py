@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,7 +39,26 @@ def test_sighup_with_a_broken_registry_keeps_the_daemon_and_its_engine_and_names
         assert "providers.yaml:3:1: YAML syntax error" in daemon.log_text()
         doc = daemon.status()
         assert daemon.backend("qwen-7b", doc)["pid"] == pid and daemon.backend("qwen-7b", doc)["available"]
+
+        # `gpumgr status` still reaches the daemon although the file on disk is broken now
+        env = {**os.environ, "GPUMGR_LISTEN": daemon.base_url.removeprefix("http://")}
+        cli = subprocess.run(
+            [sys.executable, "-m", "gpumgr.cli", "status", "--json", "--config-dir",
+             str(daemon.config_dir)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert cli.returncode == 0, cli.stderr
+        assert "configuration has 1 error(s)" in cli.stderr
+        assert {b["name"]: b["pid"] for b in json.loads(cli.stdout)["backends"]}["qwen-7b"] == pid
         assert daemon.stop() == 0
+
+        # and says so in one line, exit 1, when no daemon answers
+        cli = subprocess.run(
+            [sys.executable, "-m", "gpumgr.cli", "status", "--config-dir", str(daemon.config_dir)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert cli.returncode == 1
+        assert cli.stderr.strip().splitlines()[-1].startswith("error: gpumgr daemon not reachable at")
     finally:
         daemon.cleanup()
 

@@ -7,6 +7,7 @@ it says so and exits 1 (it does not pass off an old ``status.json`` as live, but
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -16,7 +17,9 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from gpumgr.cli.common import config_dir_option, emit_json, load_config_from_ctx
-from gpumgr.errors import DaemonUnavailable
+from gpumgr.config.paths import resolve_listen
+from gpumgr.config.settings import Settings
+from gpumgr.errors import ConfigError, DaemonUnavailable
 
 _STATE_STYLE = {
     "up": "green", "starting": "yellow", "downloading": "cyan", "restarting": "yellow",
@@ -74,8 +77,17 @@ def render_table(doc: dict[str, Any]) -> Group:
 @click.pass_context
 def status(ctx: click.Context, config_dir: str | None, as_json: bool) -> None:
     """Show the live status of every backend (from the running daemon)."""
-    cfg = load_config_from_ctx(ctx, config_dir)
-    doc = fetch_status(cfg.listen)
+    try:
+        listen = load_config_from_ctx(ctx, config_dir).listen
+    except ConfigError as exc:
+        # The daemon runs the configuration it loaded; a file broken since must not hide it.
+        listen = resolve_listen(Settings(), os.environ)
+        click.echo(
+            f"warning: configuration has {len(exc.issues)} error(s) (see `gpumgr validate`); "
+            f"asking the daemon at {listen}",
+            err=True,
+        )
+    doc = fetch_status(listen)
     if as_json:
         emit_json(doc)
     else:
