@@ -80,7 +80,8 @@ class Monitor:
             status_path=config.paths.status_file,
             redact=redactor_for(secrets),
         )
-        self.publisher.set_backends(initial_backends(config.providers.values()))
+        seeded = initial_backends(config.providers.values())
+        self.publisher.set_backends(seeded)
         self._client = httpx2.AsyncClient()
         self.scheduler = HealthScheduler(
             config.providers,
@@ -90,9 +91,7 @@ class Monitor:
             on_transition=self._on_transition,
             on_probe=self._on_probe,
             env=env,
-            initial_states={
-                p.name: BackendState.STOPPED for p in config.providers.values() if p.is_vllm and p.runs_here
-            },
+            initial_states={b.name: b.state for b in seeded},  # one rule for the first states
         )
         self._api: ApiServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
