@@ -16,12 +16,13 @@ from gpumgr.engines import vllm_flags
 from gpumgr.engines.vllm import GpuFacts, build_vllm_launch, emitted_flags, validate_extra_args
 from gpumgr.errors import InputError
 
-def test_packaged_flag_list_is_the_reference_list() -> None:
+def test_packaged_flag_table_is_the_reference_list() -> None:
     ref = reference_flags()
-    assert vllm_flags.FLAGS_WITH_VALUE == {f for f, v in ref.items() if v == "yes"}
-    assert vllm_flags.FLAGS_WITHOUT_VALUE == {f for f, v in ref.items() if v == "no"}
-    assert vllm_flags.FLAGS_WITH_OPTIONAL_VALUE == {f for f, v in ref.items() if v == "optional"}
-    assert vllm_flags.FLAGS_WITH_SEVERAL_VALUES <= vllm_flags.FLAGS_WITH_VALUE
+    assert vllm_flags.KNOWN_FLAGS == set(ref)
+    arity = {"yes": {vllm_flags.Arity.ONE, vllm_flags.Arity.ONE_OR_MORE},
+             "no": {vllm_flags.Arity.NONE}, "optional": {vllm_flags.Arity.OPTIONAL}}  # fmt: skip
+    for flag, takes in ref.items():
+        assert vllm_flags.FLAGS[flag].arity in arity[takes], flag
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,7 @@ def test_every_emitted_flag_is_accepted_by_vllm_serve_0_33(
 
 
 def test_unknown_flag_in_extra_args_is_a_clear_input_error() -> None:
-    with pytest.raises(InputError, match=r"providers\.qwen-7b\.extra_args: .*--max-modle-len"):
+    with pytest.raises(InputError, match=r"providers\.qwen-7b\.extra_args\[0\]: .*--max-modle-len"):
         validate_extra_args("qwen-7b", ["--max-modle-len", "4096"])
 
 

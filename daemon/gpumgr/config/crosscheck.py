@@ -6,36 +6,40 @@ provider's ``base_url``, an unknown reference on the mapping that makes it.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
+from gpumgr.config.hosts import collision_host
 from gpumgr.config.registry import MappingsFile, ProvidersFile, ProviderStatus
 from gpumgr.config.source import YamlSource
+from gpumgr.config.vllm_checks import check_vllm_provider
 from gpumgr.errors import ConfigIssue
 
 DEFAULT_CHAIN = "default"
 """``fallback_chains.default`` is the chain for models without one; it is not a model."""
 
 
+PROVIDER_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+"""Provider names become file names (``<log_dir>/<name>.log``) and URL path segments
+(``/v1/backends/{name}``): no ``/``, no leading ``.``, nothing that needs escaping."""
+PROVIDER_NAME_RULE = (
+    "a provider name must be 1-64 characters: letters, digits, '.', '_' and '-', "
+    "not starting with '.' (it names log files and URL paths)"
+)
+
+
 def check_providers(pf: ProvidersFile, src: YamlSource) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
-    # Same-port vLLM providers are swap partners: at most one of them may be active.
+    # Same-port vLLM providers are swap partners: at most one of them may be active. Every
+    # spelling of this machine (127.0.0.1, localhost, 0.0.0.0, ::1) is one host here.
     active_on: dict[tuple[str | None, int | None], str] = {}
     for name, p in pf.providers.items():
+        if not PROVIDER_NAME.match(name):
+            issues.append(src.issue(("providers", name), f"{PROVIDER_NAME_RULE} (got {name!r})"))
         if p.is_vllm and p.runs_here:
-            if p.hf_repo is None:
-                first = p.vllm_model
-                path = ("providers", name, "models", 0, "name") if first else ("providers", name, "models")
-                issues.append(
-                    src.issue(
-                        path,
-                        "a vLLM provider needs a Hugging Face repo: set hf_repo: org/repo "
-                        "or name the model org/repo",
-                    )
-                )
-            if p.base_url is None:
-                issues.append(src.issue(("providers", name), "a vLLM provider needs base_url"))
+            issues.extend(check_vllm_provider(p, src))
         if p.is_vllm and p.status is ProviderStatus.ACTIVE and p.base_url:
-            key = (p.host, p.port)
+            key = (collision_host(p.host), p.port)
             if key in active_on:
                 issues.append(
                     src.issue(
@@ -67,51 +71,78 @@ def model_owners(pf: ProvidersFile) -> dict[str, list[str]]:
 
 
 def all_model_names(pf: ProvidersFile) -> set[str]:
-    return {m for p in pf.providers.values() for m in p.served_names}
+    """Every name a provider lists for a model: listed names, served names, aliases."""
+    return {m for p in pf.providers.values() for m in p.model_names}
+
+
+def router_names(pf: ProvidersFile, mf: MappingsFile) -> set[str]:
+    """Names a client may ask the router for: ``exact_matches`` keys and every provider model."""
+    return set(mf.exact_matches) | all_model_names(pf)
+
+
+def _unknown(name: str, *, providers_too: bool) -> str:
+    """A reference that names nothing at all (the one case that stays an error)."""
+    if providers_too:
+        return f"unknown model or provider '{name}'"
+    return f"unknown model '{name}'"
 
 
 def check_mappings(
     pf: ProvidersFile, mf: MappingsFile, src: YamlSource, providers_src: YamlSource
 ) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
-    known_models = all_model_names(pf)
+    known_models = router_names(pf, mf)
     known_providers = set(pf.providers)
 
     for model, em in mf.exact_matches.items():
-        if em.provider not in known_providers:
-            issues.append(
-                src.issue(("exact_matches", model, "provider"), f"unknown provider '{em.provider}'")
-            )
-        elif model not in pf.providers[em.provider].served_names:
+        here = ("exact_matches", model)
+        provider = pf.providers.get(em.provider)
+        if provider is None:
+            issues.append(src.issue((*here, "provider"), f"unknown provider '{em.provider}'"))
+        elif em.backend_model is not None:
+            if em.backend_model not in provider.model_names:
+                issues.append(
+                    src.issue(
+                        (*here, "backend_model"),
+                        f"provider '{em.provider}' does not list model '{em.backend_model}' "
+                        f"(it lists: {', '.join(provider.model_names) or 'nothing'})",
+                    )
+                )
+        elif model not in provider.model_names and len(provider.models) != 1:
+            # One model: the router name is that model. Several: which one is ambiguous.
             issues.append(
                 src.issue(
-                    ("exact_matches", model),
-                    f"provider '{em.provider}' does not list model '{model}'",
+                    here,
+                    f"provider '{em.provider}' does not list model '{model}'; set backend_model "
+                    f"to the one that serves it ({', '.join(provider.model_names) or 'none listed'})",
                 )
             )
         fallbacks = [em.fallback] if isinstance(em.fallback, str) else list(em.fallback or [])
         for i, fb in enumerate(fallbacks):
-            if fb not in known_models:
-                path = ("exact_matches", model, "fallback") + ((i,) if isinstance(em.fallback, list) else ())
-                issues.append(src.issue(path, f"unknown model '{fb}'"))
+            if fb not in known_models and fb not in known_providers:
+                path = (*here, "fallback") + ((i,) if isinstance(em.fallback, list) else ())
+                issues.append(src.issue(path, _unknown(fb, providers_too=True)))
 
     for cap_name, cap in mf.capabilities.items():
         for i, m in enumerate(cap.preferred_models):
             if m not in known_models:
                 issues.append(
-                    src.issue(("capabilities", cap_name, "preferred_models", i), f"unknown model '{m}'")
+                    src.issue(
+                        ("capabilities", cap_name, "preferred_models", i),
+                        _unknown(m, providers_too=False),
+                    )
                 )
 
     chains = {k: list(c.chain) for k, c in mf.fallback_chains.items()}
     for key, chain in chains.items():
         if key != DEFAULT_CHAIN and key not in known_models:
-            issues.append(src.issue(("fallback_chains", key), f"unknown model '{key}'"))
+            issues.append(src.issue(("fallback_chains", key), _unknown(key, providers_too=False)))
         for i, entry in enumerate(chain):
             path = ("fallback_chains", key, "chain", i)
             if entry == key:
                 issues.append(src.issue(path, f"chain of '{key}' falls back to itself"))
             elif entry not in known_models:
-                issues.append(src.issue(path, f"unknown model '{entry}'"))
+                issues.append(src.issue(path, _unknown(entry, providers_too=False)))
     issues.extend(_cycles(chains, src))
 
     # A model served by several providers is ambiguous unless exact_matches pins it, or the

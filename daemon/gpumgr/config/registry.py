@@ -3,6 +3,9 @@
 These files exist on the box before gpumgr does and carry many descriptive keys gpumgr does not
 act on (``description``, ``features``, ``docs``, ``location``, ``metadata`` …): every model here
 accepts and keeps unknown keys (``extra="allow"``). Where gpumgr acts, it is strict.
+
+Providers and their models are frozen values: two loads of one file compare equal, and nothing
+downstream can change a provider that the configuration (and a reload's diff) describes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from gpumgr.config.hosts import bind_address
 
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -46,11 +51,17 @@ class ProviderStatus(StrEnum):
 
 
 class ModelEntry(BaseModel):
-    """One model of a provider. Plain-string entries become ``ModelEntry(name=...)``."""
+    """One model of a provider. Plain-string entries become ``ModelEntry(name=...)``.
 
-    model_config = ConfigDict(extra="allow")
+    ``name`` is how the registry lists the model (often the Hugging Face repo id itself);
+    ``served_model_name`` is the name the vLLM server answers to, and so what the router sends,
+    when it should differ from ``name``.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str = Field(min_length=1)
+    served_model_name: str | None = Field(default=None, min_length=1)
     hf_repo: str | None = None
     revision: str | None = None
     quantization: str | None = None
@@ -66,6 +77,11 @@ class ModelEntry(BaseModel):
         return v
 
     @property
+    def served_name(self) -> str:
+        """The name a server of this model answers to first."""
+        return self.served_model_name or self.name
+
+    @property
     def resolved_hf_repo(self) -> str | None:
         """``hf_repo`` when given, else the name when it looks like ``org/repo``."""
         if self.hf_repo:
@@ -76,7 +92,7 @@ class ModelEntry(BaseModel):
 class Provider(BaseModel):
     """One backend of the registry. ``name`` is the key under ``providers:``."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str = ""
     type: ProviderType
@@ -141,18 +157,35 @@ class Provider(BaseModel):
         return urlsplit(self.base_url).hostname if self.base_url else None
 
     @property
+    def bind_host(self) -> str:
+        """The ``--host`` of a managed vLLM server: the loopback host its base_url names."""
+        return bind_address(self.host)
+
+    @property
     def is_vllm(self) -> bool:
         return self.type is ProviderType.VLLM
 
     @property
     def served_names(self) -> list[str]:
-        """Every name the backend answers to: model names plus their aliases, in order."""
+        """Every name the backend answers to: each model's served name plus its aliases, in order."""
         names: list[str] = []
         for m in self.models:
-            for n in [m.name, *m.aliases]:
+            for n in [m.served_name, *m.aliases]:
                 if n not in names:
                     names.append(n)
         return names
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every name the registry may use for this provider's models: listed names, served
+        names and aliases."""
+        names = [m.name for m in self.models]
+        return names + [n for n in self.served_names if n not in names]
+
+    @property
+    def served_model_name(self) -> str | None:
+        """What the router sends to this backend for its (first) model."""
+        return self.models[0].served_name if self.models else None
 
     @property
     def vllm_model(self) -> ModelEntry | None:
@@ -213,17 +246,29 @@ class ProvidersFile(BaseModel):
 
     @model_validator(mode="after")
     def _names(self) -> ProvidersFile:
-        for name, p in self.providers.items():
-            p.name = name
+        """Each provider's ``name`` is its key (a copy: providers are frozen values)."""
+        self.providers = {
+            name: p if p.name == name else p.model_copy(update={"name": name})
+            for name, p in self.providers.items()
+        }
         return self
 
 
 class ExactMatch(BaseModel):
+    """One router name (the key under ``exact_matches``) and the provider that serves it.
+
+    ``priority`` is kept as written: a word (``primary``, ``secondary``, ``tertiary`` …) or an
+    integer. ``fallback`` names a router name, a provider's model, or a provider (whatever that
+    provider serves). ``backend_model`` names the provider's model that serves this router name
+    when the key is not itself one of the provider's model names.
+    """
+
     model_config = ConfigDict(extra="allow")
 
     provider: str
-    priority: int | None = None
+    priority: int | str | None = None
     fallback: str | list[str] | None = None
+    backend_model: str | None = None
 
 
 class PatternRule(BaseModel):

@@ -19,7 +19,13 @@ from pathlib import Path
 
 from gpumgr.config.registry import Provider
 from gpumgr.config.settings import VllmSettings
-from gpumgr.engines.vllm_flags import ServeArgsError, canonical_flag, parse_serve_args
+from gpumgr.engines.vllm_flags import (
+    QUANTIZATION_METHODS,
+    ServeArgsError,
+    canonical_flag,
+    check_extra_args,
+    parse_serve_args,
+)
 from gpumgr.engines.vllm_log import (
     OomFinding,
     OomKind,
@@ -47,40 +53,16 @@ __all__ = [
     "validate_extra_args",
 ]
 
-LOOPBACK = "127.0.0.1"
 AWQ_MARLIN = "awq_marlin"
 MIN_BF16_CAPABILITY = (8, 0)
 """bf16 needs Ampere (compute capability 8.0); older cards (Turing 7.5) must run ``--dtype half``."""
 
-
-MANAGED_FLAGS: dict[str, str] = {
-    "--host": "the daemon always binds vLLM to 127.0.0.1",
-    "--port": "the port comes from the provider's base_url",
-    "--gpu-memory-utilization": "the planner computes the fraction",
-    "--served-model-name": "served names come from the provider's models and aliases",
-    "--model": "the model comes from the provider's models",
-    "--max-model-len": "use the provider key max_model_len",
-    "--max-num-seqs": "use the provider key max_num_seqs",
-    "--quantization": "use the provider key quantization",
-    "-q": "use the provider key quantization",
-    "--enforce-eager": "use the provider key enforce_eager",
-    "--enable-sleep-mode": "use the provider key enable_sleep_mode",
-    "--trust-remote-code": "use the provider key trust_remote_code",
-    "--api-key": "secrets never go on the command line; name the variable in env_var",
+_COMPATIBLE_KERNELS = {
+    "awq": frozenset({"awq", "awq_marlin", "moe_wna16"}),
+    "gptq": frozenset({"gptq", "gptq_marlin", "moe_wna16"}),
 }
-"""Flags gpumgr sets itself: in ``extra_args`` they would silently override the plan
-(argparse keeps the last occurrence), so they are refused with the key to use instead."""
-
-_KNOWN_QUANTIZATIONS = frozenset(
-    {
-        "awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "bitsandbytes", "gguf",
-        "compressed-tensors", "modelopt", "modelopt_fp4", "experts_int8", "mxfp4", "torchao",
-        "inc", "quark", "moe_wna16", "fbgemm_fp8", "fp_quant", "petit_nvfp4",
-    }
-)  # fmt: skip
-"""Values of ``--quantization`` that a registry's descriptive ``quantization:`` may hold
-verbatim. Anything else there (``4-bit``, ``Q4_K_M``) is description, and vLLM detects the
-method from the checkpoint's ``config.json`` by itself."""
+"""``--quantization`` values vLLM accepts for a checkpoint whose ``config.json`` names the key's
+method (the kernel may differ from the method); any other method must equal the checkpoint's."""
 
 
 @dataclass(frozen=True)
@@ -146,39 +128,58 @@ def resolve_vllm_command(
 def validate_extra_args(provider_name: str, extra_args: Sequence[str]) -> list[str]:
     """The provider's ``extra_args`` in canonical spelling, or an ``InputError`` naming the flag.
 
-    Every flag must be one ``vllm serve`` 0.33.0 accepts; flags gpumgr manages are refused with
-    the provider key to use instead; loose values (no flag before them) are refused too.
+    The same check ``gpumgr validate`` and a reload run (``vllm_flags.check_extra_args``); it is
+    repeated here because a launch must never trust that the file was validated.
     """
     where = f"providers.{provider_name}.extra_args"
     try:
-        parsed = parse_serve_args(list(extra_args))
+        return check_extra_args(list(extra_args))
     except ServeArgsError as exc:
-        raise InputError(f"{where}: vllm serve 0.33.0 would reject these: {exc}") from None
-    if parsed.positionals:
-        raise InputError(f"{where}: {parsed.positionals[0]!r} is not a flag nor a flag's value")
-    out: list[str] = []
-    for arg in parsed.flags:
-        reason = MANAGED_FLAGS.get(arg.flag)
-        if reason:
-            raise InputError(f"{where}: {arg.flag} is set by gpumgr ({reason})")
-        out.extend(arg.tokens())
-    return out
+        if exc.index is not None:
+            where += f"[{exc.index}]"
+        raise InputError(f"{where}: {exc}") from None
 
 
 def _quantization(provider: Provider, checkpoint_method: str | None) -> str | None:
-    """A provider-level ``quantization`` (vLLM's knob) as given; ``awq_marlin`` for AWQ
-    checkpoints (Marlin is the fast AWQ kernel, Turing included); a model's descriptive value only when vLLM
-    knows it; else nothing, and vLLM reads the checkpoint's own ``quantization_config``."""
+    """The ``--quantization`` to pass, or None to let vLLM read the checkpoint's own.
+
+    A provider-level ``quantization`` is vLLM's knob: it must be a vLLM method (``gpumgr
+    validate`` checks that) and, when the checkpoint's ``config.json`` names a method, one that
+    fits it (else ``InputError``: vLLM would refuse to start). A model's ``quantization`` is
+    the registry's description: "AWQ" means ``awq_marlin`` (the fast AWQ kernel, Turing
+    included) and a vLLM method name is passed as such, but only when the checkpoint does not
+    say otherwise; anything else ("4-bit", "Q4_K_M") is description only.
+    """
+    ckpt = (checkpoint_method or "").strip().lower() or None
     if provider.quantization:
-        lowered = provider.quantization.lower()
-        return lowered if lowered in _KNOWN_QUANTIZATIONS else provider.quantization
+        requested = provider.quantization.strip().lower()
+        if requested not in QUANTIZATION_METHODS:
+            raise InputError(
+                f"providers.{provider.name}.quantization: {provider.quantization!r} is not a "
+                "quantization method of vLLM 0.33.0"
+            )
+        if ckpt and not _fits_checkpoint(requested, ckpt):
+            raise InputError(
+                f"providers.{provider.name}.quantization: {requested!r} does not fit the "
+                f"checkpoint, whose config.json says {ckpt!r} (vLLM would refuse to start); "
+                "remove the key to let vLLM use the checkpoint's method"
+            )
+        return requested
     model = provider.vllm_model
     described = (model.quantization or "").strip().lower() if model else ""
-    if "awq" in described or (checkpoint_method or "").lower() == "awq":
+    if described == "awq" or ("awq" in described and described not in QUANTIZATION_METHODS):
+        described = AWQ_MARLIN
+    if described in QUANTIZATION_METHODS:
+        if ckpt is None or _fits_checkpoint(described, ckpt):
+            return described
+        return None  # the description is wrong; the checkpoint knows its own method
+    if ckpt == "awq":
         return AWQ_MARLIN
-    if described in _KNOWN_QUANTIZATIONS:
-        return described
     return None
+
+
+def _fits_checkpoint(requested: str, checkpoint: str) -> bool:
+    return requested == checkpoint or requested in _COMPATIBLE_KERNELS.get(checkpoint, ())
 
 
 def _format_fraction(fraction: float) -> str:
@@ -233,7 +234,7 @@ def build_vllm_launch(
 
     argv = resolve_vllm_command(provider, settings, command, is_executable)
     argv += ["serve", str(snapshot_dir), "--served-model-name", *names]
-    argv += ["--host", LOOPBACK, "--port", str(port)]
+    argv += ["--host", provider.bind_host, "--port", str(port)]
     argv += ["--gpu-memory-utilization", _format_fraction(fraction)]
     argv += ["--max-model-len", str(model_len), "--max-num-seqs", str(seqs)]
     if gpu.capability < MIN_BF16_CAPABILITY and "--dtype" not in extra:
