@@ -1,7 +1,10 @@
 """``vllm serve``'s command line, parsed like vLLM 0.33.0 does for the flags the simulation acts on.
 
-Every flag of the real parser is accepted (``gpumgr.engines.vllm_flags``); flags the simulation
-does not act on are accepted and ignored, unknown ones are rejected like argparse (exit 2).
+The parser is ``gpumgr.engines.vllm_flags``, derived from vLLM's own option table: every option
+string is accepted with the arity vLLM gives it (``--middleware a b`` is refused like vLLM
+refuses it), and settings are read by ``dest``, so an alias (``--device-memory-utilization``)
+or a negation (``--no-enforce-eager``, ``--disable-sleep-mode``) acts as in vLLM. Options the
+simulation does not act on are accepted and ignored; unknown ones are rejected (exit 2).
 """
 
 from __future__ import annotations
@@ -10,7 +13,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpumgr.engines.vllm_flags import ParsedServeArgs, ServeArgsError, parse_serve_args
+from gpumgr.engines.vllm_flags import (
+    DEPRECATED_QUANTIZATION_METHODS,
+    QUANTIZATION_METHODS,
+    ParsedServeArgs,
+    ServeArgsError,
+    parse_serve_args,
+)
 
 USAGE = "usage: vllm serve [model_tag] [options]"
 DEFAULT_FRACTION = 0.92
@@ -53,30 +62,21 @@ def _human_int(flag: str, text: str) -> int:
     return int(number * scale)
 
 
-def _value(parsed: ParsedServeArgs, flag: str) -> str | None:
-    arg = parsed.last(flag)
-    return arg.values[0] if arg and arg.values else None
+def _value(parsed: ParsedServeArgs, dest: str) -> str | None:
+    """The last value given to ``dest`` by any of its option strings."""
+    return parsed.value(dest)
 
 
-def _int(parsed: ParsedServeArgs, flag: str, default: int | None) -> int | None:
-    text = _value(parsed, flag)
+def _int(parsed: ParsedServeArgs, dest: str, default: int | None) -> int | None:
+    text = _value(parsed, dest)
     if text is None:
         return default
     try:
         return int(text)
     except ValueError:
+        arg = parsed.last_dest(dest)
+        flag = arg.flag if arg else dest
         raise ServeArgsError(f"argument {flag}: invalid int value: {text!r}") from None
-
-
-def _switch(parsed: ParsedServeArgs, flag: str) -> bool:
-    """``--x`` / ``--no-x`` pairs: the last one given wins."""
-    on = off = -1
-    for i, arg in enumerate(parsed.flags):
-        if arg.flag == flag:
-            on = i
-        elif arg.flag == "--no-" + flag[2:]:
-            off = i
-    return on > off
 
 
 def parse_args(tokens: list[str]) -> ServeArgs:
@@ -84,16 +84,16 @@ def parse_args(tokens: list[str]) -> ServeArgs:
     if not tokens or tokens[0] != "serve":
         raise ServeArgsError("the first argument must be the subcommand 'serve'")
     parsed = parse_serve_args(tokens[1:])
-    if parsed.last("--help") or parsed.last("-h"):
+    if parsed.last_dest("help"):
         return _help_args()
-    model = parsed.positionals[0] if parsed.positionals else _value(parsed, "--model")
+    model = parsed.positionals[0] if parsed.positionals else _value(parsed, "model")
     if len(parsed.positionals) > 1:
         raise ServeArgsError(f"unrecognized arguments: {' '.join(parsed.positionals[1:])}")
     if not model:
         raise ServeArgsError("a model (path or tag) is required")
-    names_arg = parsed.last("--served-model-name")
+    names_arg = parsed.last_dest("served_model_name")
     names = names_arg.values if names_arg and names_arg.values else (model,)
-    fraction_text = _value(parsed, "--gpu-memory-utilization")
+    fraction_text = _value(parsed, "gpu_memory_utilization")
     try:
         fraction = float(fraction_text) if fraction_text is not None else DEFAULT_FRACTION
     except ValueError:
@@ -102,31 +102,49 @@ def parse_args(tokens: list[str]) -> ServeArgs:
         ) from None
     if not 0 < fraction <= 1:
         raise ServeArgsError("argument --gpu-memory-utilization: must be in (0, 1]")
-    dtype = _value(parsed, "--dtype") or "auto"
+    dtype = _value(parsed, "dtype") or "auto"
     if dtype not in DTYPES:
         choices = ", ".join(repr(d) for d in DTYPES)
         raise ServeArgsError(f"argument --dtype: invalid choice: {dtype!r} (choose from {choices})")
-    max_len_text = _value(parsed, "--max-model-len")
-    kv_text = _value(parsed, "--kv-cache-memory-bytes")
-    api_key = parsed.last("--api-key")
-    port = _int(parsed, "--port", DEFAULT_PORT)
-    seqs = _int(parsed, "--max-num-seqs", DEFAULT_MAX_NUM_SEQS)
+    quantization = _quantization(parsed)
+    max_len_text = _value(parsed, "max_model_len")
+    kv_text = _value(parsed, "kv_cache_memory_bytes")
+    api_key = parsed.last_dest("api_key")
+    port = _int(parsed, "port", DEFAULT_PORT)
+    seqs = _int(parsed, "max_num_seqs", DEFAULT_MAX_NUM_SEQS)
     assert port is not None and seqs is not None
     return ServeArgs(
         model_path=Path(model),
         served_names=tuple(names),
-        host=_value(parsed, "--host"),
+        host=_value(parsed, "host"),
         port=port,
         fraction=fraction,
         max_model_len=_human_int("--max-model-len", max_len_text) if max_len_text else None,
         max_num_seqs=seqs,
         dtype=dtype,
-        quantization=_value(parsed, "--quantization") or _value(parsed, "-q"),
-        enforce_eager=_switch(parsed, "--enforce-eager"),
-        enable_sleep_mode=_switch(parsed, "--enable-sleep-mode"),
+        quantization=quantization,
+        enforce_eager=parsed.switch("enforce_eager"),
+        enable_sleep_mode=parsed.switch("enable_sleep_mode"),
         api_key=api_key.values[0] if api_key and api_key.values else None,
         kv_cache_memory_bytes=_human_int("--kv-cache-memory-bytes", kv_text) if kv_text else None,
     )
+
+
+def _quantization(parsed: ParsedServeArgs) -> str | None:
+    """vLLM checks ``--quantization`` against its QUANTIZATION_METHODS (deprecated ones only with
+    ``--allow-deprecated-quantization``) before it loads anything."""
+    method = _value(parsed, "quantization")
+    if method is None:
+        return None
+    if method not in QUANTIZATION_METHODS:
+        known = ", ".join(sorted(QUANTIZATION_METHODS))
+        raise ServeArgsError(f"Unknown quantization method: {method}. Must be one of [{known}].")
+    if method in DEPRECATED_QUANTIZATION_METHODS and not parsed.switch("allow_deprecated_quantization"):
+        raise ServeArgsError(
+            f"The quantization method {method} is deprecated; "
+            "pass --allow-deprecated-quantization to use it."
+        )
+    return method
 
 
 def _help_args() -> ServeArgs:
