@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from gpumgr import __version__
-from gpumgr.cli.common import config_dir_option, emit_json, load_config_from_ctx
+from gpumgr.cli.common import config_dir_option
 from gpumgr.errors import EXIT_INPUT, EXIT_RUNTIME, ConfigError, GpumgrError
 from gpumgr.logs import configure_logging, redact_text
 
@@ -49,34 +49,9 @@ def main(ctx: click.Context, config_dir: str | None, log_level: str) -> None:
     configure_logging(log_level)
 
 
-@main.command()
-@config_dir_option
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.pass_context
-def validate(ctx: click.Context, config_dir: str | None, as_json: bool) -> None:
-    """Check providers.yaml, model-mappings.yaml and gpumgr.yaml; print every problem."""
-    try:
-        cfg = load_config_from_ctx(ctx, config_dir)
-    except ConfigError as exc:
-        if as_json:
-            emit_json({"ok": False, "errors": [str(i) for i in exc.issues]})
-        raise
-    if as_json:
-        emit_json(
-            {
-                "ok": True,
-                "config_dir": str(cfg.config_dir),
-                "providers": len(cfg.providers),
-                "vllm_providers": len(cfg.vllm_providers),
-                "summary": cfg.summary(),
-            }
-        )
-    else:
-        click.echo(cfg.summary())
-
-
 # Commands that live in their own modules; a module that is not there yet is skipped.
 _COMMANDS = {
+    "validate": "gpumgr.cli.validate",
     "gpus": "gpumgr.cli.gpus",
     "plan": "gpumgr.cli.plan",
     "pull": "gpumgr.cli.pull",

@@ -86,6 +86,7 @@ def instance_json(
             "gpu_uuid": gpu.uuid,
             "port": provider.port,
             "hf_repo": provider.hf_repo,
+            "served_model_name": provider.served_model_name,
             "served_names": provider.served_names,
             "argv": launch_argv(provider, budget, gpu, cfg),
         }

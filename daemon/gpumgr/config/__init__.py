@@ -2,14 +2,16 @@
 
 ``load_config`` reads ``providers.yaml`` (required), ``model-mappings.yaml`` and ``gpumgr.yaml``
 (both optional), reports every problem of every file in one ``ConfigError`` (each naming file,
-line, column and key path), and returns a frozen ``Config``.
+line, column and key path), and returns a frozen ``Config``. Warnings (a key that looks like a
+misspelt gpumgr key) never stop a load: they travel on ``Config.warnings``, and
+``inspect_config`` returns errors and warnings together for ``gpumgr validate``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from gpumgr.config.paths import (
 from gpumgr.config.registry import MappingsFile, Provider, ProvidersFile, ProviderStatus, ProviderType
 from gpumgr.config.settings import Settings
 from gpumgr.config.source import YamlSource, read_yaml
+from gpumgr.config.typos import mapping_typos, provider_typos
 from gpumgr.errors import ConfigError, ConfigIssue
 
 PROVIDERS_FILE = "providers.yaml"
@@ -34,7 +37,7 @@ MAPPINGS_FILE = "model-mappings.yaml"
 SETTINGS_FILE = "gpumgr.yaml"
 
 __all__ = [
-    "Config", "ConfigError", "MappingsFile", "Paths", "Provider", "ProviderStatus", "ProviderType",
+    "Config", "ConfigError", "ConfigReport", "inspect_config", "MappingsFile", "Paths", "Provider", "ProviderStatus", "ProviderType",
     "ProvidersFile", "Settings", "load_config", "find_config_dir",
 ]
 
@@ -48,6 +51,7 @@ class Config:
     paths: Paths
     listen: str
     simulate: bool
+    warnings: tuple[ConfigIssue, ...] = field(default=(), compare=False)
 
     @property
     def providers(self) -> dict[str, Provider]:
@@ -100,20 +104,40 @@ def _read(config_dir: Path, name: str, issues: list[ConfigIssue], *, required: b
     return src
 
 
-def load_config(
+@dataclass(frozen=True)
+class ConfigReport:
+    """Everything one read of the configuration found: the config when there are no errors."""
+
+    config: Config | None
+    errors: tuple[ConfigIssue, ...]
+    warnings: tuple[ConfigIssue, ...]
+
+
+_FILE_ORDER = {PROVIDERS_FILE: 0, MAPPINGS_FILE: 1, SETTINGS_FILE: 2}
+
+
+def _sorted(issues: list[ConfigIssue]) -> tuple[ConfigIssue, ...]:
+    return tuple(
+        sorted(issues, key=lambda i: (_FILE_ORDER.get(i.file, 3), i.line or 0, i.column or 0))
+    )
+
+
+def inspect_config(
     config_dir: Path | str | None = None,
     *,
     env: Mapping[str, str] | None = None,
     simulate: bool = False,
     dir_flags: Mapping[str, str | None] | None = None,
     listen: str | None = None,
-) -> Config:
-    """Load and check the three files; raise ``ConfigError`` with every issue found."""
+) -> ConfigReport:
+    """Load and check the three files; every error and warning found, never raising for them."""
     env = os.environ if env is None else env
     cdir = find_config_dir(str(config_dir) if config_dir else None, env, Path.cwd())
     issues: list[ConfigIssue] = []
+    warnings: list[ConfigIssue] = []
     if not cdir.is_dir():
-        raise ConfigError([ConfigIssue(str(cdir), None, None, "", "configuration directory not found")])
+        missing = ConfigIssue(str(cdir), None, None, "", "configuration directory not found")
+        return ConfigReport(None, (missing,), ())
 
     psrc = _read(cdir, PROVIDERS_FILE, issues, required=True)
     providers_readable = not issues
@@ -123,18 +147,18 @@ def load_config(
     pf = _validate(ProvidersFile, psrc, issues, required=True) if providers_readable else None
     mf = _validate(MappingsFile, msrc, issues, required=False)
     st = _validate(Settings, ssrc, issues, required=False)
+    warnings.extend(provider_typos(psrc))
+    warnings.extend(mapping_typos(msrc))
 
     if pf is not None:
         issues.extend(check_providers(pf, psrc))
         if mf is not None:
             issues.extend(check_mappings(pf, mf, msrc, psrc))
     if issues:
-        order = {PROVIDERS_FILE: 0, MAPPINGS_FILE: 1, SETTINGS_FILE: 2}
-        issues.sort(key=lambda i: (order.get(i.file, 3), i.line or 0, i.column or 0))
-        raise ConfigError(issues)
+        return ConfigReport(None, _sorted(issues), _sorted(warnings))
     assert pf is not None and mf is not None and st is not None
     paths = resolve_paths(st, env, is_root=os.geteuid() == 0, home=Path.home(), flags=dir_flags)
-    return Config(
+    cfg = Config(
         config_dir=cdir,
         providers_file=pf,
         mappings=mf,
@@ -142,4 +166,23 @@ def load_config(
         paths=paths,
         listen=resolve_listen(st, env, listen),
         simulate=resolve_simulate(env, simulate),
+        warnings=_sorted(warnings),
     )
+    return ConfigReport(cfg, (), cfg.warnings)
+
+
+def load_config(
+    config_dir: Path | str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    simulate: bool = False,
+    dir_flags: Mapping[str, str | None] | None = None,
+    listen: str | None = None,
+) -> Config:
+    """Load and check the three files; raise ``ConfigError`` with every error found."""
+    report = inspect_config(
+        config_dir, env=env, simulate=simulate, dir_flags=dir_flags, listen=listen
+    )
+    if report.config is None:
+        raise ConfigError(list(report.errors))
+    return report.config

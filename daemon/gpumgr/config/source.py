@@ -4,6 +4,10 @@ PyYAML's composer gives each node a start mark; walking the node tree once yield
 value and a position table, so that every later error (pydantic's or a cross-file check) can name
 ``file:line:column`` and the key path. Duplicate keys, anchors that explode, oversized and
 non-UTF-8 files are reported here, before any model sees the data.
+
+YAML merge keys (``<<: *base``, ``<<: [*a, *b]``) are flattened here as PyYAML's safe loader
+does (the mapping's own keys win, then the first merged mapping's), and a merged key's position
+points into the mapping it came from, which is where an operator must edit it.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ class _Builder:
             raise _TooBig()
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
+            for key_node, value_node in self._flatten(node, path):
                 key = self.build(key_node, path)
                 if isinstance(key, (dict, list)) or key is None:
                     self.issues.append(
@@ -105,6 +109,43 @@ class _Builder:
                 items.append(self.build(item, (*path, i)))
             return items
         return _construct_scalar(node)
+
+
+    def _flatten(self, node: yaml.MappingNode, path: KeyPath) -> list[tuple[yaml.Node, yaml.Node]]:
+        """The mapping's own pairs, then each merged pair whose key it does not already have."""
+        own: list[tuple[yaml.Node, yaml.Node]] = []
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != MERGE_TAG:
+                own.append((key_node, value_node))
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode):
+                    self.issues.append(
+                        _issue_at(self.src.file, source, format_path(path),
+                                  "a merge key '<<' takes a mapping or a list of mappings")
+                    )  # fmt: skip
+                    continue
+                self.count += len(source.value)
+                if self.count > MAX_NODES:
+                    raise _TooBig()
+                merged.extend(self._flatten(source, path))
+        seen = {_key_text(k) for k, _ in own}
+        out = list(own)
+        for key_node, value_node in merged:
+            text = _key_text(key_node)
+            if text not in seen:
+                seen.add(text)
+                out.append((key_node, value_node))
+        return out
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _key_text(node: yaml.Node) -> str:
+    return str(node.value) if isinstance(node, yaml.ScalarNode) else repr(id(node))
 
 
 class _TooBig(Exception):
