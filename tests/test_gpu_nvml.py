@@ -178,3 +178,128 @@ def test_real_pynvml_without_a_driver_reports_unavailable() -> None:
     if inv.available:
         pytest.skip("an NVIDIA driver is present")
     assert inv.error is not None and inv.error.startswith("GPU unavailable: ")
+
+
+# -- recorded on a real card ---------------------------------------------------------------------
+# NVIDIA H200 (compute capability 9.0), driver 580.159.04 (CUDA 13.0), nvidia-ml-py 13.610.43,
+# read by scripts/gpu-check.sh on 2026-11-29 (docs/gpu-check.md): idle, then one torch process
+# (pid 479) holding its CUDA context, a cuBLAS handle and an 8 GiB allocation.
+H200_TOTAL = 150754820096  # 143771 MiB, as nvidia-smi prints it
+H200_RESERVED = 644939776  # v2 only; nvidia-smi rounds it to 616 MiB
+H200_CUDA_TOTAL_MIB = 143155  # what cudaMemGetInfo (so vLLM) calls total: NVML total - reserved
+H200_MEMORY = {
+    # stage: (v2 used, free, [(pid, usedGpuMemory)]); v1 used = v2 used + reserved, same free
+    "idle": (0, 150109880320, []),
+    "alloc": (9343664128, 140766216192, [(479, 9334423552)]),
+}
+
+
+class H200Nvml(FakeNvml):
+    """The recorded H200 values; the error switches of ``FakeNvml`` still apply."""
+
+    def __init__(self, stage: str = "alloc", **overrides: Any) -> None:
+        super().__init__(**overrides)
+        self.stage = stage
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "580.159.04"
+
+    def nvmlDeviceGetUUID(self, h: str) -> Any:
+        return "GPU-2d3d9486-4ce1-0b89-abc8-58be76664d0c"  # str: nvidia-ml-py decodes (convertStrBytes)
+
+    def nvmlDeviceGetName(self, h: str) -> Any:
+        return "NVIDIA H200"  # str, not bytes, likewise
+
+    def nvmlDeviceGetMemoryInfo(self, h: str, version: int | None = None) -> SimpleNamespace:
+        used, free, _ = H200_MEMORY[self.stage]
+        if version is not None:
+            if self.v2_memory_error is not None:
+                raise _err(self.v2_memory_error)
+            return SimpleNamespace(
+                version=version, total=H200_TOTAL, reserved=H200_RESERVED, free=free, used=used
+            )
+        return SimpleNamespace(total=H200_TOTAL, free=free, used=used + H200_RESERVED)
+
+    def nvmlDeviceGetTemperature(self, h: str, sensor: int) -> int:
+        return 35
+
+    def nvmlDeviceGetUtilizationRates(self, h: str) -> SimpleNamespace:
+        return SimpleNamespace(gpu=0, memory=0)
+
+    def nvmlDeviceGetCudaComputeCapability(self, h: str) -> tuple[int, int]:
+        return (9, 0)
+
+    def _compute(self) -> list[SimpleNamespace]:
+        return [
+            SimpleNamespace(pid=pid, usedGpuMemory=b, gpuInstanceId=0xFFFFFFFF,
+                            computeInstanceId=0xFFFFFFFF)
+            for pid, b in H200_MEMORY[self.stage][2]
+        ]
+
+    def nvmlDeviceGetComputeRunningProcesses_v3(self, h: str) -> list[SimpleNamespace]:
+        self.calls.append("compute_v3")
+        if self.v3_error is not None:
+            raise _err(self.v3_error)
+        return self._compute()
+
+    def nvmlDeviceGetComputeRunningProcesses_v2(self, h: str) -> list[SimpleNamespace]:
+        self.calls.append("compute_v2")
+        return self._compute()
+
+    def nvmlDeviceGetGraphicsRunningProcesses_v3(self, h: str) -> list[SimpleNamespace]:
+        return []  # a headless data-centre card
+
+    def nvmlDeviceGetGraphicsRunningProcesses_v2(self, h: str) -> list[SimpleNamespace]:
+        return []
+
+
+def _h200_inspect(pid: int) -> tuple[str, int | None]:
+    return {479: ("python3", 479)}.get(pid, ("", None))
+
+
+def test_h200_idle_reads_as_gpus_json_showed_it() -> None:
+    inv = NvmlBackend(H200Nvml("idle"), _h200_inspect).read()
+    assert inv.available and inv.driver_version == "580.159.04" and inv.warnings == ()
+    (g,) = inv.gpus
+    assert (g.name, g.compute_capability) == ("NVIDIA H200", "9.0")
+    d = g.to_dict()
+    assert (d["memory_total_mib"], d["memory_used_mib"], d["memory_free_mib"]) == (143771, 0, 143155)
+    assert d["memory_reserved_mib"] == 615
+    assert d["processes"] == []
+    # used (v2) + reserved + free = total: nothing of the card is counted twice or lost
+    assert g.memory_used_bytes + H200_RESERVED + g.memory_free_bytes == g.memory_total_bytes
+    # CUDA's total (vLLM's base for --gpu-memory-utilization) is NVML's total less reserved
+    assert (g.memory_total_bytes - (g.memory_reserved_bytes or 0)) // MIB == H200_CUDA_TOTAL_MIB
+
+
+def test_h200_process_holding_context_and_8_gib() -> None:
+    inv = NvmlBackend(H200Nvml("alloc"), _h200_inspect).read()
+    (g,) = inv.gpus
+    d = g.to_dict()
+    assert (d["memory_used_mib"], d["memory_free_mib"]) == (8911, 134245)
+    assert d["processes"] == [
+        {"pid": 479, "used_mib": 8902, "name": "python3", "kind": "compute", "owner": "unknown"}
+    ]
+    assert g.processes[0].pgid == 479
+    # 8192 MiB allocated + 710 MiB context with cuBLAS = what NVML charges the process
+    assert g.processes[0].used_mib == 8192 + 710
+    # the driver charges the card ~8.8 MiB per context that no process is listed with
+    assert g.unattributed_bytes == 9343664128 - 9334423552 == 9240576
+
+
+def test_h200_v1_fallback_counts_reserved_as_used_but_free_is_the_same() -> None:
+    v2 = NvmlBackend(H200Nvml("alloc"), _h200_inspect).read().gpus[0]
+    v1 = NvmlBackend(
+        H200Nvml("alloc", v2_memory_error=pynvml.NVML_ERROR_FUNCTION_NOT_FOUND), _h200_inspect
+    ).read().gpus[0]
+    assert v1.memory_reserved_bytes is None
+    assert v1.memory_used_bytes == v2.memory_used_bytes + H200_RESERVED
+    assert v1.memory_free_bytes == v2.memory_free_bytes  # the planner reads free: unaffected
+    assert v1.memory_total_bytes == v2.memory_total_bytes
+
+
+def test_h200_v2_process_call_gives_the_same_list() -> None:
+    fake = H200Nvml("alloc", v3_error=pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+    g = NvmlBackend(fake, _h200_inspect).read().gpus[0]
+    assert fake.calls == ["compute_v3", "compute_v2"]
+    assert [(p.pid, p.used_bytes) for p in g.processes] == [(479, 9334423552)]
