@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from gpumgr.config.hosts import is_loopback
 from gpumgr.config.registry import Provider
-from gpumgr.config.source import YamlSource
+from gpumgr.config.source import KeyPath, YamlSource
 from gpumgr.engines.vllm_flags import (
     DEPRECATED_QUANTIZATION_METHODS,
     QUANTIZATION_METHODS,
@@ -26,7 +26,7 @@ def check_vllm_provider(p: Provider, src: YamlSource) -> list[ConfigIssue]:
     here = ("providers", p.name)
     issues: list[ConfigIssue] = []
     if p.hf_repo is None:
-        path = (*here, "models", 0, "name") if p.vllm_model else (*here, "models")
+        path: KeyPath = (*here, "models", 0, "name") if p.vllm_model else (*here, "models")
         issues.append(
             src.issue(
                 path,
