@@ -233,6 +233,22 @@ def _split_option(token: str) -> tuple[str, FlagSpec, str | None] | None:
     return None
 
 
+_CONVERTERS = {"int": int, "float": float}
+
+
+def _check_type(flag: str, spec: FlagSpec, value: str, index: int) -> None:
+    """argparse converts ``int`` and ``float`` values while parsing: a bad one exits 2 there."""
+    convert = _CONVERTERS.get(spec.value_type)
+    if convert is None or "." in flag:
+        return
+    try:
+        convert(value)
+    except ValueError:
+        raise ServeArgsError(
+            f"argument {flag}: invalid {spec.value_type} value: {value!r}", index
+        ) from None
+
+
 def parse_serve_args(tokens: list[str]) -> ParsedServeArgs:
     """Split ``vllm serve``'s arguments (after ``serve``) the way its parser does.
 
@@ -269,6 +285,7 @@ def parse_serve_args(tokens: list[str]) -> ParsedServeArgs:
             flags.append(ServeArg(flag, (), spec, index))
             continue
         if inline is not None:
+            _check_type(flag, spec, inline, index)
             flags.append(ServeArg(flag, (inline,), spec, index))
             continue
         values: list[str] = []
@@ -280,6 +297,8 @@ def parse_serve_args(tokens: list[str]) -> ParsedServeArgs:
         if not values and spec.arity is not Arity.OPTIONAL:
             what = "at least one argument" if spec.arity is Arity.ONE_OR_MORE else "one argument"
             raise ServeArgsError(f"argument {flag}: expected {what}", index)
+        for v in values:
+            _check_type(flag, spec, v, index)
         flags.append(ServeArg(flag, tuple(values), spec, index))
     if unknown:
         names = " ".join(t for t, _ in unknown)
