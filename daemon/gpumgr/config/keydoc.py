@@ -33,7 +33,7 @@ SECTIONS: dict[str, tuple[type[BaseModel], str]] = {
     "fallback_chain": (FallbackChain, "fallback_chains.ROUTER_NAME."),
     "settings": (Settings, ""),
 }
-_SKIP = {Provider: {"name"}}
+_SKIP: dict[type[BaseModel], set[str]] = {Provider: {"name"}}
 
 
 def _type_text(ann: Any) -> str:
