@@ -194,7 +194,8 @@ def test_disabled_and_template_providers_are_listed_fixed_and_never_probed() -> 
 def test_supervisor_events_drive_states_without_probes() -> None:
     from gpumgr.health.supervisor_events import apply_supervisor_event
     from gpumgr.supervisor.events import (
-        BackendFailed, ChildExited, ChildStarted, ChildStopped, ChildStopping, Restarting,
+        BackendFailed, ChildExited, ChildStarted, ChildStopped, ChildStopping, Draining,
+        Restarting,
     )
 
     p = Provider(name="qwen-7b", type="vllm", base_url="http://127.0.0.1:8001")
@@ -215,7 +216,7 @@ def test_supervisor_events_drive_states_without_probes() -> None:
                 ChildStopping("qwen-7b", 4243),
                 ChildStopped("qwen-7b", 4243, killed=False, memory_released=True),
                 ChildStopped("qwen-7b", 4243, killed=False, memory_released=True),  # repeat: no-op
-                Restarting("qwen-7b", 1.0, 2),  # impossible from stopped: logged, dropped
+                Draining("qwen-7b", 4243),  # impossible from stopped: logged, dropped
             ):
                 apply_supervisor_event(sched, ev)
 

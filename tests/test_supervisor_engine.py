@@ -22,14 +22,18 @@ import psutil
 import pytest
 
 from gpumgr.actions.keeper import BackendKeeper
-from gpumgr.actions.start import GpuLocks, LaunchSpec, PrepareHint, StartContext, StartTiming
+from gpumgr.actions.lease import GpuLocks
+from gpumgr.actions.start import LaunchSpec, PrepareHint, StartContext, StartTiming
+from gpumgr.actions.stop import StopTiming
 from gpumgr.backend_state import BackendState
-from gpumgr.engines.vllm_log import is_oom
+from gpumgr.engines.vllm_log import find_oom
+from gpumgr.health.supervisor_events import apply_supervisor_event
 from gpumgr.modelfiles import header_only_safetensors
 from gpumgr.sim.gpu import STATE_ENV, SimGpuSpec, SimGpuState, sim_uuid
 from gpumgr.supervisor import events as ev
 from gpumgr.supervisor.records import ChildRecords
 from gpumgr.supervisor.restart import RestartPolicy
+from state_fake import States
 
 GIB = 1024**3
 UUID = sim_uuid(0)
@@ -63,15 +67,39 @@ class Harness:
         self.gpu.ensure([SimGpuSpec(index=0, uuid=UUID)])
         self.events: list[tuple[float, ev.SupervisorEvent]] = []
         self.engine_events = tmp / "engine-events.jsonl"
+        self.states = States()
+
+        async def released(pids: frozenset[int]) -> bool:
+            return not any(a.pid in pids for a in self.gpu.read().allocations)
+
         self.ctx = StartContext(
             log_dir=tmp / "log",
             records=ChildRecords(tmp / "state"),
             locks=GpuLocks(),
-            sink=lambda e: self.events.append((time.monotonic(), e)),
-            is_oom=is_oom,
+            sink=self._record,
+            find_oom=find_oom,
             timing=StartTiming(start_timeout_s=20.0, poll_s=0.05),
+            stop=StopTiming(5.0, 5.0),
+            memory_released=released,
         )
         self.keepers: list[BackendKeeper] = []
+
+    def _record(self, event: ev.SupervisorEvent) -> None:
+        self.events.append((time.monotonic(), event))
+        apply_supervisor_event(self.states, event)
+
+    def state(self, k: BackendKeeper) -> BackendState:
+        return self.states._get(k.backend).state
+
+    def detail(self, k: BackendKeeper) -> str:
+        return self.states._get(k.backend).reason
+
+    def restarts(self, k: BackendKeeper) -> int:
+        return self.states._get(k.backend).restarts
+
+    async def stop(self, k: BackendKeeper):  # type: ignore[no-untyped-def]
+        async with self.ctx.locks.lease(k.gpu_uuid, "test stop") as lease:
+            return await k.stop(lease)
 
     def spec(self, backend: str, port: int, fraction: float, **env: str) -> LaunchSpec:
         argv = [
@@ -103,13 +131,10 @@ class Harness:
         async def prepare(hint: PrepareHint) -> LaunchSpec:
             return self.spec(backend, port, fraction, **env)
 
-        async def released(pids: frozenset[int]) -> bool:
-            return not any(a.pid in pids for a in self.gpu.read().allocations)
-
+        self.ctx.stop = StopTiming(stop_timeout_s, 5.0)
         k = BackendKeeper(
             backend, UUID, port, prepare, self.ctx,
             policy or RestartPolicy(backoff_base_s=0.1, backoff_cap_s=0.4, max_crashes=3),
-            stop_timeout_s=stop_timeout_s, memory_released=released, memory_timeout_s=5.0,
             port_recheck_s=0.1,
         )  # fmt: skip
         self.keepers.append(k)
@@ -128,7 +153,8 @@ class Harness:
             await asyncio.sleep(0.02)
 
     async def stop_all(self) -> None:
-        await asyncio.gather(*(k.stop() for k in self.keepers))
+        for k in self.keepers:
+            await self.stop(k)
 
 
 @pytest.fixture
@@ -163,7 +189,7 @@ def test_start_serves_health_with_the_planned_fraction_and_the_gpu_shows_it(harn
 
     async def body() -> None:
         k.launch()
-        await h.until(lambda: k.state is BackendState.UP)
+        await h.until(lambda: h.state(k) is BackendState.UP)
         assert k.child is not None
         assert health(k.port) == 200
         cmd = psutil.Process(k.child.pid).cmdline()
@@ -185,7 +211,7 @@ def test_sigkill_is_noticed_at_once_and_the_engine_is_restarted_with_backoff(har
 
     async def body() -> None:
         k.launch()
-        await h.until(lambda: k.state is BackendState.UP)
+        await h.until(lambda: h.state(k) is BackendState.UP)
         assert k.child is not None
         first = k.child.pid
         os.kill(first, signal.SIGKILL)
@@ -196,9 +222,9 @@ def test_sigkill_is_noticed_at_once_and_the_engine_is_restarted_with_backoff(har
         assert exited.returncode == -signal.SIGKILL and not exited.oom  # type: ignore[attr-defined]
         (_, restarting), = h.of(ev.Restarting)
         assert restarting.delay_s == 0.1 and restarting.attempt == 1  # type: ignore[attr-defined]
-        await h.until(lambda: k.state is BackendState.UP and k.child is not None and k.child.pid != first)
+        await h.until(lambda: h.state(k) is BackendState.UP and k.child is not None and k.child.pid != first)
         assert health(k.port) == 200
-        assert k.restarts == 1
+        assert h.restarts(k) == 1
 
     run(h, body)
 
@@ -211,14 +237,14 @@ def test_a_crash_loop_ends_in_failed_with_the_engine_error_and_no_cpu_spin(harne
     async def body() -> None:
         cpu0, wall0 = time.process_time(), time.monotonic()
         k.launch()
-        await h.until(lambda: k.state is BackendState.FAILED, timeout_s=30)
+        await h.until(lambda: h.state(k) is BackendState.FAILED, timeout_s=30)
         cpu_s, wall_s = time.process_time() - cpu0, time.monotonic() - wall0
         assert len(h.of(ev.ChildStarted)) == 3  # first start + 2 restarts
         assert [e.delay_s for _, e in h.of(ev.Restarting)] == [0.2, 0.4]  # type: ignore[attr-defined]
-        assert "3 crashes within 60s" in k.detail
-        assert "Error" in k.detail  # the engine's own last error line
+        assert "3 crashes within 60s" in h.detail(k)
+        assert "Error" in h.detail(k)  # the engine's own last error line
         (_, failed), = h.of(ev.BackendFailed)
-        assert failed.detail == k.detail  # type: ignore[attr-defined]
+        assert failed.detail == h.detail(k)  # type: ignore[attr-defined]
         assert wall_s >= 0.6  # the backoff really waited
         assert cpu_s < 0.6 * wall_s, f"daemon side burnt {cpu_s:.2f}s CPU in {wall_s:.2f}s"
         await asyncio.sleep(0.3)
@@ -236,12 +262,12 @@ def test_too_large_a_fraction_fails_with_vllms_message_and_is_not_retried(harnes
 
         async def body() -> None:
             k.launch()
-            await h.until(lambda: k.state is BackendState.FAILED)
+            await h.until(lambda: h.state(k) is BackendState.FAILED)
             (_, exited), = h.of(ev.ChildExited)
             assert exited.oom  # type: ignore[attr-defined]
             assert "less than desired GPU memory utilization" in exited.last_error  # type: ignore[attr-defined]
-            assert "no smaller slice fits" in k.detail
-            assert "less than desired GPU memory utilization" in k.detail
+            assert "no smaller slice fits" in h.detail(k)
+            assert "less than desired GPU memory utilization" in h.detail(k)
             assert len(h.of(ev.ChildStarted)) == 1
 
         run(h, body)
@@ -257,7 +283,7 @@ def test_two_providers_started_together_never_initialise_at_the_same_time(harnes
     async def body() -> None:
         a.launch()
         b.launch()
-        await h.until(lambda: a.state is BackendState.UP and b.state is BackendState.UP)
+        await h.until(lambda: h.state(a) is BackendState.UP and h.state(b) is BackendState.UP)
         lines = [json.loads(x) for x in h.engine_events.read_text().splitlines()]
         inits = [(x["pid"], x["event"]) for x in lines if x["event"] in ("init_start", "init_end")]
         assert a.child is not None and b.child is not None
@@ -282,19 +308,19 @@ def test_stop_kills_an_engine_that_ignores_sigterm_with_its_grandchild_and_frees
 
     async def body() -> None:
         k.launch()
-        await h.until(lambda: k.state is BackendState.UP)
+        await h.until(lambda: h.state(k) is BackendState.UP)
         assert k.child is not None
         pgid = k.child.pgid
         group = [p.pid for p in psutil.process_iter() if _pgid(p.pid) == pgid]
         assert len(group) >= 2  # engine + grandchild
         assert h.gpu.read().allocations
-        outcome = await k.stop()
+        outcome = await h.stop(k)
         assert outcome is not None and outcome.killed and outcome.group_gone
         assert outcome.memory_released
         assert 0.5 <= outcome.stop_s < 5
         assert not [p for p in group if psutil.pid_exists(p) and _alive(p)]
         assert h.gpu.read().allocations == ()
-        assert k.state is BackendState.STOPPED
+        assert h.state(k) is BackendState.STOPPED
 
     run(h, body)
 
@@ -314,15 +340,15 @@ def test_a_foreign_listener_on_the_port_is_reported_and_left_alone(harness: Harn
 
         async def body() -> None:
             k.launch()
-            await h.until(lambda: k.state is BackendState.DOWN)
-            assert k.detail == f"port {port} is held by pid {foreign.pid} (not started by gpumgr)"
+            await h.until(lambda: h.state(k) is BackendState.DOWN)
+            assert h.detail(k) == f"port {port} is held by pid {foreign.pid} (not started by gpumgr)"
             await asyncio.sleep(0.3)  # several re-checks
             assert foreign.poll() is None  # never signalled
             assert not h.of(ev.ChildStarted)
             assert len(h.of(ev.BackendDown)) == 1  # reported once, not on every re-check
             foreign.kill()
             foreign.wait()
-            await h.until(lambda: k.state is BackendState.UP)  # the port is free: it starts
+            await h.until(lambda: h.state(k) is BackendState.UP)  # the port is free: it starts
 
         run(h, body)
     finally:
@@ -343,12 +369,12 @@ def test_an_engine_that_never_becomes_healthy_is_stopped_after_the_start_timeout
 
     async def body() -> None:
         k.launch()
-        await h.until(lambda: k.state is BackendState.FAILED)
+        await h.until(lambda: h.state(k) is BackendState.FAILED)
         exits = [e for _, e in h.of(ev.ChildExited)]
         assert len(exits) == 2  # the first try and one restart, each cut at the timeout
         assert all("no /health 200 within 0.8s" in e.last_error for e in exits)  # type: ignore[attr-defined]
         assert not any(_alive(e.pid) for e in exits)  # type: ignore[attr-defined]
-        assert "no /health 200 within 0.8s" in k.detail
+        assert "no /health 200 within 0.8s" in h.detail(k)
 
     run(h, body)
 
@@ -375,16 +401,17 @@ def test_an_unresponsive_engine_is_restarted_on_request_and_counts_as_a_crash(
 
     async def body() -> None:
         k.launch()
-        await h.until(lambda: k.state is BackendState.UP)
+        await h.until(lambda: h.state(k) is BackendState.UP)
         assert k.child is not None
         first = k.child.pid
         await asyncio.sleep(0.4)
         with pytest.raises(httpx2.TimeoutException):
             httpx2.get(f"http://127.0.0.1:{k.port}/health", timeout=0.3)
-        assert await k.restart_unresponsive("no /health answer")
-        await h.until(lambda: k.state is BackendState.UP and k.child is not None and k.child.pid != first)
+        async with h.ctx.locks.lease(k.gpu_uuid, "test") as lease:
+            assert await k.stop_unresponsive(lease, "no /health answer")
+        await h.until(lambda: h.state(k) is BackendState.UP and k.child is not None and k.child.pid != first)
         assert not _alive(first)
-        assert k.restarts == 1 and len(h.of(ev.Restarting)) == 1
+        assert h.restarts(k) == 1 and len(h.of(ev.Restarting)) == 1
 
     run(h, body)
 
@@ -397,13 +424,13 @@ def test_orphans_of_a_crashed_engine_are_killed_and_memory_freed_before_the_rest
 
     async def body() -> None:
         k.launch()
-        await h.until(lambda: k.state is BackendState.UP)
+        await h.until(lambda: h.state(k) is BackendState.UP)
         assert k.child is not None
         first, pgid = k.child.pid, k.child.pgid
         orphans = [p.pid for p in psutil.process_iter() if _pgid(p.pid) == pgid and p.pid != first]
         assert orphans  # the grandchild holding the memory
         os.kill(first, signal.SIGKILL)  # only the API server dies
-        await h.until(lambda: k.state is BackendState.UP and k.child is not None and k.child.pid != first)
+        await h.until(lambda: h.state(k) is BackendState.UP and k.child is not None and k.child.pid != first)
         assert not any(_alive(p) for p in orphans)
         held = {a.pid for a in h.gpu.read().allocations}
         assert not held & {first, *orphans}

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gpumgr.actions.prepare import LaunchPlanner
-from gpumgr.actions.start import PrepareHint
+from gpumgr.actions.prepare import LaunchPlanner, PlanView
+from gpumgr.actions.start import LaunchSpec, PrepareHint
 from gpumgr.config.registry import Provider
 from gpumgr.config.settings import Settings
+from gpumgr.engines.vllm_log import OomKind
 from gpumgr.errors import PlanInfeasible
 from gpumgr.gpu.simulated import SimulatedBackend
 from gpumgr.modelfiles import header_only_safetensors
@@ -41,25 +42,37 @@ def _snapshot(tmp: Path, name: str = "qwen7b", dims: dict[str, int] = QWEN_7B,
     return snap
 
 
+def view(providers: list[Provider], snapshots: dict[str, Path], *,
+         managed: dict[int, str] | None = None, running: dict[str, float] | None = None) -> PlanView:
+    return PlanView(tuple(providers), snapshots, managed or {}, running or {})
+
+
+class Planner:
+    """A planner with the one view its tests plan against."""
+
+    def __init__(self, planner: LaunchPlanner, view: PlanView) -> None:
+        self.planner, self.view, self.providers = planner, view, list(view.providers)
+
+    def launch_spec(self, provider: Provider, hint: PrepareHint) -> LaunchSpec:
+        return self.planner.launch_spec(provider, hint, self.view)
+
+
 @pytest.fixture
-def planner(tmp_path: Path) -> LaunchPlanner:
+def planner(tmp_path: Path) -> Planner:
     state = SimGpuState(tmp_path / "sim-gpu.json")
     provider = Provider(
         name="qwen-7b", type="vllm", base_url="http://127.0.0.1:8001", max_model_len=8192,
         max_num_seqs=16, models=[{"name": "qwen-coder-vllm"}],
     )  # fmt: skip
-    return LaunchPlanner(
-        providers=[provider],
+    return Planner(LaunchPlanner(
         settings=Settings(),
         inventory=SimulatedBackend(state, [SimGpuSpec(index=0, uuid=sim_uuid(0))]),
-        snapshots={"qwen-7b": _snapshot(tmp_path)},
-        managed=dict,
         command=SIM_COMMAND,
         base_env={},
-    )
+    ), view([provider], {"qwen-7b": _snapshot(tmp_path)}))
 
 
-def test_the_launch_carries_the_planned_fraction_and_the_card_uuid(planner: LaunchPlanner) -> None:
+def test_the_launch_carries_the_planned_fraction_and_the_card_uuid(planner: Planner) -> None:
     spec = planner.launch_spec(planner.providers[0], PrepareHint())
     assert spec.argv[:4] == [*SIM_COMMAND, "serve"]
     assert spec.argv[spec.argv.index("--gpu-memory-utilization") + 1] == f"{spec.fraction:g}"
@@ -69,7 +82,7 @@ def test_the_launch_carries_the_planned_fraction_and_the_card_uuid(planner: Laun
 
 
 def test_memory_taken_since_the_last_plan_shrinks_the_next_slice(
-    planner: LaunchPlanner, tmp_path: Path
+    planner: Planner, tmp_path: Path
 ) -> None:
     before = planner.launch_spec(planner.providers[0], PrepareHint()).fraction
     squatter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
@@ -84,10 +97,26 @@ def test_memory_taken_since_the_last_plan_shrinks_the_next_slice(
         squatter.wait()
 
 
-def test_after_an_oom_the_same_slice_is_never_offered_again(planner: LaunchPlanner) -> None:
+def test_after_an_oom_the_same_slice_is_never_offered_again(planner: Planner) -> None:
     same = planner.launch_spec(planner.providers[0], PrepareHint()).fraction
     with pytest.raises(PlanInfeasible, match=f"--gpu-memory-utilization {same:g}"):
         planner.launch_spec(planner.providers[0], PrepareHint(after_oom_fraction=same))
+
+
+def test_when_vllm_found_no_room_for_the_kv_cache_the_retry_asks_for_a_larger_slice(
+    planner: Planner,
+) -> None:
+    """A slice too small for weights + KV is not cured by a smaller one: after "no available
+    memory for the cache blocks" only a larger slice is offered (here the pin of 0.4 was too
+    small, so the plan alone on the card offers more), and never the same one."""
+    small = 0.4
+    hint = PrepareHint(after_oom_fraction=small, oom_kind=OomKind.NO_KV_CACHE)
+    retry = planner.launch_spec(planner.providers[0], hint)
+    assert retry.fraction > small
+    with pytest.raises(PlanInfeasible, match="no larger slice fits"):
+        planner.launch_spec(
+            planner.providers[0], PrepareHint(after_oom_fraction=0.97, oom_kind=OomKind.KV_TOO_SMALL)
+        )
 
 
 def test_a_running_engine_keeps_its_slice_in_the_plan_of_the_next_start(tmp_path: Path) -> None:
@@ -110,20 +139,15 @@ def test_a_running_engine_keeps_its_slice_in_the_plan_of_the_next_start(tmp_path
         # what a 0.84 engine holds: its context plus 0.84 of the card
         state.allocate(engine.pid, sim_uuid(0), 500 + int(0.84 * 16384), "vllm")
         planner = LaunchPlanner(
-            providers=[qwen, other], settings=Settings(),
-            inventory=SimulatedBackend(state, [spec]),
-            snapshots={"qwen-7b": snap, "qwen-b": snap},
-            managed=lambda: {engine.pid: "qwen-7b"}, command=SIM_COMMAND, base_env={},
-            running_fractions=lambda: {"qwen-7b": 0.84},
+            settings=Settings(), inventory=SimulatedBackend(state, [spec]),
+            command=SIM_COMMAND, base_env={},
         )  # fmt: skip
+        snaps = {"qwen-7b": snap, "qwen-b": snap}
+        aware = Planner(planner, view([qwen, other], snaps, managed={engine.pid: "qwen-7b"},
+                                      running={"qwen-7b": 0.84}))
         with pytest.raises(PlanInfeasible):
-            planner.launch_spec(other, PrepareHint())  # 0.84 + a 5.2 GiB model do not fit
-        unaware = LaunchPlanner(
-            providers=[qwen, other], settings=Settings(),
-            inventory=SimulatedBackend(state, [spec]),
-            snapshots={"qwen-7b": snap, "qwen-b": snap},
-            managed=lambda: {engine.pid: "qwen-7b"}, command=SIM_COMMAND, base_env={},
-        )  # fmt: skip
+            aware.launch_spec(other, PrepareHint())  # 0.84 + a 5.2 GiB model do not fit
+        unaware = Planner(planner, view([qwen, other], snaps, managed={engine.pid: "qwen-7b"}))
         # without the running slice the joint plan would promise memory qwen-7b still holds
         assert unaware.launch_spec(other, PrepareHint()).fraction > 0
     finally:
@@ -157,14 +181,12 @@ def test_ollamas_resident_model_is_unloaded_to_make_room_unless_the_policy_says_
             Provider(name="qwen-14b", type="vllm", base_url="http://127.0.0.1:8001",
                      max_model_len=8192, max_num_seqs=4, models=[{"name": "qwen-coder-14b"}]),
         ]  # fmt: skip
-        planner = LaunchPlanner(
-            providers=[providers[1]],
+        planner = Planner(LaunchPlanner(
             settings=Settings(ollama=OllamaSettings(eviction=policy)),  # type: ignore[arg-type]
             inventory=SimulatedBackend(SimGpuState(state_path), [spec]),
-            snapshots={"qwen-14b": _snapshot(tmp_path, "qwen14b", QWEN_14B, 9.3)},
-            managed=dict, command=SIM_COMMAND, base_env={},
+            command=SIM_COMMAND, base_env={},
             ollama=OllamaRoom(providers),
-        )  # fmt: skip
+        ), view([providers[1]], {"qwen-14b": _snapshot(tmp_path, "qwen14b", QWEN_14B, 9.3)}))  # fmt: skip
         loaded = lambda: httpx2.get(f"{ollama.base_url}/api/ps", timeout=2).json()["models"]  # noqa: E731
         if policy == "never":
             with pytest.raises(PlanInfeasible, match="unload Ollama model llama3.1:latest"):

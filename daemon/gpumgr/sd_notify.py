@@ -7,6 +7,7 @@ and ``WATCHDOG_*`` from their environment, or systemd would take a child's messa
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Mapping
@@ -57,6 +58,17 @@ class Notifier:
 CHILD_ENV_DROP_PREFIXES = ("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_FD", "LISTEN_PID")
 """systemd's notify socket, watchdog and socket activation belong to gpumgr; a child that inherits
 them could send READY/WATCHDOG on the daemon's behalf (and hide a hung daemon)."""
+
+
+async def watchdog_loop(notifier: Notifier) -> None:
+    """Ping systemd's watchdog from the event loop: a wedged loop stops the pings, and systemd
+    restarts the daemon (its engines outlive it and are adopted)."""
+    interval_s = notifier.watchdog_interval_s
+    if not interval_s:
+        return
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval_s)
 
 
 def child_environment(env: Mapping[str, str]) -> dict[str, str]:

@@ -8,6 +8,7 @@ signalled, and the backend is started afresh per desired state.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -28,8 +29,8 @@ class Adoption:
     """Backend → the recorded child, now watched (its health is checked by its keeper)."""
     records: dict[str, ChildRecord] = field(default_factory=dict)
     """Backend → the record of an adopted child (its GPU and slice)."""
-    unwanted: list[process.ChildProcess] = field(default_factory=list)
-    """Our children whose backend is no longer meant to run: to stop."""
+    unwanted: list[tuple[process.ChildProcess, ChildRecord]] = field(default_factory=list)
+    """Our children whose backend is no longer meant to run (with their records): to stop."""
     forgotten: list[ChildRecord] = field(default_factory=list)
     """Records of processes that are gone or not ours any more."""
 
@@ -41,22 +42,26 @@ def _log_size(log_dir: Path, backend: str) -> int:
         return 0
 
 
-def adopt_recorded(records: ChildRecords, wanted: Collection[str], log_dir: Path) -> Adoption:
-    """Sort the recorded children into adopted / unwanted / forgotten (records updated)."""
+async def adopt_recorded(
+    records: ChildRecords, wanted: Collection[str], log_dir: Path
+) -> Adoption:
+    """Sort the recorded children into adopted / unwanted / forgotten (records updated). The
+    file and process-table reads run off the event loop; the children are wrapped on it."""
     result = Adoption()
-    for backend, rec in records.load().items():
-        if not is_same_process(rec):
+    for backend, rec in (await asyncio.to_thread(records.load)).items():
+        if not await asyncio.to_thread(is_same_process, rec):
             log.info("adopt.gone", backend=backend, pid=rec.pid)
-            records.remove(backend)
+            await asyncio.to_thread(records.remove, backend)
             result.forgotten.append(rec)
             continue
         child = process.adopt(
-            backend, rec.pid, rec.pgid, rec.create_time, rec.cmdline, _log_size(log_dir, backend)
+            backend, rec.pid, rec.pgid, rec.create_time, rec.cmdline,
+            await asyncio.to_thread(_log_size, log_dir, backend),
         )
         if backend in wanted:
             result.adopted[backend] = child
             result.records[backend] = rec
         else:
             log.info("adopt.unwanted", backend=backend, pid=rec.pid)
-            result.unwanted.append(child)
+            result.unwanted.append((child, rec))
     return result

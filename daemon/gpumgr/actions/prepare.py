@@ -45,8 +45,21 @@ log = structlog.get_logger(__name__)
 OLLAMA_UNLOAD_WAIT_S = 10.0
 """How long a start waits for the GPU to show an unloaded Ollama model's memory back."""
 
-ManagedPids = Callable[[], Mapping[int, str]]
-"""pid (== pgid) → backend of the children running now, for attributing GPU memory."""
+@dataclass(frozen=True)
+class PlanView:
+    """What the planner needs to know of the daemon, taken on the event loop just before a
+    start and handed to the worker thread that plans: nothing there calls back into the daemon.
+    """
+
+    providers: tuple[Provider, ...]
+    """The providers meant to run whose weights are local, in the registry's order."""
+    snapshots: Mapping[str, Path]
+    """provider → local snapshot directory."""
+    managed_pids: Mapping[int, str]
+    """pid (== pgid) → backend of the children running now, for attributing GPU memory."""
+    running_fractions: Mapping[str, float]
+    """Backend → the slice its live engine runs with. A running engine keeps its slice while
+    another one starts (it is not restarted), so the plan holds it at that slice."""
 
 
 def launch_for_budget(
@@ -79,17 +92,12 @@ def launch_for_budget(
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class LaunchPlanner:
-    """Builds ``LaunchSpec``s for the vLLM providers of one daemon."""
+    """Builds ``LaunchSpec``s for the vLLM providers of one daemon (runs in a worker thread)."""
 
-    providers: Sequence[Provider]
-    """The providers meant to run (in the registry's order); planned together per GPU."""
     settings: Settings
     inventory: GpuBackend
-    snapshots: Mapping[str, Path]
-    """provider → local snapshot directory (weights fetched before launch)."""
-    managed: ManagedPids
     command: Sequence[str] | None = None
     """Prefix replacing the vLLM executable (the simulated engine), else the configured one."""
     base_env: Mapping[str, str] | None = None
@@ -97,12 +105,9 @@ class LaunchPlanner:
     """Variables never passed to a vLLM child: every provider's ``env_var`` (secrets)."""
     ollama: OllamaRoom | None = None
     """The local Ollama, whose models may be unloaded to make room (``ollama.eviction``)."""
-    running_fractions: Callable[[], Mapping[str, float]] = dict
-    """Backend → the slice its live engine runs with. A running engine keeps its slice while
-    another one starts (it is not restarted), so the plan holds it at that slice."""
 
-    def _request(self, provider: Provider) -> InstanceRequest:
-        snap = self.snapshots[provider.name]
+    def _request(self, provider: Provider, view: PlanView) -> InstanceRequest:
+        snap = view.snapshots[provider.name]
         return instance_request(
             provider,
             read_model_dims(snap),
@@ -115,14 +120,15 @@ class LaunchPlanner:
         gpu: GpuInfo,
         providers: Sequence[Provider],
         starting: str,
+        view: PlanView,
         ollama_models: Sequence[OllamaModel] | None = None,
     ) -> VramPlan:
-        running = self.running_fractions()
+        running = view.running_fractions
         requests = [
             replace(r, pinned_fraction=running[r.provider])
             if r.provider != starting and r.provider in running
             else r
-            for r in (self._request(p) for p in providers)
+            for r in (self._request(p, view) for p in providers)
         ]
         return plan_slices(
             request_for_gpu(
@@ -134,34 +140,34 @@ class LaunchPlanner:
             )
         )
 
-    def read_gpu(self, index: int) -> GpuInfo:
-        managed = dict(self.managed())
+    def read_gpu(self, index: int, view: PlanView) -> GpuInfo:
+        managed = dict(view.managed_pids)
         inv = attribute(self.inventory.read().require(), managed, managed)
         return inv.gpu(index)
 
     def _plan_with_room(
-        self, provider: Provider, together: Sequence[Provider]
+        self, provider: Provider, together: Sequence[Provider], view: PlanView
     ) -> tuple[GpuInfo, VramPlan]:
         """The plan on the GPU as it is, after unloading Ollama models if the policy allows
         and the plan needs it (see ``gpumgr.actions.ollama_room``)."""
-        gpu = self.read_gpu(provider.gpu)
+        gpu = self.read_gpu(provider.gpu, view)
         policy = self.settings.ollama.eviction
         loaded = self.ollama.loaded() if self.ollama else None
         if self.ollama and loaded and policy == "unload_all":
-            gpu = self._unload_and_wait(provider, gpu, loaded)
+            gpu = self._unload_and_wait(provider, gpu, loaded, view)
             loaded = self.ollama.loaded()
-        plan = self._plan(gpu, together, provider.name, loaded)
+        plan = self._plan(gpu, together, provider.name, view, loaded)
         if plan.feasible or not (self.ollama and loaded) or policy == "never":
             return gpu, plan
         shortfall = max(p.shortfall_bytes for p in plan.problems)
         victims = ollama_unload_set(plan.request, shortfall)
         if not victims:
             return gpu, plan
-        gpu = self._unload_and_wait(provider, gpu, victims)
-        return gpu, self._plan(gpu, together, provider.name, self.ollama.loaded())
+        gpu = self._unload_and_wait(provider, gpu, victims, view)
+        return gpu, self._plan(gpu, together, provider.name, view, self.ollama.loaded())
 
     def _unload_and_wait(
-        self, provider: Provider, gpu: GpuInfo, models: Sequence[OllamaModel]
+        self, provider: Provider, gpu: GpuInfo, models: Sequence[OllamaModel], view: PlanView
     ) -> GpuInfo:
         """Unload ``models`` and wait (bounded) until the GPU shows most of their memory back."""
         assert self.ollama is not None
@@ -170,37 +176,42 @@ class LaunchPlanner:
         expected = gpu.memory_free_bytes + int(0.9 * sum(m.vram_bytes for m in models))
         deadline = time.monotonic() + OLLAMA_UNLOAD_WAIT_S
         while True:
-            now = self.read_gpu(provider.gpu)
+            now = self.read_gpu(provider.gpu, view)
             if now.memory_free_bytes >= expected or time.monotonic() >= deadline:
                 return now
             time.sleep(0.1)
 
-    def plan_for(self, provider: Provider, hint: PrepareHint) -> tuple[GpuInfo, VramPlan]:
-        """The plan that decides ``provider``'s slice now (see the module doc)."""
-        together = [p for p in self.providers if p.gpu == provider.gpu]
-        if provider not in together:
+    def plan_for(
+        self, provider: Provider, hint: PrepareHint, view: PlanView
+    ) -> tuple[GpuInfo, VramPlan]:
+        """The plan that decides ``provider``'s slice now (see the module doc). After an
+        out-of-memory exit, a slice that would repeat it is refused: the joint plan first, then
+        the provider alone on what is free now, else ``PlanInfeasible``."""
+        together = [p for p in view.providers if p.gpu == provider.gpu]
+        if provider.name not in {p.name for p in together}:
             together.append(provider)
-        gpu, plan = self._plan_with_room(provider, together)
+        gpu, plan = self._plan_with_room(provider, together, view)
         if hint.after_oom_fraction is None:
             if not plan.feasible:
                 raise PlanInfeasible("; ".join(p.message for p in plan.problems))
             return gpu, plan
-        if plan.feasible and plan.instance(provider.name).fraction < hint.after_oom_fraction:
+        if plan.feasible and not hint.refuses(plan.instance(provider.name).fraction):
             return gpu, plan
-        alone = self._plan(gpu, [provider], provider.name)
-        if alone.feasible and alone.instance(provider.name).fraction < hint.after_oom_fraction:
+        alone = self._plan(gpu, [provider], provider.name, view)
+        if alone.feasible and not hint.refuses(alone.instance(provider.name).fraction):
             return gpu, alone
         why = "; ".join(p.message for p in (alone.problems or plan.problems))
+        way = "larger" if hint.needs_larger else "smaller"
         raise PlanInfeasible(
             f"{provider.name}: out of memory with --gpu-memory-utilization "
-            f"{hint.after_oom_fraction:g} and no smaller slice fits"
+            f"{hint.after_oom_fraction:g} and no {way} slice fits"
             + (f" ({why})" if why else "")
         )
 
-    def launch_spec(self, provider: Provider, hint: PrepareHint) -> LaunchSpec:
-        gpu, plan = self.plan_for(provider, hint)
+    def launch_spec(self, provider: Provider, hint: PrepareHint, view: PlanView) -> LaunchSpec:
+        gpu, plan = self.plan_for(provider, hint, view)
         inst = plan.instance(provider.name)
-        snap = self.snapshots[provider.name]
+        snap = view.snapshots[provider.name]
         launch = launch_for_budget(
             provider, inst, gpu, snap, self.settings,
             command=self.command,
@@ -224,10 +235,11 @@ class LaunchPlanner:
             fraction=inst.fraction,
         )
 
-    def preparer(self, provider: Provider) -> Prepare:
-        """The ``prepare`` callable a keeper takes (NVML and file reads run in a thread)."""
+    def preparer(self, provider: Provider, view: Callable[[], PlanView]) -> Prepare:
+        """The ``prepare`` callable a keeper takes: ``view`` is taken on the event loop, then
+        NVML and file reads run in a worker thread."""
 
         async def prepare(hint: PrepareHint) -> LaunchSpec:
-            return await asyncio.to_thread(self.launch_spec, provider, hint)
+            return await asyncio.to_thread(self.launch_spec, provider, hint, view())
 
         return prepare

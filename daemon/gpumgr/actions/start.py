@@ -21,16 +21,21 @@ import httpx2
 import psutil
 import structlog
 
+from gpumgr.engines.vllm_log import OomFinding, OomKind
 from gpumgr.errors import BackendUnavailable
 from gpumgr.supervisor import process
 from gpumgr.supervisor.events import ChildReady, ChildStarted, EventSink
 from gpumgr.supervisor.logs import last_error, log_path, rotate_before_start, tail_lines
 from gpumgr.supervisor.records import ChildRecord, ChildRecords
+from gpumgr.supervisor.system import REAL, System
+
+from .lease import GpuLease, GpuLocks
+from .stop import StopTiming, stop_engine
 
 log = structlog.get_logger(__name__)
 
-OomCheck = Callable[[list[str]], bool]
-"""Recognises vLLM's out-of-memory messages in log lines (``gpumgr.engines.vllm.is_oom``)."""
+OomCheck = Callable[[list[str]], OomFinding | None]
+"""Finds vLLM's out-of-memory failure in log lines (``gpumgr.engines.vllm_log.find_oom``)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,9 @@ class LaunchSpec:
     gpu_uuid: str
     fraction: float
     health_url: str = ""
+    identity: dict[str, object] | None = None
+    """The provider's launch identity (``actions.desired``), kept in the child's record so the
+    next daemon knows whether an adopted engine is the one the configuration asks for."""
 
     @property
     def url(self) -> str:
@@ -53,9 +61,32 @@ class LaunchSpec:
 
 @dataclass(frozen=True)
 class PrepareHint:
-    """Why a launch is being prepared again: after an OOM the same slice must not be reused."""
+    """Why a launch is being prepared again: after an OOM the same slice must not be reused.
+
+    Which way it must move depends on the kind: no room for the KV cache (or too little for one
+    request at ``max_model_len``) needs a *larger* slice; any other out-of-memory failure (a
+    start refused because others held memory, a failed allocation) a smaller one."""
 
     after_oom_fraction: float | None = None
+    oom_kind: OomKind | None = None
+
+    @property
+    def needs_larger(self) -> bool:
+        return self.oom_kind in (OomKind.NO_KV_CACHE, OomKind.KV_TOO_SMALL)
+
+    @property
+    def needs_smaller(self) -> bool:
+        return self.after_oom_fraction is not None and not self.needs_larger
+
+    def refuses(self, fraction: float) -> bool:
+        """True when ``fraction`` would repeat the failure this hint remembers."""
+        if self.after_oom_fraction is None:
+            return False
+        if self.needs_larger:
+            return fraction <= self.after_oom_fraction
+        if self.needs_smaller:
+            return fraction >= self.after_oom_fraction
+        return False
 
 
 Prepare = Callable[[PrepareHint], Awaitable[LaunchSpec]]
@@ -69,42 +100,46 @@ class StartTiming:
 
 
 class StartFailed(BackendUnavailable):
-    """The engine exited during start or did not become healthy in time."""
+    """The engine exited during start, did not become healthy in time, or could not be
+    recorded; its process group is stopped and its memory back. ``pid`` is set when the
+    process had been announced (``ChildStarted``), so its exit is reported; None otherwise."""
 
     def __init__(
-        self, backend: str, message: str, *, oom: bool, last_error: str, returncode: int | None
+        self,
+        backend: str,
+        message: str,
+        *,
+        oom: OomFinding | None,
+        last_error: str,
+        returncode: int | None,
+        pid: int | None = None,
     ) -> None:
         self.backend = backend
         self.oom = oom
         self.last_error = last_error
         self.returncode = returncode
+        self.pid = pid
         super().__init__(message)
-
-
-class GpuLocks:
-    """One ``asyncio.Lock`` per GPU UUID, created on first use."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def for_gpu(self, gpu_uuid: str) -> asyncio.Lock:
-        return self._locks.setdefault(gpu_uuid, asyncio.Lock())
 
 
 @dataclass
 class StartContext:
-    """What every start needs besides the launch: shared by the keepers of one daemon."""
+    """What every start and stop needs besides the launch: shared by the keepers of a daemon."""
 
     log_dir: Path
     records: ChildRecords
     locks: GpuLocks
     sink: EventSink
-    is_oom: OomCheck
+    find_oom: OomCheck
     timing: StartTiming = field(default_factory=StartTiming)
     last_error: Callable[[list[str]], str] = last_error
     """The log line that says why an engine died (the engine type's own reader, if any)."""
     log_max_bytes: int = 20 * 1024 * 1024
     log_backups: int = 3
+    stop: StopTiming = field(default_factory=StopTiming)
+    memory_released: process.MemoryReleased | None = None
+    """Asked after a stop whether the GPU shows the stopped pids' memory back."""
+    system: System = REAL
 
 
 async def wait_ready(
@@ -153,54 +188,80 @@ def _record(spec: LaunchSpec, child: process.ChildProcess, cmdline: list[str]) -
         gpu_uuid=spec.gpu_uuid,
         fraction=spec.fraction,
         started_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        extra={"identity": spec.identity} if spec.identity is not None else {},
     )
 
 
 async def start_engine(
+    lease: GpuLease,
     ctx: StartContext,
-    gpu_uuid: str,
     prepare: Prepare,
     hint: PrepareHint,
     *,
     on_spawned: Callable[[process.ChildProcess, LaunchSpec], None] | None = None,
 ) -> tuple[process.ChildProcess, LaunchSpec]:
-    """Prepare, spawn and wait for one engine under the GPU's lock; the healthy child.
+    """Prepare, spawn and wait for one engine under the caller's GPU lease; the healthy child.
 
-    On an early exit or a timeout the child (and its group) is stopped and ``StartFailed``
-    carries the last error lines and whether they show an out-of-memory failure.
-    ``on_spawned`` lets the owner know the child before it is ready (so a stop can reach it).
+    The lease is held from the inventory re-read until ``/health`` answers, so no other engine
+    initialises on the card meanwhile. On an early exit, a timeout or a record that cannot be
+    written, the child's group is stopped (memory back) and ``StartFailed`` says why, with the
+    out-of-memory finding if the log shows one. ``on_spawned`` lets the owner know the child
+    before it is ready (so a stop can reach it).
     """
-    lock = ctx.locks.for_gpu(gpu_uuid)
-    async with lock:
-        spec = await prepare(hint)  # inventory re-read and plan, inside the lock
-        path = log_path(ctx.log_dir, spec.backend)
-        rotate_before_start(path, ctx.log_max_bytes, ctx.log_backups)
-        env = spec.env
+    spec = await prepare(hint)  # inventory re-read and plan, inside the lease
+    lease.require(spec.gpu_uuid)
+    path = log_path(ctx.log_dir, spec.backend)
+    await asyncio.to_thread(rotate_before_start, path, ctx.log_max_bytes, ctx.log_backups)
+    try:
+        child = await process.spawn(spec.backend, spec.argv, spec.env, path, ctx.system)
+    except OSError as exc:
+        raise StartFailed(
+            spec.backend,
+            f"{spec.backend}: cannot run {spec.argv[0]}: {exc.strerror or exc}",
+            oom=None,
+            last_error=str(exc),
+            returncode=None,
+        ) from None
+    if on_spawned is not None:
+        on_spawned(child, spec)
+    await _record_or_stop(lease, ctx, child, spec, list(spec.argv), announced=False)
+    ctx.sink(ChildStarted(spec.backend, child.pid, spec.port, spec.fraction))
+    log.info("start.spawned", backend=spec.backend, pid=child.pid, fraction=spec.fraction)
+    async with httpx2.AsyncClient() as client:
         try:
-            child = await process.spawn(spec.backend, spec.argv, env, path)
-        except OSError as exc:
-            raise StartFailed(
-                spec.backend,
-                f"{spec.backend}: cannot run {spec.argv[0]}: {exc.strerror or exc}",
-                oom=False,
-                last_error=str(exc),
-                returncode=None,
-            ) from None
-        ctx.records.put(_record(spec, child, list(spec.argv)))
-        if on_spawned is not None:
-            on_spawned(child, spec)
-        ctx.sink(ChildStarted(spec.backend, child.pid, spec.port, spec.fraction))
-        log.info("start.spawned", backend=spec.backend, pid=child.pid, fraction=spec.fraction)
-        async with httpx2.AsyncClient() as client:
-            try:
-                startup_s = await wait_ready(child, spec.url, ctx.timing, client)
-            except (ChildGone, TimeoutError) as exc:
-                raise await _start_failure(ctx, child, spec, exc) from None
-        # The engine may rename itself once running (setproctitle): adopt against what it is now.
-        ctx.records.put(_record(spec, child, _current_cmdline(child) or list(spec.argv)))
-        ctx.sink(ChildReady(spec.backend, child.pid, startup_s))
-        log.info("start.ready", backend=spec.backend, pid=child.pid, startup_s=round(startup_s, 2))
-        return child, spec
+            startup_s = await wait_ready(child, spec.url, ctx.timing, client)
+        except (ChildGone, TimeoutError) as exc:
+            raise await _start_failure(lease, ctx, child, spec, exc) from None
+    # The engine may rename itself once running (setproctitle): adopt against what it is now.
+    cmdline = await asyncio.to_thread(_current_cmdline, child)
+    await _record_or_stop(lease, ctx, child, spec, cmdline or list(spec.argv), announced=True)
+    ctx.sink(ChildReady(spec.backend, child.pid, startup_s))
+    log.info("start.ready", backend=spec.backend, pid=child.pid, startup_s=round(startup_s, 2))
+    return child, spec
+
+
+async def _record_or_stop(
+    lease: GpuLease,
+    ctx: StartContext,
+    child: process.ChildProcess,
+    spec: LaunchSpec,
+    cmdline: list[str],
+    *,
+    announced: bool,
+) -> None:
+    """Write the child's record (off the loop: it fsyncs). A child gpumgr cannot record is a
+    child the next daemon could not adopt and this one could lose track of: it is stopped at
+    once, and the start fails naming the write error (disk full, read-only state directory)."""
+    try:
+        await asyncio.to_thread(ctx.records.put, _record(spec, child, cmdline))
+    except OSError as exc:
+        log.error("start.record_failed", backend=spec.backend, pid=child.pid, error=str(exc))
+        await stop_engine(lease, spec.gpu_uuid, child, ctx.stop, ctx.memory_released)
+        why = f"cannot record the engine in {ctx.records.path}: {exc.strerror or exc}"
+        raise StartFailed(
+            spec.backend, f"{spec.backend}: {why}", oom=None, last_error=why, returncode=None,
+            pid=child.pid if announced else None,
+        ) from None
 
 
 def _current_cmdline(child: process.ChildProcess) -> list[str] | None:
@@ -211,21 +272,27 @@ def _current_cmdline(child: process.ChildProcess) -> list[str] | None:
 
 
 async def _start_failure(
-    ctx: StartContext, child: process.ChildProcess, spec: LaunchSpec, exc: Exception
+    lease: GpuLease,
+    ctx: StartContext,
+    child: process.ChildProcess,
+    spec: LaunchSpec,
+    exc: Exception,
 ) -> StartFailed:
-    """Clean up after a failed start (group stopped, record dropped) and describe it."""
+    """Clean up after a failed start (group stopped, memory back, record dropped); say why."""
     timed_out = isinstance(exc, TimeoutError)
-    if timed_out:
-        await process.stop(child, term_timeout_s=10.0)
-    else:
-        await process.stop(child, term_timeout_s=5.0)  # orphans of a dead leader
-    ctx.records.remove(spec.backend)
-    lines = tail_lines(log_path(ctx.log_dir, spec.backend), 30, since_offset=child.log_offset)
-    oom = ctx.is_oom(lines)
+    await stop_engine(lease, spec.gpu_uuid, child, ctx.stop, ctx.memory_released)
+    await asyncio.to_thread(ctx.records.remove, spec.backend)
+    lines = await asyncio.to_thread(
+        tail_lines, log_path(ctx.log_dir, spec.backend), 30, since_offset=child.log_offset
+    )
+    oom = ctx.find_oom(lines)
     err = str(exc) if timed_out else ctx.last_error(lines)
     if timed_out:
         message = f"{spec.backend}: {exc}"
     else:
         message = f"{spec.backend}: exited with status {child.returncode} during start: {err}"
-    log.warning("start.failed", backend=spec.backend, oom=oom, error=err, timed_out=timed_out)
-    return StartFailed(spec.backend, message, oom=oom, last_error=err, returncode=child.returncode)
+    log.warning("start.failed", backend=spec.backend, oom=oom is not None, error=err,
+                timed_out=timed_out)
+    return StartFailed(
+        spec.backend, message, oom=oom, last_error=err, returncode=child.returncode, pid=child.pid
+    )

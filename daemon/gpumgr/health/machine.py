@@ -42,6 +42,20 @@ class BackendHealth:
     since: float
     reason: str = ""
     consecutive_failures: int = 0
+    pid: int | None = None
+    """The process serving it, as the supervisor last reported (None: none runs)."""
+    restarts: int = 0
+    """Times it entered ``restarting``: the one restart counter the status shows."""
+
+
+class _Keep:
+    """``pid`` argument meaning "leave it as it is"."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,7 @@ _ANY_LIVE = frozenset(
 
 # Lifecycle targets and the states they may come from. ``up`` is not here: only a probe proves up.
 LIFECYCLE_FROM: dict[S, frozenset[S]] = {
-    S.DOWNLOADING: frozenset({S.STOPPED, S.FAILED, S.DOWN, S.UNKNOWN}),
+    S.DOWNLOADING: frozenset({S.STOPPED, S.FAILED, S.DOWN, S.UNKNOWN, S.RESTARTING}),
     S.STARTING: frozenset(
         {S.STOPPED, S.DOWNLOADING, S.FAILED, S.DOWN, S.RESTARTING, S.UNKNOWN, S.SLEEPING}
     ),
@@ -82,7 +96,7 @@ LIFECYCLE_FROM: dict[S, frozenset[S]] = {
     S.SLEEPING: frozenset({S.UP, S.DRAINING}),
     S.STOPPING: _ANY_LIVE | {S.RESTARTING, S.FAILED},
     S.STOPPED: _ANY_LIVE | {S.STOPPING, S.DOWNLOADING, S.RESTARTING, S.FAILED},
-    S.RESTARTING: _ANY_LIVE - {S.RATE_LIMITED, S.AUTH_FAILED},
+    S.RESTARTING: (_ANY_LIVE - {S.RATE_LIMITED, S.AUTH_FAILED}) | {S.DOWNLOADING, S.STOPPED},
     S.DOWN: _ANY_LIVE | {S.RESTARTING, S.STOPPED, S.DOWNLOADING, S.FAILED},
     # from stopped: a backend that could not even be prepared (weights, no GPU, no plan)
     S.FAILED: _ANY_LIVE | {S.STOPPED, S.DOWNLOADING, S.RESTARTING, S.STOPPING},
@@ -95,10 +109,19 @@ def initial(name: str, state: S, at: float, reason: str = "") -> BackendHealth:
     return BackendHealth(name=name, state=state, since=at, reason=reason)
 
 
-def _move(h: BackendHealth, new: S, reason: str, at: float, failures: int = 0) -> Step:
+def _move(
+    h: BackendHealth,
+    new: S,
+    reason: str,
+    at: float,
+    failures: int = 0,
+    pid: int | None | _Keep = KEEP,
+) -> Step:
+    pid_now = h.pid if isinstance(pid, _Keep) else pid
     if new is h.state:
-        return Step(replace(h, reason=reason, consecutive_failures=failures))
-    moved = BackendHealth(h.name, new, at, reason, failures)
+        return Step(replace(h, reason=reason, consecutive_failures=failures, pid=pid_now))
+    restarts = h.restarts + (1 if new is S.RESTARTING else 0)
+    moved = BackendHealth(h.name, new, at, reason, failures, pid_now, restarts)
     return Step(moved, Transition(h.name, h.state, new, reason, at))
 
 
@@ -131,23 +154,26 @@ def on_probe(
     return Step(replace(h, consecutive_failures=failures))
 
 
-def on_lifecycle(h: BackendHealth, target: S, reason: str, at: float) -> Step:
-    """Apply a supervisor/actions event that puts the backend in ``target`` at once."""
+def on_lifecycle(
+    h: BackendHealth, target: S, reason: str, at: float, pid: int | None | _Keep = KEEP
+) -> Step:
+    """Apply a supervisor/actions event that puts the backend in ``target`` at once; ``pid``
+    is the process the event reports (``None``: no process any more)."""
     if target is h.state:
-        return Step(replace(h, reason=reason))
+        return Step(replace(h, reason=reason, pid=h.pid if isinstance(pid, _Keep) else pid))
     allowed = LIFECYCLE_FROM.get(target)
     if allowed is None:
         raise IllegalTransition(f"{h.name}: {target} is set by probes, not by lifecycle events")
     if h.state not in allowed:
         raise IllegalTransition(f"{h.name}: cannot go from {h.state} to {target} ({reason})")
-    return _move(h, target, reason, at)
+    return _move(h, target, reason, at, pid=pid)
 
 
 def on_process_exit(h: BackendHealth, restarting: bool, reason: str, at: float) -> Step:
     """The process exited. During a stop that is the stop completing (``stopped``); otherwise the
     backend is ``restarting`` (a restart is scheduled) or ``down`` — at once, no probe needed."""
     if h.state is S.STOPPING:
-        return _move(h, S.STOPPED, reason, at)
+        return _move(h, S.STOPPED, reason, at, pid=None)
     if h.state in (S.STOPPED, S.DISABLED, S.FAILED):
         raise IllegalTransition(f"{h.name}: process exit reported while {h.state} ({reason})")
-    return on_lifecycle(h, S.RESTARTING if restarting else S.DOWN, reason, at)
+    return on_lifecycle(h, S.RESTARTING if restarting else S.DOWN, reason, at, pid=None)

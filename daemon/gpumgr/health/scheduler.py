@@ -39,6 +39,8 @@ DEFAULT_TIMEOUT_S = 1.0
 DEFAULT_RETRY_ATTEMPTS = 3
 
 TransitionCallback = Callable[[Transition], object]
+ChangeCallback = Callable[[BackendHealth], object]
+"""Any change of what the status shows of a backend (state, reason, pid, restarts)."""
 ProbeCallback = Callable[[str, ProbeResult, BackendHealth], object]
 
 
@@ -93,6 +95,7 @@ class HealthScheduler:
         *,
         on_transition: TransitionCallback,
         on_probe: ProbeCallback | None = None,
+        on_change: ChangeCallback | None = None,
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         initial_states: Mapping[str, BackendState] | None = None,
@@ -102,6 +105,8 @@ class HealthScheduler:
         self._client = client
         self._on_transition = on_transition
         self._on_probe = on_probe
+        self._on_change = on_change
+        self._checks = checks
         self._env = dict(os.environ if env is None else env)
         self._clock = clock
         self._timing = {n: timing_for(p, settings, checks) for n, p in providers.items()}
@@ -111,13 +116,47 @@ class HealthScheduler:
         self._not_before: dict[str, float] = {}
         self._scheduler: AsyncIOScheduler | None = None
         self._pending: set[asyncio.Future[object]] = set()
-        now = clock()
         for name, p in providers.items():
-            state, reason = initial_state(p)
-            if initial_states and name in initial_states and state is not BackendState.DISABLED:
-                state, reason = initial_states[name], "initial"
-            self._health[name] = machine.initial(name, state, now, reason)
-            self._generation[name] = 0
+            self._add(name, p, (initial_states or {}).get(name))
+
+    def _add(self, name: str, provider: Provider, state: BackendState | None) -> None:
+        first, reason = initial_state(provider)
+        if state is not None and first is not BackendState.DISABLED:
+            first, reason = state, "initial"
+        self._health[name] = machine.initial(name, first, self._clock(), reason)
+        self._generation[name] = 0
+
+    def update_providers(
+        self,
+        providers: Mapping[str, Provider],
+        settings: HealthSettings,
+        checks: HealthChecks,
+        initial_states: Mapping[str, BackendState] | None = None,
+    ) -> None:
+        """A reload: new probe settings and provider entries apply at once; a removed provider
+        is forgotten, an added one starts in its initial state. Nothing else moves."""
+        self._settings, self._checks = settings, checks
+        for name in list(self._providers):
+            if name not in providers:
+                del self._providers[name], self._health[name], self._timing[name]
+                self._generation.pop(name, None)
+                if self._scheduler is not None and self._scheduler.get_job(name) is not None:
+                    self._scheduler.remove_job(name)
+        for name, p in providers.items():
+            added = name not in self._providers
+            self._providers[name] = p
+            self._timing[name] = timing_for(p, settings, checks)
+            if added:
+                self._add(name, p, (initial_states or {}).get(name))
+            if self._scheduler is None:
+                continue
+            job = self._scheduler.get_job(name)
+            if job is None and is_probed(p):
+                self._add_job(name, datetime.now(timezone.utc))
+            elif job is not None and not is_probed(p):
+                self._scheduler.remove_job(name)
+            elif job is not None:
+                self._reschedule(name)
 
     # -- reading ---------------------------------------------------------------------------
     def health(self, name: str) -> BackendHealth:
@@ -136,23 +175,25 @@ class HealthScheduler:
         self._scheduler = AsyncIOScheduler(event_loop=loop, timezone=timezone.utc)
         now = datetime.now(timezone.utc)
         for name, p in self._providers.items():
-            if not is_probed(p):
-                continue
-            t = self._timing[name]
-            phase_s = random.uniform(0, min(t.interval_s, 1.0))
-            self._scheduler.add_job(
-                self._job,
-                self._trigger(name, now + timedelta(seconds=phase_s)),
-                args=[name],
-                id=name,
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-            )
+            if is_probed(p):
+                self._add_job(name, now)
         self._scheduler.start()
         for name, h in self._health.items():
             if h.state is BackendState.STARTING:
                 self._reschedule(name)
+
+    def _add_job(self, name: str, now: datetime) -> None:
+        assert self._scheduler is not None
+        phase_s = random.uniform(0, min(self._timing[name].interval_s, 1.0))
+        self._scheduler.add_job(
+            self._job,
+            self._trigger(name, now + timedelta(seconds=phase_s)),
+            args=[name],
+            id=name,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
 
     async def stop(self) -> None:
         if self._scheduler is not None and self._scheduler.running:
@@ -186,9 +227,16 @@ class HealthScheduler:
         self._scheduler.reschedule_job(name, trigger=self._trigger(name, start))
 
     # -- events from the supervisor / actions -------------------------------------------------
-    def lifecycle(self, name: str, target: BackendState, reason: str) -> Transition | None:
-        """Put ``name`` in ``target`` now (raises ``machine.IllegalTransition`` if impossible)."""
-        step = machine.on_lifecycle(self._health[name], target, reason, self._clock())
+    def lifecycle(
+        self,
+        name: str,
+        target: BackendState,
+        reason: str,
+        pid: int | None | machine._Keep = machine.KEEP,
+    ) -> Transition | None:
+        """Put ``name`` in ``target`` now (raises ``machine.IllegalTransition`` if impossible);
+        ``pid``: the process the event reports, ``None`` when none runs any more."""
+        step = machine.on_lifecycle(self._health[name], target, reason, self._clock(), pid)
         self._generation[name] += 1
         return self._commit(name, step)
 
@@ -210,8 +258,8 @@ class HealthScheduler:
         fut.add_done_callback(self._pending.discard)
 
     async def _job(self, name: str, ignore_backoff: bool = False) -> ProbeResult | None:
-        h = self._health[name]
-        if h.state in machine.NOT_PROBED:
+        h = self._health.get(name)
+        if h is None or h.state in machine.NOT_PROBED:  # removed by a reload, or not probed
             return None
         loop = asyncio.get_running_loop()
         if not ignore_backoff and loop.time() < self._not_before.get(name, 0.0):
@@ -237,7 +285,7 @@ class HealthScheduler:
         else:
             self._rate_limit_streak[name] = 0
             self._not_before.pop(name, None)
-        if generation != self._generation[name]:
+        if generation != self._generation.get(name):
             return result  # the supervisor moved the backend while this probe was in flight
         step = machine.on_probe(
             self._health[name], verdict_of(result.outcome), result.detail, self._clock(), t.retry_attempts
@@ -248,7 +296,10 @@ class HealthScheduler:
         return result
 
     def _commit(self, name: str, step: machine.Step) -> Transition | None:
+        old = self._health[name]
         self._health[name] = step.health
+        if self._on_change is not None and _shown(old) != _shown(step.health):
+            self._call(self._on_change, step.health)
         tr = step.transition
         if tr is None:
             return None
@@ -269,3 +320,8 @@ class HealthScheduler:
             fut = asyncio.ensure_future(out)
             self._pending.add(fut)
             fut.add_done_callback(self._pending.discard)
+
+
+def _shown(h: BackendHealth) -> tuple[object, ...]:
+    """What the status shows of a backend's health (the failure streak is internal)."""
+    return (h.state, h.reason, h.pid, h.restarts, h.since)

@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import structlog
 
+from gpumgr.backend_state import BackendState
 from gpumgr.status.document import (
     BackendStatus,
     DaemonInfo,
@@ -41,6 +42,27 @@ from gpumgr.status.metrics import StatusMetrics
 from gpumgr.status.statusfile import CoalescingFileWriter
 
 log = structlog.get_logger(__name__)
+
+class BackendChanges(TypedDict, total=False):
+    """The fields of a ``BackendStatus`` a caller may change, by name and type: a misspelt
+    field fails type checking (and raises at run time) instead of vanishing."""
+
+    state: BackendState | str
+    busy: bool
+    pid: int | None
+    port: int | None
+    gpu_memory_utilization: float | None
+    restarts: int
+    since: datetime | None
+    last_check: datetime | None
+    latency_ms: float | None
+    detail: str | None
+    weights_commit: str | None
+    unavailable_models: dict[str, str]
+
+
+_CHANGEABLE = frozenset(BackendChanges.__annotations__)
+
 
 QUIET_FIELDS = frozenset({"last_check", "latency_ms"})
 """Fields every probe refreshes: they change the document (and the file) but are not events."""
@@ -196,7 +218,7 @@ class StatusPublisher:
             self.metrics.forget_backend(name)
         self._fan_out(events)
 
-    def update_backend(self, name: str, **changes: Any) -> BackendStatus:
+    def update_backend(self, name: str, **changes: Unpack[BackendChanges]) -> BackendStatus:
         """Change some fields of one backend (``state=``, ``pid=``, ``detail=`` …).
 
         A change of ``state`` stamps ``since`` unless given. A ``latency_ms`` (each probe's
@@ -206,7 +228,7 @@ class StatusPublisher:
         with self._lock:
             old = self._backends[name]
             merged = old.model_dump(exclude={"available"})
-            merged.update(changes)
+            merged.update(dict(changes))
             if "state" in changes and changes["state"] != old.state and "since" not in changes:
                 merged["since"] = self._clock()
             new = self._redacted(BackendStatus.model_validate(merged))

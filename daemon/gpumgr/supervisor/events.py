@@ -44,9 +44,12 @@ class ChildExited:
 
 @dataclass(frozen=True)
 class Restarting:
+    """Another start follows in ``delay_s``; ``reason`` says what failed (the detail)."""
+
     backend: str
     delay_s: float
     attempt: int
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,46 @@ class ChildStopped:
     memory_released: bool
 
 
+@dataclass(frozen=True)
+class BackendStopped:
+    """Stopped while no process ran (restarting, failed, downloading): it stays stopped."""
+
+    backend: str
+    reason: str = "stopped"
+
+
+@dataclass(frozen=True)
+class Downloading:
+    """Its weights are being fetched; ``detail`` carries the progress."""
+
+    backend: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Draining:
+    """The router should stop sending to it now; in-flight requests still finish."""
+
+    backend: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Sleeping:
+    """vLLM sleep mode: weights in host RAM, the process lives, nothing is served."""
+
+    backend: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Woken:
+    """Back from sleep: loaded again, to be checked before it counts as up."""
+
+    backend: str
+    pid: int
+
+
 SupervisorEvent = (
     ChildStarted
     | ChildReady
@@ -88,6 +131,11 @@ SupervisorEvent = (
     | BackendDown
     | ChildStopping
     | ChildStopped
+    | BackendStopped
+    | Downloading
+    | Draining
+    | Sleeping
+    | Woken
 )
 EventSink = Callable[[SupervisorEvent], None]
 

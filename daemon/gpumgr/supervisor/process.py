@@ -21,6 +21,7 @@ import structlog
 
 from gpumgr.sd_notify import child_environment
 from gpumgr.supervisor.logs import open_for_child
+from gpumgr.supervisor.system import REAL, System
 
 log = structlog.get_logger(__name__)
 
@@ -30,27 +31,8 @@ _KILL_GRACE_S = 5.0
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) pids whose process group is ``pgid``.
-
-    A group that no longer exists at all answers at once (``killpg(pgid, 0)``); only a group
-    that still has members, live or zombie, costs a walk of the process table.
-    """
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return []
-    except PermissionError:
-        pass  # it exists; whose it is, the walk below tells
-    members: list[int] = []
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if os.getpgid(proc.pid) == pgid:
-                members.append(proc.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            continue
-    return members
+    """Live (non-zombie) pids of process group ``pgid`` (``System.group_members``)."""
+    return REAL.group_members(pgid)
 
 
 class ChildProcess:
@@ -68,6 +50,7 @@ class ChildProcess:
         *,
         adopted: bool,
         log_offset: int = 0,
+        system: System = REAL,
     ) -> None:
         self.backend = backend
         self.pid = pid
@@ -77,6 +60,7 @@ class ChildProcess:
         self.adopted = adopted
         self.log_offset = log_offset
         """Size of the log when this child started: its own lines come after it."""
+        self.system = system
         self.returncode: int | None = None
         self.exited_at_s: float | None = None
         self._exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
@@ -136,16 +120,23 @@ class ChildProcess:
     def signal_group(self, sig: signal.Signals) -> bool:
         """Send ``sig`` to the child's process group. False when the group is gone."""
         try:
-            os.killpg(self.pgid, sig)
+            self.system.killpg(self.pgid, sig)
         except ProcessLookupError:
             return False
         log.info("supervisor.signal", backend=self.backend, pgid=self.pgid, signal=sig.name)
         return True
 
     def group_alive(self) -> bool:
+        """Blocking when the leader exited (walks the process table): see ``group_alive_async``."""
         if not self.exited:
             return True
-        return bool(group_members(self.pgid))
+        return bool(self.system.group_members(self.pgid))
+
+    async def group_alive_async(self) -> bool:
+        """``group_alive`` with the process-table walk off the event loop."""
+        if not self.exited:
+            return True
+        return bool(await asyncio.to_thread(self.system.group_members, self.pgid))
 
 
 async def spawn(
@@ -153,6 +144,7 @@ async def spawn(
     argv: Sequence[str],
     env: Mapping[str, str],
     log_file: Path,
+    system: System = REAL,
 ) -> ChildProcess:
     """Start ``argv`` in a new session with stdout+stderr appended to ``log_file``.
 
@@ -162,15 +154,7 @@ async def spawn(
     fd = open_for_child(log_file)
     try:
         offset = os.fstat(fd).st_size
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=fd,
-            stderr=fd,
-            env=child_environment(env),
-            start_new_session=True,
-            close_fds=True,
-        )
+        proc = await system.spawn(argv, child_environment(env), fd)
     finally:
         os.close(fd)
     try:
@@ -178,7 +162,8 @@ async def spawn(
     except psutil.NoSuchProcess:  # already gone: keep going, the watcher reports the exit
         create_time = time.time()
     child = ChildProcess(
-        backend, proc.pid, proc.pid, create_time, list(argv), adopted=False, log_offset=offset
+        backend, proc.pid, proc.pid, create_time, list(argv), adopted=False, log_offset=offset,
+        system=system,
     )
     child._watch_spawned(proc)
     log.info("supervisor.spawn", backend=backend, pid=proc.pid, log=str(log_file))
@@ -218,7 +203,7 @@ async def _wait_group_gone(child: ChildProcess, timeout_s: float) -> bool:
             await asyncio.wait_for(child.wait(), timeout=timeout_s)
         except asyncio.TimeoutError:
             return False
-    while await asyncio.to_thread(group_members, child.pgid):
+    while await asyncio.to_thread(child.system.group_members, child.pgid):
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(_GROUP_POLL_S)
@@ -235,16 +220,16 @@ async def stop(
     """SIGTERM to the group, SIGKILL after ``term_timeout_s``, then wait (bounded) until the GPU
     shows the memory back. Stopping a child that already exited still clears its orphans."""
     started = time.monotonic()
-    pids = frozenset({child.pid, *group_members(child.pgid)})
+    pids = frozenset({child.pid, *await asyncio.to_thread(child.system.group_members, child.pgid)})
     killed = False
-    if child.group_alive():
+    if await child.group_alive_async():
         child.signal_group(signal.SIGTERM)
         child.signal_group(signal.SIGCONT)  # a stopped (hung, SIGSTOPped) group must see the TERM
         if not await _wait_group_gone(child, term_timeout_s):
             killed = child.signal_group(signal.SIGKILL)
             log.warning("supervisor.sigkill", backend=child.backend, pgid=child.pgid)
             await _wait_group_gone(child, _KILL_GRACE_S)
-    group_gone = not child.group_alive()
+    group_gone = not await child.group_alive_async()
     released = True
     if memory_released is not None:
         released = False

@@ -17,6 +17,8 @@ from typing import Any
 import psutil
 import structlog
 
+from gpumgr.supervisor.system import REAL, System
+
 log = structlog.get_logger(__name__)
 
 RECORDS_FILE = "children.json"
@@ -41,36 +43,39 @@ class ChildRecord:
 class ChildRecords:
     """The records file. One writer (the supervisor of this daemon); reads are cheap."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, system: System = REAL) -> None:
         self.path = state_dir / RECORDS_FILE
+        self._system = system
 
     def load(self) -> dict[str, ChildRecord]:
-        """Records by backend; an unreadable file is logged and treated as empty (never fatal)."""
+        """Records by backend. An unreadable file is logged and treated as empty, a record of
+        the wrong shape is logged and skipped, one by one: never fatal (a daemon that exits
+        on a bad file would be restart-looped by systemd)."""
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
-            items = raw.get("children", []) if isinstance(raw, dict) else []
-            known = {f.name for f in fields(ChildRecord)}
-            records = [ChildRecord(**{k: v for k, v in i.items() if k in known}) for i in items]
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             log.warning("supervisor.records_unreadable", path=str(self.path), error=str(exc))
             return {}
-        return {r.backend: r for r in records}
+        items = raw.get("children", []) if isinstance(raw, dict) else None
+        if not isinstance(items, list):
+            log.warning("supervisor.records_unreadable", path=str(self.path),
+                        error="expected {\"children\": [...]}")
+            return {}
+        records: dict[str, ChildRecord] = {}
+        for index, item in enumerate(items):
+            record = _parse_record(item)
+            if record is None:
+                log.warning("supervisor.record_ignored", path=str(self.path), index=index,
+                            record=repr(item)[:200])
+                continue
+            records[record.backend] = record
+        return records
 
     def _store(self, records: dict[str, ChildRecord]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"version": 1, "children": [asdict(r) for r in records.values()]}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".children-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self._system.write_atomic(self.path, json.dumps(data, indent=2).encode())
 
     def put(self, record: ChildRecord) -> None:
         records = self.load()
@@ -81,6 +86,37 @@ class ChildRecords:
         records = self.load()
         if records.pop(backend, None) is not None:
             self._store(records)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "backend": (str,),
+    "pid": (int,),
+    "pgid": (int,),
+    "create_time": (int, float),
+    "cmdline": (list,),
+    "port": (int, type(None)),
+    "gpu_uuid": (str, type(None)),
+    "fraction": (int, float, type(None)),
+    "started_at": (str,),
+    "extra": (dict,),
+}
+_REQUIRED = ("backend", "pid", "pgid", "create_time", "cmdline")
+
+
+def _parse_record(item: object) -> ChildRecord | None:
+    """One record, or None when it is not the shape gpumgr writes (types, positive pids)."""
+    if not isinstance(item, dict) or any(k not in item for k in _REQUIRED):
+        return None
+    known = {f.name for f in fields(ChildRecord)}
+    values = {k: v for k, v in item.items() if k in known}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, _FIELD_TYPES[key]):
+            return None
+    if values["pid"] <= 0 or values["pgid"] <= 0 or not values["backend"]:
+        return None
+    if not all(isinstance(a, str) for a in values["cmdline"]):
+        return None
+    return ChildRecord(**values)
 
 
 def is_same_process(record: ChildRecord) -> bool:
@@ -101,13 +137,5 @@ def is_same_process(record: ChildRecord) -> bool:
 
 
 def port_listener_pid(port: int) -> int | None:
-    """The pid listening on TCP ``port`` (any address); None when nobody listens, 0 when a
-    listener exists but its owner is hidden from this user."""
-    try:
-        conns = psutil.net_connections(kind="tcp")
-    except psutil.AccessDenied:
-        return None
-    for c in conns:
-        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
-            return c.pid if c.pid is not None else 0
-    return None
+    """The pid listening on TCP ``port`` (``System.port_listener_pid``)."""
+    return REAL.port_listener_pid(port)

@@ -1,0 +1,420 @@
+"""The backend manager: the one place that decides what runs.
+
+It owns the keepers (one per managed backend that should run), the per-GPU leases, the launch
+planner, the restart policy, the local snapshots and the persisted desired state. Everything that
+changes what runs goes through it: the first reconcile at boot (adoption by desired state),
+``reconcile`` on a reload, ``start``/``stop`` (and later swap, sleep, wake), restarting an engine
+that hangs, and the shutdown. It reports through the supervisor's events and never keeps a
+backend's state itself: the state machine decides that from the events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import structlog
+
+from gpumgr.aio import run_in_daemon_thread, spawn_task
+from gpumgr.backend_state import BackendState
+from gpumgr.config import Config
+from gpumgr.config.registry import Provider
+from gpumgr.engines.vllm_log import find_oom, vllm_last_error
+from gpumgr.gpu import GpuBackend, GpuInventory
+from gpumgr.health.machine import BackendHealth
+from gpumgr.sim import SIM_ENGINE_COMMAND
+from gpumgr.supervisor import process
+from gpumgr.supervisor.events import BackendFailed, Downloading, EventSink
+from gpumgr.supervisor.records import ChildRecord, ChildRecords
+from gpumgr.supervisor.restart import RestartPolicy
+from gpumgr.supervisor.system import REAL, System
+from gpumgr.weights import DownloadProgress, Snapshot
+
+from .adopt import Adoption, adopt_recorded
+from .desired import DesiredState, DesiredStore, Identity, desired_for, launch_identity, managed_providers
+from .keeper import BackendKeeper
+from .lease import GpuLocks
+from .ollama_room import OllamaRoom
+from .prepare import LaunchPlanner, PlanView
+from .start import LaunchSpec, Prepare, PrepareHint, StartContext, StartTiming
+from .stop import StopTiming, stop_engine
+
+log = structlog.get_logger(__name__)
+
+UNRESPONSIVE_CHECK_S = 1.0
+"""How often the manager looks for engines that are down while their process lives."""
+
+HealthReader = Callable[[], Mapping[str, BackendHealth]]
+WeightsHook = Callable[[str, Snapshot], None]
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconcile did, for the log and for tests."""
+
+    started: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+class BackendManager:
+    def __init__(
+        self,
+        config: Config,
+        inventory: GpuBackend,
+        sink: EventSink,
+        *,
+        health: HealthReader | None = None,
+        on_weights: WeightsHook | None = None,
+        system: System = REAL,
+        command: list[str] | None = None,
+    ) -> None:
+        self.config = config
+        self._inventory = inventory
+        self._sink = sink
+        self._health = health
+        self._on_weights = on_weights
+        self._system = system
+        self._command = command if command is not None else (
+            SIM_ENGINE_COMMAND if config.simulate else None
+        )
+        self.locks = GpuLocks()
+        self.records = ChildRecords(config.paths.state_dir, system)
+        self.store = DesiredStore(config.paths.state_dir, system)
+        self.desired = DesiredState()
+        self.keepers: dict[str, BackendKeeper] = {}
+        self._identity: dict[str, Identity] = {}
+        """Backend → the launch identity its keeper runs with."""
+        self._snapshots: dict[str, Path] = {}
+        self._gpus: dict[int, str] = {}
+        self._gpu_error: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._hang_restarts: set[str] = set()
+        self._closed = False
+        self._apply_settings(config)
+
+    # -- configuration -----------------------------------------------------------------------
+    def _apply_settings(self, config: Config) -> None:
+        settings = config.settings
+        vllm = settings.vllm
+        self.policy = RestartPolicy.from_settings(settings.restart)
+        self.ctx = StartContext(
+            log_dir=config.paths.log_dir,
+            records=self.records,
+            locks=self.locks,
+            sink=self._sink,
+            find_oom=find_oom,
+            last_error=vllm_last_error,
+            timing=StartTiming(
+                start_timeout_s=vllm.start_timeout_s, poll_s=settings.health.starting_poll_s
+            ),
+            log_max_bytes=vllm.log_max_bytes,
+            log_backups=vllm.log_backups,
+            stop=StopTiming(vllm.stop_timeout_s, vllm.memory_release_timeout_s),
+            memory_released=self._memory_released,
+            system=self._system,
+        )
+        self.planner = LaunchPlanner(
+            settings=settings,
+            inventory=self._inventory,
+            command=self._command,
+            withheld_env={p.env_var for p in config.providers.values() if p.env_var},
+            ollama=OllamaRoom(list(config.providers.values())),
+        )
+
+    def _provider(self, name: str) -> Provider:
+        return managed_providers(self.config)[name]
+
+    # -- reading -----------------------------------------------------------------------------
+    def managed_pids(self) -> dict[int, str]:
+        """pid (== pgid) → backend of the engines running now."""
+        return {k.child.pid: n for n, k in self.keepers.items() if k.child is not None}
+
+    def running_fractions(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, keeper in self.keepers.items():
+            fraction = keeper.running_fraction
+            if fraction is not None:
+                out[name] = fraction
+        return out
+
+    def plan_view(self) -> PlanView:
+        """A frozen picture of what runs, for the planner's worker thread."""
+        managed = managed_providers(self.config)
+        return PlanView(
+            providers=tuple(
+                p for n, p in managed.items() if n in self.desired.running and n in self._snapshots
+            ),
+            snapshots=dict(self._snapshots),
+            managed_pids=self.managed_pids(),
+            running_fractions=self.running_fractions(),
+        )
+
+    async def _memory_released(self, pids: frozenset[int]) -> bool:
+        inv = await asyncio.to_thread(self._inventory.read)
+        if not inv.available:
+            return True  # nothing to wait for that we could see
+        return not any(p.pid in pids for g in inv.gpus for p in g.processes)
+
+    # -- boot ----------------------------------------------------------------------------------
+    async def begin(self, first_read: GpuInventory) -> ReconcileReport:
+        """The first reconcile: fold the registry into the stored desired state, adopt the
+        engines an earlier daemon left (stopping the ones nobody wants), launch a keeper for
+        every backend that should run. Returns at once: weights and starts go on in the keepers.
+
+        Without a readable GPU (no driver, or a driver/library mismatch after an upgrade)
+        nothing new can be planned or started, but serving engines are adopted and kept."""
+        self._read_gpus(first_read)
+        self.desired = desired_for(self.config, await asyncio.to_thread(self.store.load))
+        await self._save_desired()
+        report = ReconcileReport()
+        adoption = await adopt_recorded(
+            self.records, set(self.desired.names), self.config.paths.log_dir
+        )
+        await self._stop_unwanted(adoption)
+        for name, identity in self.desired.running.items():
+            record = adoption.records.get(name)
+            child = adoption.adopted.get(name)
+            if child is None or record is None:
+                self._launch(name)
+                report.started.append(name)
+                continue
+            recorded = record.extra.get("identity")
+            if isinstance(recorded, dict) and recorded != identity:
+                # the configuration changed while no daemon ran: this engine is not the one
+                # asked for now
+                log.info("adopt.changed", backend=name, pid=child.pid)
+                await self._stop_adopted(child, record)
+                self._launch(name)
+                report.restarted.append(name)
+                continue
+            self._launch(name, child, record.fraction, record.gpu_uuid)
+            report.adopted.append(name)
+        self._start_background()
+        log.info("manager.reconciled", **vars(report))
+        return report
+
+    def _read_gpus(self, inventory: GpuInventory) -> None:
+        self._gpu_error = None if inventory.available else (inventory.error or "GPU unavailable")
+        if self._gpu_error:
+            log.error("gpu.unavailable", error=self._gpu_error)
+        self._gpus = {g.index: g.uuid for g in inventory.gpus}
+
+    async def _stop_unwanted(self, adoption: Adoption) -> None:
+        for child, record in adoption.unwanted:
+            log.info("adopt.unwanted", backend=child.backend, pid=child.pid)
+            await self._stop_adopted(child, record)
+
+    async def _stop_adopted(self, child: process.ChildProcess, record: ChildRecord) -> None:
+        """Stop an adopted engine that is not (or no longer) the one asked for; provably ours."""
+        gpu_uuid = record.gpu_uuid or "unknown"
+        async with self.locks.lease(gpu_uuid, f"stop adopted {child.backend}") as lease:
+            await stop_engine(lease, gpu_uuid, child, self.ctx.stop, self._memory_released)
+        await asyncio.to_thread(self.records.remove, child.backend)
+
+    def _launch(
+        self,
+        name: str,
+        adopted: process.ChildProcess | None = None,
+        fraction: float | None = None,
+        gpu_uuid: str | None = None,
+    ) -> None:
+        provider = self._provider(name)
+        identity = self.desired.running.get(name) or launch_identity(
+            provider, self.config.settings.vllm.command
+        )
+        self._identity[name] = identity
+        uuid = gpu_uuid or self._gpus.get(provider.gpu)
+        if adopted is None and self._gpu_error is not None:
+            self._sink(BackendFailed(name, self._gpu_error))
+            return
+        if uuid is None:
+            self._sink(BackendFailed(name, f"GPU {provider.gpu} not found ({len(self._gpus)} card(s))"))
+            return
+        assert provider.port is not None  # the config loader requires a port for vLLM
+        keeper = BackendKeeper(
+            name,
+            uuid,
+            provider.port,
+            self._preparer(provider, identity),
+            self.ctx,
+            self.policy,
+            weights=functools.partial(self._ensure_weights, provider),
+        )
+        self.keepers[name] = keeper
+        keeper.launch(adopted, fraction)
+
+    def _preparer(self, provider: Provider, identity: Identity) -> Prepare:
+        plan = self.planner.preparer(provider, self.plan_view)
+
+        async def prepare(hint: PrepareHint) -> LaunchSpec:
+            spec = await plan(hint)
+            return replace(spec, identity=identity)
+
+        return prepare
+
+    # -- weights -------------------------------------------------------------------------------
+    async def _ensure_weights(self, provider: Provider) -> None:
+        """The backend's snapshot, local or fetched now (in a daemon thread; progress becomes
+        ``downloading`` events). Each backend fetches its own: nobody waits for another's."""
+        loop = asyncio.get_running_loop()
+        name = provider.name
+
+        def progress(ev: DownloadProgress) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed while a download ran on
+                loop.call_soon_threadsafe(self._sink, Downloading(name, ev.detail()))
+
+        snap = await run_in_daemon_thread(self._resolve_weights, provider, progress)
+        self._snapshots[name] = snap.path
+        if self._on_weights is not None:
+            self._on_weights(name, snap)
+        log.info("weights.ready", backend=name, repo=snap.repo, commit=snap.commit)
+
+    def _resolve_weights(
+        self, provider: Provider, progress: Callable[[DownloadProgress], None]
+    ) -> Snapshot:
+        from gpumgr.sim.hub import hub_endpoint
+        from gpumgr.weights import WeightsContext
+
+        with contextlib.ExitStack() as stack:
+            endpoint = (
+                stack.enter_context(hub_endpoint(self.config.settings.simulate.hub_endpoint))
+                if self.config.simulate
+                else None
+            )
+            weights = WeightsContext.from_config(self.config, endpoint=endpoint)
+            return weights.local(provider) or weights.resolve(provider, progress=progress)
+
+    # -- actions -------------------------------------------------------------------------------
+    async def start(self, name: str) -> None:
+        """Make ``name`` one of the backends that should run, and launch it (desired state first:
+        a daemon that dies now starts it again)."""
+        provider = self._provider(name)
+        self.desired = self.desired.with_running(
+            name, launch_identity(provider, self.config.settings.vllm.command)
+        )
+        await self._save_desired()
+        if name not in self.keepers:
+            self._launch(name)
+
+    async def stop(self, name: str) -> None:
+        """``name`` should not run: desired state first, then the engine stops (under its GPU's
+        lease) and the backend ends ``stopped`` whatever it was doing."""
+        self.desired = self.desired.without(name)
+        await self._save_desired()
+        await self._stop_keeper(name)
+
+    async def _stop_keeper(self, name: str) -> None:
+        keeper = self.keepers.get(name)
+        if keeper is None:
+            return
+        await keeper.halt()  # a start in flight lets go of the lease
+        async with self.locks.lease(keeper.gpu_uuid, f"stop {name}") as lease:
+            await keeper.stop(lease)
+        del self.keepers[name]
+        self._identity.pop(name, None)
+
+    async def _restart(self, name: str) -> None:
+        await self._stop_keeper(name)
+        self._launch(name)
+
+    async def reconcile(self, config: Config) -> ReconcileReport:
+        """Apply a new configuration: start added backends, stop removed ones, restart exactly
+        those whose launch identity changed, leave the rest untouched (same pid)."""
+        self.config = config
+        self._apply_settings(config)
+        if self._gpu_error is not None:
+            self._read_gpus(await asyncio.to_thread(self._inventory.read))
+        self.desired = desired_for(config, self.desired)
+        await self._save_desired()
+        report = ReconcileReport()
+        for name in list(self.keepers):
+            wanted = self.desired.running.get(name)
+            if wanted is None:
+                await self._stop_keeper(name)
+                report.stopped.append(name)
+            elif wanted != self._identity.get(name):
+                await self._restart(name)
+                report.restarted.append(name)
+            else:
+                self.keepers[name].reconfigure(
+                    self._preparer(self._provider(name), wanted), self.ctx, self.policy
+                )
+                report.unchanged.append(name)
+        for name in self.desired.running:
+            if name not in self.keepers:
+                self._launch(name)
+                report.started.append(name)
+        log.info("manager.reconciled", **vars(report))
+        return report
+
+    async def _save_desired(self) -> None:
+        try:
+            await asyncio.to_thread(self.store.save, self.desired)
+        except OSError as exc:  # what should run is still known here; the next boot asks the file
+            log.error("desired.write_failed", path=str(self.store.path), error=str(exc))
+
+    # -- hung engines --------------------------------------------------------------------------
+    def _start_background(self) -> None:
+        if self._health is not None:
+            spawn_task(self._tasks, self._unresponsive_loop(), "unresponsive")
+
+    async def _unresponsive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(UNRESPONSIVE_CHECK_S)
+            self.check_unresponsive(time.time())
+
+    def check_unresponsive(self, now: float) -> list[str]:
+        """Restart every managed engine that has been ``down`` for ``restart_unresponsive_after_s``
+        while its process lives (hung): the keeper stops it and its restart policy applies."""
+        after_s = self.config.settings.health.restart_unresponsive_after_s
+        if self._health is None or after_s is None:
+            return []
+        started: list[str] = []
+        healths = self._health()
+        for name, keeper in self.keepers.items():
+            h = healths.get(name)
+            if h is None or h.state is not BackendState.DOWN or now - h.since < after_s:
+                continue
+            if name in self._hang_restarts or keeper.child is None or keeper.child.exited:
+                continue
+            reason = f"down for {after_s:g} s while its process lives: {h.reason}"
+            self._hang_restarts.add(name)
+            spawn_task(self._tasks, self._stop_hung(name, keeper, reason), f"hung:{name}")
+            started.append(name)
+        return started
+
+    async def _stop_hung(self, name: str, keeper: BackendKeeper, reason: str) -> None:
+        try:
+            async with self.locks.lease(keeper.gpu_uuid, f"restart hung {name}") as lease:
+                await keeper.stop_unresponsive(lease, reason)
+        finally:
+            self._hang_restarts.discard(name)
+
+    # -- shutdown ------------------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        """Stop every engine: all keepers halt, then each GPU's engines stop together under
+        that GPU's lease (each waits for its own group and memory)."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(k.halt() for k in self.keepers.values()))
+        by_gpu: dict[str, list[BackendKeeper]] = {}
+        for keeper in self.keepers.values():
+            by_gpu.setdefault(keeper.gpu_uuid, []).append(keeper)
+
+        async def stop_gpu(uuid: str, keepers: list[BackendKeeper]) -> None:
+            async with self.locks.lease(uuid, "shutdown") as lease:
+                await asyncio.gather(*(k.stop(lease) for k in keepers))
+
+        await asyncio.gather(*(stop_gpu(u, ks) for u, ks in by_gpu.items()))
+        log.info("manager.stopped", backends=list(self.keepers))
+        self.keepers.clear()

@@ -1,0 +1,208 @@
+"""Status wiring: from what happened (supervisor events, probes, GPU reads) to what is published.
+
+The ``HealthScheduler`` owns every backend's health state (the pure state machine decides it from
+probe verdicts and supervisor events); the ``StatusPublisher`` owns the document (HTTP, SSE,
+``status.json``, ``/metrics``). This object connects them and serves the read-only status API. It
+decides nothing about processes: hung engines are the backend manager's business.
+
+Changes that happen in the same tick of the event loop (an engine's exit, the restart the policy
+schedules, its pid going away) are published as one update, so a router never sees a half-done
+change such as ``up`` with no pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+import httpx2
+import structlog
+
+from gpumgr.api.server import ApiServer, parse_listen
+from gpumgr.api.status_app import create_status_app
+from gpumgr.backend_state import BackendState
+from gpumgr.config import Config
+from gpumgr.engines.probe_result import ProbeResult
+from gpumgr.gpu import GpuInventory
+from gpumgr.health.machine import BackendHealth, Transition
+from gpumgr.health.scheduler import HealthScheduler
+from gpumgr.health.supervisor_events import apply_supervisor_event
+from gpumgr.logs import register_secret
+from gpumgr.redaction import provider_secrets, redactor_for
+from gpumgr.sd_notify import Notifier
+from gpumgr.status.document import BackendStatus, DaemonInfo, GpuStatus
+from gpumgr.status.publisher import BackendChanges, StatusPublisher
+from gpumgr.status.seed import initial_backend, initial_backends
+from gpumgr.supervisor.events import ChildStarted, SupervisorEvent
+from gpumgr.weights import Snapshot
+
+log = structlog.get_logger(__name__)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class StatusWiring:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        notifier: Notifier | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self._notifier = notifier or Notifier()
+        self._env = os.environ if env is None else env
+        secrets = provider_secrets(config.providers.values(), self._env)
+        for s in secrets:
+            register_secret(s)
+        self.publisher = StatusPublisher(
+            daemon=DaemonInfo(pid=os.getpid(), started_at=datetime.now(UTC), simulated=config.simulate),
+            status_path=config.paths.status_file,
+            redact=redactor_for(secrets),
+        )
+        seeded = initial_backends(config.providers.values())
+        self.publisher.set_backends(seeded)
+        self._client = httpx2.AsyncClient()
+        self.scheduler = HealthScheduler(
+            config.providers,
+            config.settings.health,
+            config.providers_file.health_checks,
+            self._client,
+            on_transition=self._on_transition,
+            on_probe=self._on_probe,
+            on_change=self._on_change,
+            env=self._env,
+            initial_states={b.name: b.state for b in seeded},  # one rule for the first states
+        )
+        self._api: ApiServer | None = None
+        self._dirty: dict[str, BackendChanges] = {}
+        self._flush_scheduled = False
+        self.on_state_change: list[Callable[[Transition], object]] = []
+        """Called on every state transition (the daemon refreshes the GPU figures)."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start_api(self) -> None:
+        """Bind the read-only status listener (``listen``)."""
+        host, port = parse_listen(self.config.listen)
+        self._api = ApiServer.tcp(create_status_app(self.publisher), host, port)
+        await self._api.start()
+
+    def start_probes(self) -> None:
+        self.scheduler.start()
+
+    @property
+    def listen_address(self) -> str:
+        assert self._api is not None
+        return self._api.address
+
+    @property
+    def port(self) -> int | None:
+        return self._api.port if self._api else None
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+        self._flush()
+        self.publisher.close()
+        if self._api is not None:
+            await self._api.stop()
+        await self._client.aclose()
+
+    def healths(self) -> dict[str, BackendHealth]:
+        return self.scheduler.healths()
+
+    # -- inputs ----------------------------------------------------------------------------
+    def supervisor_sink(self, event: SupervisorEvent) -> None:
+        """Supervisor events move the state machine at once; a start also brings its port and
+        slice, published in the same update as the new state and pid."""
+        if isinstance(event, ChildStarted):
+            extra = self._dirty.setdefault(event.backend, {})
+            extra["port"] = event.port
+            if event.fraction is not None:  # an adopted child's slice may be unknown
+                extra["gpu_memory_utilization"] = event.fraction
+            self._schedule_flush()
+        apply_supervisor_event(self.scheduler, event)
+
+    def weights_ready(self, backend: str, snapshot: Snapshot) -> None:
+        self.publisher.update_backend(backend, weights_commit=snapshot.commit)
+
+    def gpus_read(self, inventory: GpuInventory) -> None:
+        self.publisher.set_gpus(
+            [GpuStatus.model_validate(g.to_dict()) for g in inventory.gpus]
+            if inventory.available else []
+        )
+
+    def reload(self, config: Config) -> None:
+        """A valid new configuration: backends added or removed in the document, descriptive
+        fields refreshed, probe settings applied; states of the backends that stay are kept."""
+        self.config = config
+        current = {b.name: b for b in self.publisher.document.backends}
+        backends: list[BackendStatus] = []
+        for p in config.providers.values():
+            seed = initial_backend(p)
+            old = current.get(p.name)
+            if old is not None and old.state is not BackendState.DISABLED and p.runs_here:
+                seed = old.model_copy(update={
+                    "type": seed.type, "base_url": seed.base_url, "models": seed.models,
+                    "managed": seed.managed,
+                })
+            backends.append(seed)
+        self.publisher.set_backends(backends)
+        self.scheduler.update_providers(
+            config.providers, config.settings.health, config.providers_file.health_checks,
+            initial_states={b.name: b.state for b in backends},
+        )
+
+    # -- publication -----------------------------------------------------------------------
+    def _on_change(self, health: BackendHealth) -> None:
+        self._dirty.setdefault(health.name, {})
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven without a loop (unit tests): publish now
+            self._flush()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Publish every backend that changed this tick: state, reason, pid and restarts from
+        the state machine, plus what the events brought, in one update each."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, {}
+        healths = self.scheduler.healths()
+        for name, extra in dirty.items():
+            h = healths.get(name)
+            if h is None or self.publisher.backend(name) is None:
+                continue
+            changes: BackendChanges = {
+                **extra, "state": h.state, "detail": h.reason, "since": _utc(h.since),
+                "pid": h.pid, "restarts": h.restarts,
+            }
+            self.publisher.update_backend(name, **changes)
+
+    def _on_transition(self, t: Transition) -> None:
+        for hook in self.on_state_change:
+            hook(t)
+        healths = self.scheduler.healths().values()
+        up = sum(1 for h in healths if h.state is BackendState.UP)
+        total = sum(1 for h in healths if h.state is not BackendState.DISABLED)
+        self._notifier.status(f"{up}/{total} backends up; {t.backend} {t.new.value}")
+
+    def _on_probe(self, name: str, result: ProbeResult, health: BackendHealth) -> None:
+        unavailable = {m.name: m.reason or "unavailable" for m in result.models if not m.available}
+        self.publisher.update_backend(
+            name,
+            last_check=datetime.now(UTC),
+            latency_ms=result.latency_ms,
+            busy=bool(result.busy),
+            unavailable_models=unavailable,
+            detail=health.reason,
+        )
