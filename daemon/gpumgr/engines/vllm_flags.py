@@ -141,6 +141,8 @@ class ServeArg:
         return self.spec.dest if self.spec else self.flag.lstrip("-").replace("-", "_")
 
     def tokens(self) -> list[str]:
+        if "." in self.flag and self.values:  # a dotted JSON key keeps its one-token form
+            return [f"{self.flag}={self.values[0]}"]
         return [self.flag, *self.values]
 
 
