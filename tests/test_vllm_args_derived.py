@@ -67,6 +67,11 @@ def test_what_vllm_accepts_is_accepted(args: list[str]) -> None:
     validate_extra_args("p", args)
 
 
+def test_dotted_json_keys_keep_their_underscores_and_one_token_form() -> None:
+    assert validate_extra_args("p", ["--compilation_config.cudagraph_mode", "PIECEWISE", "-O.mode=3"]) == [
+        "--compilation-config.cudagraph_mode=PIECEWISE", "--compilation-config.mode=3"]
+
+
 def test_short_options_take_attached_values_like_argparse() -> None:
     parsed = parse_serve_args(["m", "-qawq", "-r0"])
     assert parsed.value("quantization") == "awq" and parsed.value("node_rank") == "0"

@@ -186,9 +186,11 @@ def _looks_like_flag(token: str) -> bool:
 
 
 def canonical_flag(token: str) -> str:
-    """``--max_model_len`` and ``--max-model-len`` are one flag to vLLM's parser."""
+    """``--max_model_len`` and ``--max-model-len`` are one flag to vLLM's parser; as in vLLM,
+    only the name before a dotted JSON key is rewritten (``--compilation-config.cudagraph_mode``)."""
     if token.startswith("--"):
-        return "--" + token[2:].replace("_", "-")
+        name, dot, key = token[2:].partition(".")
+        return "--" + name.replace("_", "-") + dot + key
     return token
 
 
