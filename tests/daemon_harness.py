@@ -73,6 +73,18 @@ def vllm_provider_yaml(name: str, port: int, *, served: str = "qwen-coder-vllm",
 """
 
 
+DAEMON_LOG_DEFECTS = ("backend.illegal_transition", "keeper.crashed", "health.callback_failed",
+                      "backend.unknown")
+"""Log events that mean the daemon lost track of something: any of them fails an end-to-end test."""
+
+
+def assert_clean_daemon_log(text: str, where: str = "daemon log") -> None:
+    """Fail when the daemon logged an illegal transition, a crashed keeper or a failed callback
+    (each a bookkeeping bug the daemon survives, so only its log shows it)."""
+    bad = [line for line in text.splitlines() if any(d in line for d in DAEMON_LOG_DEFECTS)]
+    assert not bad, f"{where} shows {len(bad)} defect(s):\n" + "\n".join(bad[:10])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -218,7 +230,9 @@ class DaemonHarness:
 
     # -- process ---------------------------------------------------------------------------
     def start(self, ready_timeout_s: float = 60.0) -> None:
-        """Start the daemon and wait until its status API listens (``daemon.ready``)."""
+        """Start the daemon and wait until its status API listens (``daemon.ready``). A second
+        start (after a crash) reads only what the new daemon logs."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gpumgr.cli", "daemon", "--simulate",
@@ -230,7 +244,7 @@ class DaemonHarness:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
-            for e in self.events():
+            for e in self.events(offset):
                 if e.get("event") == "daemon.ready":
                     return str(e["listen"])
             return None
@@ -255,8 +269,9 @@ class DaemonHarness:
             return []
         return [int(c["pid"]) for c in json.loads(path.read_text())["children"]]
 
-    def cleanup(self) -> None:
-        """Kill what is left: the daemon and every engine group it recorded or published."""
+    def cleanup(self, check_log: bool = True) -> None:
+        """Kill what is left: the daemon and every engine group it recorded or published; then
+        fail if the daemon's log shows a defect (``assert_clean_daemon_log``)."""
         pids = set(self.recorded_pids()) | self.engine_pids
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -267,14 +282,16 @@ class DaemonHarness:
                     os.killpg(pid, sig)
                 except (ProcessLookupError, PermissionError):
                     pass
+        if check_log:
+            assert_clean_daemon_log(self.log_text())
 
     # -- reading ---------------------------------------------------------------------------
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def events(self) -> list[Json]:
+    def events(self, offset: int = 0) -> list[Json]:
         out = []
-        for line in self.log_text().splitlines():
+        for line in self.log_text()[offset:].splitlines():
             try:
                 doc = json.loads(line)
             except json.JSONDecodeError:

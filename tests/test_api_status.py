@@ -109,6 +109,26 @@ async def test_one_backend_by_name_and_404_json_for_an_unknown_one(tmp_path: Pat
         assert missing.json() == {"detail": "unknown backend: nope"}
 
 
+async def test_every_backend_the_status_lists_is_reachable_by_name(tmp_path: Path) -> None:
+    """Names valid in providers.yaml (letters, digits, '.', '_', '-') are plain path segments:
+    each backend the document lists answers on ``/v1/backends/{name}``; a traversal does not."""
+    from gpumgr.config import load_config
+
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    names = ["qwen2.5-coder_7b", "a.b", "Q-14B", "x_"]
+    (cfg / "providers.yaml").write_text("providers:\n" + "".join(
+        f"  {n}:\n    type: ollama\n    base_url: http://127.0.0.1:11434\n" for n in names))
+    config = load_config(cfg)
+    pub = StatusPublisher(daemon=DaemonInfo(pid=os.getpid(), started_at=T0))
+    pub.set_backends([BackendStatus(name=n, type="ollama") for n in config.providers])
+    async with serving(pub) as base, httpx2.AsyncClient(base_url=base) as client:
+        for b in pub.document.backends:
+            found = await client.get(f"/v1/backends/{b.name}")
+            assert found.status_code == 200 and found.json()["name"] == b.name
+        assert (await client.get("/v1/backends/..%2Fstatus")).status_code == 404
+
+
 async def test_events_push_each_state_change_with_the_new_backend_object(tmp_path: Path) -> None:
     pub = _publisher(tmp_path)
     async with serving(pub) as base, httpx2.AsyncClient(base_url=base) as client:

@@ -20,7 +20,7 @@ import httpx2
 import psutil
 import pytest
 
-from daemon_harness import alive, free_port, wait_for
+from daemon_harness import alive, assert_clean_daemon_log, free_port, wait_for
 from gpumgr.sim.gpu import SimGpuState
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +130,8 @@ class DaemonRun:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        for log in self.logs:
+            assert_clean_daemon_log(log.read_text(errors="replace"), log.name)
 
 
 @pytest.fixture

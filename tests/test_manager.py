@@ -49,12 +49,13 @@ simulate:
 
 
 def provider_yaml(name: str, port: int, repo: str, *, status: str = "active",
-                  max_model_len: int = 2048, description: str = "an engine") -> str:
+                  max_model_len: int = 2048, description: str = "an engine",
+                  host: str = "127.0.0.1") -> str:
     return f"""
   {name}:
     type: vllm
     description: {description}
-    base_url: http://127.0.0.1:{port}
+    base_url: http://{host}:{port}
     status: {status}
     max_model_len: {max_model_len}
     max_num_seqs: 2
@@ -338,6 +339,22 @@ def test_a_hung_engine_is_restarted_by_the_manager_after_the_configured_time(box
                         "a new engine")
         assert not _alive(pid)
         assert box.states.health["qwen"].restarts == 1
+
+    box.run(body)
+
+
+@pytest.mark.parametrize("host", ["[::1]", "localhost"])
+def test_an_engine_on_another_loopback_name_binds_there_and_comes_up(box: Box, host: str) -> None:
+    """The engine binds the host its base_url names, and readiness looks there too: it does not
+    sit in `starting` until the start timeout."""
+    config = box.write(provider_yaml("qwen", free_port(), QWEN, host=host))
+
+    async def body() -> None:
+        m = box.manager(config)
+        await m.begin(m._inventory.read())
+        await box.up("qwen")
+        argv = m.keepers["qwen"].spec.argv  # type: ignore[union-attr]
+        assert argv[argv.index("--host") + 1] == ("::1" if host == "[::1]" else "127.0.0.1")
 
     box.run(body)
 

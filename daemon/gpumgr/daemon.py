@@ -44,6 +44,12 @@ def _log_event(event: SupervisorEvent) -> None:
     log.info("supervisor.event", kind=type(event).__name__, **vars(event))
 
 
+def _log_warnings(config: Config) -> None:
+    """What ``gpumgr validate`` would warn about (e.g. a misspelt gpumgr key), in the journal."""
+    for issue in config.warnings:
+        log.warning("config.warning", issue=str(issue))
+
+
 def open_inventory(config: Config) -> GpuBackend:
     """NVML, or the simulated card (whose state file the simulated engines find through the
     environment they inherit)."""
@@ -90,6 +96,7 @@ class Daemon:
     async def start(self) -> None:
         """Everything up to the keepers running; returns without waiting for engines."""
         self._lock.acquire()  # before anything is touched: a second daemon leaves all alone
+        _log_warnings(self.config)
         paths = self.config.paths
         for d in (paths.runtime_dir, paths.state_dir, paths.log_dir, paths.cache_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -183,9 +190,11 @@ class Daemon:
             return None
         if self.manager is None or self.status is None:
             return None
+        _log_warnings(config)
         self.config = config
         self.status.reload(config)
         report = await self.manager.reconcile(config)
+        self.status.prune()
         self._notifier.status(
             f"reloaded: {len(report.started)} started, {len(report.stopped)} stopped, "
             f"{len(report.restarted)} restarted"

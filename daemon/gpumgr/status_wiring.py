@@ -136,9 +136,18 @@ class StatusWiring:
         )
 
     def reload(self, config: Config) -> None:
-        """A valid new configuration: backends added or removed in the document, descriptive
-        fields refreshed, probe settings applied; states of the backends that stay are kept."""
+        """A valid new configuration, before the manager applies it: added backends appear,
+        descriptive fields are refreshed, probe settings apply; the states of the backends
+        that stay are kept. Removed backends stay listed until ``prune`` (their engines are
+        still being stopped, and that is published)."""
         self.config = config
+        self._set_backends(config, keep_removed=True)
+
+    def prune(self) -> None:
+        """After the manager applied a reload: backends no longer configured disappear."""
+        self._set_backends(self.config, keep_removed=False)
+
+    def _set_backends(self, config: Config, *, keep_removed: bool) -> None:
         current = {b.name: b for b in self.publisher.document.backends}
         backends: list[BackendStatus] = []
         for p in config.providers.values():
@@ -150,9 +159,16 @@ class StatusWiring:
                     "managed": seed.managed,
                 })
             backends.append(seed)
+        providers = dict(config.providers)
+        if keep_removed:
+            old_providers = self.scheduler.providers()
+            for name, b in current.items():
+                if name not in providers and name in old_providers:
+                    backends.append(b)
+                    providers[name] = old_providers[name]
         self.publisher.set_backends(backends)
         self.scheduler.update_providers(
-            config.providers, config.settings.health, config.providers_file.health_checks,
+            providers, config.settings.health, config.providers_file.health_checks,
             initial_states={b.name: b.state for b in backends},
         )
 

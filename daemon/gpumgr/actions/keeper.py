@@ -65,6 +65,7 @@ class BackendKeeper:
         policy: RestartPolicy,
         *,
         weights: EnsureWeights | None = None,
+        health_url: str | None = None,
         port_recheck_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -75,6 +76,8 @@ class BackendKeeper:
         self._ctx = ctx
         self._policy = policy
         self._weights = weights
+        self.health_url = health_url or f"http://127.0.0.1:{port}/health"
+        """Where ``/health`` answers (checked before an adopted engine counts as serving)."""
         self._port_recheck_s = port_recheck_s
         self._clock = clock
         self.last_error = ""
@@ -231,9 +234,7 @@ class BackendKeeper:
         async with self._ctx.locks.lease(self.gpu_uuid, f"adopt {self.backend}") as lease:
             async with httpx2.AsyncClient() as client:
                 try:
-                    startup_s = await wait_ready(
-                        child, f"http://127.0.0.1:{self.port}/health", self._ctx.timing, client
-                    )
+                    startup_s = await wait_ready(child, self.health_url, self._ctx.timing, client)
                 except (ChildGone, TimeoutError) as exc:
                     log.warning("keeper.adopt_failed", backend=self.backend, error=str(exc))
                     await stop_engine(

@@ -40,7 +40,7 @@ from .desired import DesiredState, DesiredStore, Identity, desired_for, launch_i
 from .keeper import BackendKeeper
 from .lease import GpuLocks
 from .ollama_room import OllamaRoom
-from .prepare import LaunchPlanner, PlanView
+from .prepare import LaunchPlanner, PlanView, engine_health_url
 from .start import LaunchSpec, Prepare, PrepareHint, StartContext, StartTiming
 from .stop import StopTiming, stop_engine
 
@@ -247,6 +247,7 @@ class BackendManager:
             self.ctx,
             self.policy,
             weights=functools.partial(self._ensure_weights, provider),
+            health_url=engine_health_url(provider),
         )
         self.keepers[name] = keeper
         keeper.launch(adopted, fraction)
@@ -267,18 +268,24 @@ class BackendManager:
         loop = asyncio.get_running_loop()
         name = provider.name
 
-        def progress(ev: DownloadProgress) -> None:
+        def say(detail: str) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed while a download ran on
-                loop.call_soon_threadsafe(self._sink, Downloading(name, ev.detail()))
+                loop.call_soon_threadsafe(self._sink, Downloading(name, detail))
 
-        snap = await run_in_daemon_thread(self._resolve_weights, provider, progress)
+        def progress(ev: DownloadProgress) -> None:
+            say(ev.detail())
+
+        snap = await run_in_daemon_thread(self._resolve_weights, provider, say, progress)
         self._snapshots[name] = snap.path
         if self._on_weights is not None:
             self._on_weights(name, snap)
         log.info("weights.ready", backend=name, repo=snap.repo, commit=snap.commit)
 
     def _resolve_weights(
-        self, provider: Provider, progress: Callable[[DownloadProgress], None]
+        self,
+        provider: Provider,
+        say: Callable[[str], None],
+        progress: Callable[[DownloadProgress], None],
     ) -> Snapshot:
         from gpumgr.sim.hub import hub_endpoint
         from gpumgr.weights import WeightsContext
@@ -290,7 +297,11 @@ class BackendManager:
                 else None
             )
             weights = WeightsContext.from_config(self.config, endpoint=endpoint)
-            return weights.local(provider) or weights.resolve(provider, progress=progress)
+            local = weights.local(provider)
+            if local is not None:
+                return local
+            say(f"fetching {provider.hf_repo}")
+            return weights.resolve(provider, progress=progress)
 
     # -- actions -------------------------------------------------------------------------------
     async def start(self, name: str) -> None:

@@ -45,6 +45,15 @@ log = structlog.get_logger(__name__)
 OLLAMA_UNLOAD_WAIT_S = 10.0
 """How long a start waits for the GPU to show an unloaded Ollama model's memory back."""
 
+def engine_health_url(provider: Provider) -> str:
+    """Where a managed engine's ``/health`` answers: the host it binds (its base_url's loopback
+    host, ``::1`` included) and its port. Readiness, adoption and the probes all look there."""
+    host = provider.bind_host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{provider.port}/health"
+
+
 @dataclass(frozen=True)
 class PlanView:
     """What the planner needs to know of the daemon, taken on the event loop just before a
@@ -233,6 +242,7 @@ class LaunchPlanner:
             port=provider.port,
             gpu_uuid=gpu.uuid,
             fraction=inst.fraction,
+            health_url=engine_health_url(provider),
         )
 
     def preparer(self, provider: Provider, view: Callable[[], PlanView]) -> Prepare:

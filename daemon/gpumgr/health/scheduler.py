@@ -165,6 +165,9 @@ class HealthScheduler:
     def healths(self) -> dict[str, BackendHealth]:
         return dict(self._health)
 
+    def providers(self) -> dict[str, Provider]:
+        return dict(self._providers)
+
     def timing(self, name: str) -> ProbeTiming:
         return self._timing[name]
 

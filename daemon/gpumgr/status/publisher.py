@@ -48,6 +48,7 @@ class BackendChanges(TypedDict, total=False):
     field fails type checking (and raises at run time) instead of vanishing."""
 
     state: BackendState | str
+    base_url: str | None
     busy: bool
     pid: int | None
     port: int | None
@@ -223,8 +224,12 @@ class StatusPublisher:
 
         A change of ``state`` stamps ``since`` unless given. A ``latency_ms`` (each probe's
         result) is also observed in the probe-latency histogram. Raises ``KeyError`` for a
-        backend the publisher was never told about.
+        backend the publisher was never told about, ``TypeError`` for a field that is not one
+        of ``BackendChanges`` (mypy catches it first).
         """
+        unknown = set(changes) - _CHANGEABLE
+        if unknown:
+            raise TypeError(f"not a changeable backend field: {', '.join(sorted(unknown))}")
         with self._lock:
             old = self._backends[name]
             merged = old.model_dump(exclude={"available"})
