@@ -58,10 +58,11 @@ _COMMANDS = {
     "daemon": "gpumgr.cli.daemon",
     "status": "gpumgr.cli.status",
     "demo": "gpumgr.cli.demo",
+    "litellm-config": "gpumgr.cli.litellm_config",
 }
 for _name, _module in _COMMANDS.items():
     try:
-        _cmd = getattr(importlib.import_module(_module), _name)
+        _cmd = getattr(importlib.import_module(_module), _name.replace("-", "_"))
     except ModuleNotFoundError as _exc:
         if _exc.name != _module:
             raise
