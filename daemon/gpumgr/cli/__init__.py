@@ -57,6 +57,12 @@ _COMMANDS = {
     "pull": "gpumgr.cli.pull",
     "daemon": "gpumgr.cli.daemon",
     "status": "gpumgr.cli.status",
+    "start": "gpumgr.cli.control",
+    "stop": "gpumgr.cli.control",
+    "restart": "gpumgr.cli.control",
+    "swap": "gpumgr.cli.control",
+    "reload": "gpumgr.cli.control",
+    "logs": "gpumgr.cli.control",
     "demo": "gpumgr.cli.demo",
     "litellm-config": "gpumgr.cli.litellm_config",
 }
