@@ -59,7 +59,11 @@ def test_document_carries_exactly_the_contract_field_names() -> None:
         )
     )
     data = json.loads(doc.to_json_bytes())
-    assert set(data) == {"version", "generated_at", "daemon", "gpus", "backends", "models"}
+    assert set(data) == {
+        "version", "generated_at", "daemon", "gpus", "backends", "models",
+        # additions (docs/status.md): seq, "no information yet" flags, the stated max age
+        "seq", "adoption_done", "first_probe_round_done", "max_age_s",
+    }
     assert data["version"] == 1
     assert set(data["daemon"]) == {"pid", "started_at", "simulated"}
     assert set(data["gpus"][0]) == {
@@ -73,6 +77,9 @@ def test_document_carries_exactly_the_contract_field_names() -> None:
         "detail",
     }
     assert contract_backend_fields <= set(data["backends"][0])
+    additions = {"suspect", "progress", "eta_s", "unavailable_models", "weights_commit"}
+    assert additions <= set(data["backends"][0])
+    assert (data["backends"][0]["suspect"], data["backends"][0]["eta_s"]) == (False, None)
     assert data["models"] == {
         "qwen-coder-vllm": {"backend": "qwen-7b", "available": True, "reason": None}
     }

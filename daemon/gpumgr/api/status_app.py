@@ -21,10 +21,11 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
-from gpumgr.status.document import BackendStatus, StatusDocument, utc_now
+from gpumgr.status.document import HEARTBEAT_S, BackendStatus, StatusDocument, utc_now
 from gpumgr.status.publisher import BackendEvent, StatusPublisher
 
-DEFAULT_HEARTBEAT_S = 15.0
+DEFAULT_HEARTBEAT_S = HEARTBEAT_S
+"""At most this long without a frame on ``/v1/events`` (the document states ``max_age_s``)."""
 JSON = "application/json"
 
 

@@ -23,6 +23,13 @@ from gpumgr.backend_state import BackendState
 
 DOCUMENT_VERSION: Literal[1] = 1
 
+HEARTBEAT_S = 2.0
+"""The longest ``/v1/events`` stays silent: a ``: heartbeat`` comment follows this long without
+an event."""
+MAX_AGE_S = 5.0
+"""The stated maximum age: a reader that has heard nothing from the daemon for longer (no answer
+to ``GET /v1/status``, no SSE frame) should treat what it holds as stale and filter nothing."""
+
 
 def utc_now() -> datetime:
     """The clock the publisher uses by default (tests pass their own)."""
@@ -91,6 +98,15 @@ class BackendStatus(_Contract):
     unavailable_models: dict[str, str] = Field(default_factory=dict)
     """Models of this backend that cannot be served although it is up, with the reason
     (e.g. an Ollama model that is not pulled). An addition to the §5 fields."""
+    suspect: bool = False
+    """A probe failed while the backend is ``up`` and the failures have not (yet) made it
+    ``down``: a router prefers another deployment. An addition to the §5 fields."""
+    progress: float | None = Field(default=None, ge=0, le=1)
+    """How far a load (download, engine start, wake-up) has got, 0..1; null when not loading or
+    not known. An addition to the §5 fields."""
+    eta_s: float | None = Field(default=None, ge=0)
+    """Seconds until the backend is expected ``up``; null when not loading or not known. An
+    addition to the §5 fields."""
 
     _utc = field_validator("since", "last_check")(_to_utc)
 
@@ -137,6 +153,17 @@ def build_models(backends: Iterable[BackendStatus]) -> dict[str, ModelStatus]:
 class StatusDocument(_Contract):
     version: Literal[1] = DOCUMENT_VERSION
     generated_at: AwareDatetime
+    seq: int = Field(default=0, ge=0)
+    """Increments with every change of the document; an SSE event's ``id`` is the ``seq`` of the
+    document that carries the change (an addition to §5)."""
+    adoption_done: bool = False
+    """The daemon has finished adopting the children a previous daemon left running. Until then
+    a backend's state is a first guess (an addition to §5)."""
+    first_probe_round_done: bool = False
+    """Every probed backend has been probed at least once. Until then a router should not skip a
+    backend on this document's word (an addition to §5)."""
+    max_age_s: float = MAX_AGE_S
+    """The stated maximum age (see ``MAX_AGE_S``)."""
     daemon: DaemonInfo
     gpus: list[GpuStatus] = Field(default_factory=list)
     backends: list[BackendStatus] = Field(default_factory=list)
@@ -152,10 +179,16 @@ class StatusDocument(_Contract):
         daemon: DaemonInfo,
         gpus: Sequence[GpuStatus],
         backends: Sequence[BackendStatus],
+        seq: int = 0,
+        adoption_done: bool = False,
+        first_probe_round_done: bool = False,
     ) -> StatusDocument:
         """A document whose ``models`` map is derived from ``backends``."""
         return cls(
             generated_at=generated_at,
+            seq=seq,
+            adoption_done=adoption_done,
+            first_probe_round_done=first_probe_round_done,
             daemon=daemon,
             gpus=list(gpus),
             backends=list(backends),

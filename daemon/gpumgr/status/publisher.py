@@ -60,13 +60,17 @@ class BackendChanges(TypedDict, total=False):
     detail: str | None
     weights_commit: str | None
     unavailable_models: dict[str, str]
+    suspect: bool
+    progress: float | None
+    eta_s: float | None
 
 
 _CHANGEABLE = frozenset(BackendChanges.__annotations__)
 
 
-QUIET_FIELDS = frozenset({"last_check", "latency_ms"})
-"""Fields every probe refreshes: they change the document (and the file) but are not events."""
+QUIET_FIELDS = frozenset({"last_check", "latency_ms", "progress", "eta_s"})
+"""Fields that change often without changing what a router does (every probe's timings, a load's
+progress): they change the document (and the file) but are not events."""
 
 DEFAULT_QUEUE_SIZE = 256
 
@@ -167,6 +171,8 @@ class StatusPublisher:
         self._backends: dict[str, BackendStatus] = {}
         self._gpus: list[GpuStatus] = []
         self._seq = 0
+        self._adoption_done = False
+        self._first_probe_round_done = False
         self._subscribers: set[Subscription] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -264,6 +270,24 @@ class StatusPublisher:
             self._gpus = new
             self._commit([])
 
+    def mark_adoption_done(self) -> None:
+        """The daemon has adopted (or given up on) every child a previous daemon left: the
+        document says ``adoption_done: true`` from now on (idempotent; no SSE event)."""
+        with self._lock:
+            if self._adoption_done:
+                return
+            self._adoption_done = True
+            self._commit([])
+
+    def mark_first_probe_round_done(self) -> None:
+        """Every probed backend has a first probe verdict: the document says
+        ``first_probe_round_done: true`` from now on (idempotent; no SSE event)."""
+        with self._lock:
+            if self._first_probe_round_done:
+                return
+            self._first_probe_round_done = True
+            self._commit([])
+
     # -- subscribing ------------------------------------------------------------------------
     def subscribe(self) -> Subscription:
         """A new subscriber; must be called on the event loop that will read it."""
@@ -320,6 +344,9 @@ class StatusPublisher:
             daemon=self._daemon,
             gpus=self._gpus,
             backends=list(self._backends.values()),
+            seq=self._seq,
+            adoption_done=self._adoption_done,
+            first_probe_round_done=self._first_probe_round_done,
         )
         return doc, doc.to_json_bytes()
 
