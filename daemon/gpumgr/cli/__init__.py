@@ -64,6 +64,7 @@ _COMMANDS = {
     "reload": "gpumgr.cli.control",
     "logs": "gpumgr.cli.control",
     "demo": "gpumgr.cli.demo",
+    "doctor": "gpumgr.cli.doctor",
     "litellm-config": "gpumgr.cli.litellm_config",
 }
 for _name, _module in _COMMANDS.items():
