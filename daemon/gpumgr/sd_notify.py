@@ -55,9 +55,12 @@ class Notifier:
         return self.send("STOPPING=1")
 
 
-CHILD_ENV_DROP_PREFIXES = ("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_FD", "LISTEN_PID")
+CHILD_ENV_DROP_PREFIXES = (
+    "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_FD", "LISTEN_PID", "CREDENTIALS_DIRECTORY",
+)
 """systemd's notify socket, watchdog and socket activation belong to gpumgr; a child that inherits
-them could send READY/WATCHDOG on the daemon's behalf (and hide a hung daemon)."""
+them could send READY/WATCHDOG on the daemon's behalf (and hide a hung daemon). The credentials
+directory holds gpumgr's secrets (``gpumgr.secrets``): a vLLM child gets only its own key."""
 
 
 async def watchdog_loop(notifier: Notifier) -> None:

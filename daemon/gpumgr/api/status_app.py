@@ -21,6 +21,7 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
+from gpumgr.api.hosts import AllowedHosts
 from gpumgr.status.document import HEARTBEAT_S, BackendStatus, StatusDocument, utc_now
 from gpumgr.status.publisher import BackendEvent, StatusPublisher
 
@@ -52,13 +53,19 @@ HEARTBEAT_FRAME = b": heartbeat\n\n"
 
 
 def create_status_app(
-    publisher: StatusPublisher, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    publisher: StatusPublisher, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    listen_host: str | None = None,
 ) -> FastAPI:
+    # No Swagger/ReDoc pages: they load their JavaScript from a CDN (broken offline); the
+    # contract is /openapi.json. ``listen_host``: gpumgr.yaml's listen host (DNS rebinding guard).
     app = FastAPI(
         title="gpumgr status",
         version="1",
         summary="Live status of the GPU host's model backends (read-only).",
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(AllowedHosts, listen_host=listen_host)
     app.state.publisher = publisher
 
     @app.get(

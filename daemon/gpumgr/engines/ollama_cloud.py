@@ -84,7 +84,7 @@ async def probe_ollama_cloud(
 
     async def run(sw: Stopwatch) -> ProbeResult:
         r = await get(client, url, timeout_s, headers={"Authorization": f"Bearer {api_key}"})
-        body = redact(short(r.text, 160), secrets)
+        body = short(redact(r.text, secrets), 160)  # redact before the cut
         if r.status_code in (401, 403):
             return ProbeResult(
                 ProbeOutcome.AUTH_FAILED, sw.ms(), f"HTTP {r.status_code}: {body or 'unauthorized'}"

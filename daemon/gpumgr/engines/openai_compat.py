@@ -44,7 +44,7 @@ async def probe_openai_compat(
         if r.status_code == 429:
             return ProbeResult(ProbeOutcome.RATE_LIMITED, sw.ms(), "HTTP 429")
         if not 200 <= r.status_code < 300:
-            body = redact(short(r.text, 160), secrets)
+            body = short(redact(r.text, secrets), 160)  # redact before the cut
             return ProbeResult(ProbeOutcome.UNHEALTHY, sw.ms(), f"HTTP {r.status_code}: {body}")
         served: tuple[str, ...] = ()
         if r.headers.get("content-type", "").startswith("application/json"):

@@ -40,7 +40,7 @@ def failure_from_exception(
     if isinstance(exc, (httpx2.TimeoutException, asyncio.TimeoutError, TimeoutError)):
         return ProbeResult(ProbeOutcome.TIMEOUT, sw.ms(), f"{what}: no answer (timeout)")
     name = type(exc).__name__
-    text = redact(short(str(exc) or name), secrets)
+    text = short(redact(str(exc) or name, secrets))  # redact first: a cut key no longer matches
     return ProbeResult(ProbeOutcome.UNREACHABLE, sw.ms(), f"{what}: {name}: {text}")
 
 

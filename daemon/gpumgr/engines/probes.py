@@ -17,6 +17,7 @@ from gpumgr.engines.ollama_cloud import DEFAULT_BACKOFF_CAP_S, probe_ollama_clou
 from gpumgr.engines.openai_compat import probe_openai_compat
 from gpumgr.engines.probe_result import ProbeOutcome, ProbeResult
 from gpumgr.engines.vllm_probe import probe_vllm
+from gpumgr.secrets import read_secret
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 
@@ -55,7 +56,7 @@ class ProbeOptions:
 
 
 def api_key_of(provider: Provider, env: Mapping[str, str]) -> str | None:
-    return env.get(provider.env_var) if provider.env_var else None
+    return read_secret(provider.env_var, env)
 
 
 async def probe_provider(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gpumgr.config.registry import Provider
 from gpumgr.config.settings import VllmSettings
+from gpumgr.secrets import read_secret
 from gpumgr.engines.vllm_flags import (
     QUANTIZATION_METHODS,
     ServeArgsError,
@@ -251,6 +252,7 @@ def build_vllm_launch(
     argv += extra
 
     env = child_environment(os.environ if base_env is None else base_env)
+    env.update(provider.env)  # the provider's own tuning (names checked: never gpumgr's, no secret)
     env.pop("VLLM_API_KEY", None)  # only the provider's own key, if any, below
     env["CUDA_VISIBLE_DEVICES"] = gpu.uuid
     env["HF_HUB_OFFLINE"] = "1"
@@ -258,7 +260,7 @@ def build_vllm_launch(
     if provider.enable_sleep_mode:
         env["VLLM_SERVER_DEV_MODE"] = "1"
     if provider.requires_api_key and provider.env_var:
-        key = env.get(provider.env_var)
+        key = read_secret(provider.env_var, os.environ if base_env is None else base_env)
         if not key:
             raise InputError(
                 f"providers.{provider.name}.env_var: ${provider.env_var} is not set "

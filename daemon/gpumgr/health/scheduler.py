@@ -31,6 +31,7 @@ from gpumgr.engines.probe_result import ProbeOutcome, ProbeResult
 from gpumgr.engines.probes import ProbeOptions, is_cloud, is_probed, probe_provider
 from gpumgr.health import machine
 from gpumgr.health.machine import BackendHealth, Transition, Verdict
+from gpumgr.logs import redact_text
 
 log = structlog.get_logger(__name__)
 
@@ -317,7 +318,7 @@ class HealthScheduler:
         try:
             out = callback(*args)
         except Exception as exc:
-            log.error("health.callback_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            log.error("health.callback_failed", error=type(exc).__name__, detail=redact_text(str(exc))[:200])
             return
         if inspect.isawaitable(out):
             fut = asyncio.ensure_future(out)

@@ -1,6 +1,6 @@
 """The hub's environment, read once here: token, endpoint, offline switch.
 
-Token precedence: ``$HF_TOKEN`` > the file named by ``$HF_TOKEN_PATH`` > ``hub.token_file`` in
+Token precedence: ``$HF_TOKEN`` > the systemd credential ``HF_TOKEN`` (``gpumgr.secrets``) > the file named by ``$HF_TOKEN_PATH`` > ``hub.token_file`` in
 gpumgr.yaml. huggingface_hub's own implicit lookup (``~/.cache/huggingface/token``) is never
 used: gpumgr runs as a service and must only send what its operator configured. The token value
 lives in ``HubToken.value`` only; ``repr``, logs and error messages show its source, never it.
@@ -15,6 +15,7 @@ from pathlib import Path
 from gpumgr.config.settings import HubSettings
 from gpumgr.logs import register_secret
 from gpumgr.errors import WeightsInputError
+from gpumgr.secrets import read_secret_with_source
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 TOKEN_ENV = "HF_TOKEN"
@@ -51,8 +52,9 @@ def _read_token_file(path: Path, source: str) -> HubToken:
 
 def resolve_token(hub: HubSettings, env: Mapping[str, str]) -> HubToken | None:
     """The token to send, or None for anonymous access."""
-    if env.get(TOKEN_ENV, "").strip():
-        return HubToken(env[TOKEN_ENV].strip(), TOKEN_ENV)
+    secret = read_secret_with_source(TOKEN_ENV, env)  # $HF_TOKEN, else the systemd credential
+    if secret is not None:
+        return HubToken(secret.value, TOKEN_ENV if secret.source.startswith("$") else secret.source)
     if env.get(TOKEN_PATH_ENV, "").strip():
         return _read_token_file(Path(env[TOKEN_PATH_ENV].strip()), TOKEN_PATH_ENV)
     if hub.token_file:

@@ -142,6 +142,11 @@ def connection_handler(
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:
+            # Shutdown cancels a connection still streaming: end it quietly. A cancelled
+            # connection task makes asyncio's stream callback log a traceback, and a normal
+            # stop (SIGTERM) must leave none in the engine's log.
+            return
         finally:
             open_writers.discard(writer)
             writer.close()
