@@ -26,6 +26,7 @@ from gpumgr.sim.gpu import SimGpuSpec, SimGpuState, SimSnapshot
 from gpumgr.sim.vllm_engine import memory as mem
 from gpumgr.sim.vllm_engine.api import EngineApi, EngineInfo
 from gpumgr.sim.vllm_engine.args import USAGE, ServeArgs, parse_args
+from gpumgr.sim.vllm_engine.cuda import CudaUnavailable, cuda_state_from_env
 from gpumgr.sim.vllm_engine.http import connection_handler
 from gpumgr.sim.vllm_engine.knobs import KnobError, SimKnobs
 
@@ -342,6 +343,9 @@ def _usage_error(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     tokens = sys.argv[1:] if argv is None else argv
+    if tokens[:1] == ["--version"]:  # `vllm --version` (gpumgr doctor asks it)
+        print(VLLM_VERSION)
+        return 0
     try:
         knobs = SimKnobs.from_env(os.environ)
     except KnobError as exc:
@@ -355,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.help_requested:
         print(USAGE)
         return 0
-    state = SimGpuState.from_env()
+    try:  # GPUMGR_SIM_CUDA=1: real memory on a real card (gpumgr.sim.vllm_engine.cuda)
+        state = cuda_state_from_env(os.environ, knobs.context_mib) or SimGpuState.from_env()
+    except CudaUnavailable as exc:
+        print(f"RuntimeError: {exc}", file=sys.stderr, flush=True)
+        return 1
     if state is None:
         log("ERROR", "api_server.py", "GPUMGR_SIM_GPU_STATE is not set: no simulated GPU")
         print("RuntimeError: No CUDA GPUs are available", file=sys.stderr, flush=True)
