@@ -16,15 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import grp
 import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
+from pathlib import Path
 
 import structlog
+from fastapi import FastAPI
 
 from gpumgr.actions.manager import BackendManager, ReconcileReport
+from gpumgr.actions.operator import Operator
 from gpumgr.aio import spawn_task
+from gpumgr.api.control_app import add_control_routes
+from gpumgr.api.server import ApiServer
+from gpumgr.errors import GpumgrError
+from gpumgr.logs import register_secret
+from gpumgr.secrets import read_secret
 from gpumgr.config import Config, ConfigError, load_config
 from gpumgr.gpu import GpuBackend
 from gpumgr.gpu.poller import GpuPoller
@@ -38,10 +49,43 @@ from gpumgr.supervisor.system import REAL, System
 log = structlog.get_logger(__name__)
 
 SIM_LOAD_ENV = "GPUMGR_SIM_LOAD_SECONDS"
+CONTROL_TOKEN_NAME = "GPUMGR_CONTROL_TOKEN"
 
 
 def _log_event(event: SupervisorEvent) -> None:
     log.info("supervisor.event", kind=type(event).__name__, **vars(event))
+
+
+def control_token(config: Config, env: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token that opens control calls on the TCP listener: ``control.token_file``,
+    else the secret ``GPUMGR_CONTROL_TOKEN`` (environment or systemd credential); None: the TCP
+    listener stays read-only."""
+    env = os.environ if env is None else env
+    path = config.settings.control.token_file
+    if path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip().splitlines()[0].strip()
+        except (OSError, IndexError, UnicodeDecodeError) as exc:
+            raise GpumgrError(f"control.token_file {path}: cannot read a token ({exc})") from None
+    else:
+        token = read_secret(CONTROL_TOKEN_NAME, env) or ""
+    if not token:
+        return None
+    if len(token) < 16:
+        raise GpumgrError("the control token is shorter than 16 characters; use a longer one")
+    register_secret(token)
+    return token
+
+
+def _give_socket_group(path: Path, group: str | None) -> None:
+    """Hand the socket to ``control.socket_group`` (its members may then control gpumgr)."""
+    if not group:
+        return
+    try:
+        gid = grp.getgrnam(group).gr_gid
+        os.chown(path, -1, gid)
+    except (KeyError, PermissionError) as exc:
+        raise GpumgrError(f"control.socket_group {group!r}: cannot give it the socket ({exc})") from None
 
 
 def _log_warnings(config: Config) -> None:
@@ -84,6 +128,8 @@ class Daemon:
         self.status: StatusWiring | None = None
         self.poller: GpuPoller | None = None
         self.manager: BackendManager | None = None
+        self.operator: Operator | None = None
+        self.control: ApiServer | None = None
         self._reloading: asyncio.Task[None] | None = None
 
     def emit(self, event: SupervisorEvent) -> None:
@@ -108,7 +154,20 @@ class Daemon:
         )
         self.poller = poller = GpuPoller(inventory, manager.managed_pids, status.gpus_read)
         status.on_state_change.append(lambda _t: poller.refresh_soon())
-        await status.start_api()
+        self.operator = operator = Operator(manager)
+        token = control_token(self.config)
+
+        def control(app: FastAPI, token: str | None = None) -> None:
+            add_control_routes(app, operator, self.reload, token=token)
+
+        await status.start_api(
+            functools.partial(control, token=token) if token is not None else None
+        )
+        socket_app = status.app()
+        control(socket_app)
+        self.control = ApiServer.unix(socket_app, paths.control_socket, mode=0o660)
+        _give_socket_group(paths.control_socket, self.config.settings.control.socket_group)
+        await self.control.start()
         first_read = await poller.poll_once()
         status.start_probes()
         poller.start()
@@ -125,6 +184,9 @@ class Daemon:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.control is not None:
+            await self.control.stop()
+            self.config.paths.control_socket.unlink(missing_ok=True)
         if self.manager is not None:
             await self.manager.shutdown()
         if self.poller is not None:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import httpx2
 import structlog
+from fastapi import FastAPI
 
 from gpumgr.api.server import ApiServer, parse_listen
 from gpumgr.api.status_app import create_status_app
@@ -85,10 +86,19 @@ class StatusWiring:
         """Called on every state transition (the daemon refreshes the GPU figures)."""
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start_api(self) -> None:
-        """Bind the read-only status listener (``listen``)."""
+    def app(self) -> FastAPI:
+        """A status app over this publisher (the TCP listener's, or the socket's to extend)."""
+        host, _ = parse_listen(self.config.listen)
+        return create_status_app(self.publisher, listen_host=host)
+
+    async def start_api(self, extend: Callable[[FastAPI], None] | None = None) -> None:
+        """Bind the status listener (``listen``): read-only, unless ``extend`` adds control
+        routes to it (only when a control token is configured)."""
         host, port = parse_listen(self.config.listen)
-        self._api = ApiServer.tcp(create_status_app(self.publisher), host, port)
+        app = self.app()
+        if extend is not None:
+            extend(app)
+        self._api = ApiServer.tcp(app, host, port)
         await self._api.start()
 
     def start_probes(self) -> None:

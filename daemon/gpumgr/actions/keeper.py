@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import httpx2
 import structlog
@@ -54,6 +55,27 @@ EnsureWeights = Callable[[], Awaitable[None]]
 """Makes the backend's weights local (downloading if needed); raises ``GpumgrError``."""
 
 
+@dataclass
+class FirstAttempt:
+    """A start an operator waits for (``gpumgr start``, a swap): it runs under the caller's
+    lease (held across stop → start → rollback), and its outcome is reported once: the
+    healthy engine's startup seconds, or the exception that ended the attempt. Later restarts
+    are the restart policy's, under their own leases."""
+
+    lease: GpuLease
+    outcome: asyncio.Future[float] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    def settle(self, result: float | BaseException) -> None:
+        if self.outcome.done():
+            return
+        if isinstance(result, BaseException):
+            self.outcome.set_exception(result)
+        else:
+            self.outcome.set_result(result)
+
+
 class BackendKeeper:
     def __init__(
         self,
@@ -82,20 +104,28 @@ class BackendKeeper:
         self._clock = clock
         self.last_error = ""
         """The last error line of the engine's log at its last unexpected exit."""
+        self.last_startup_s: float | None = None
+        """Seconds from spawn to ``/health`` 200 at the last start."""
         self.child: process.ChildProcess | None = None
         self.spec: LaunchSpec | None = None
         self._task: asyncio.Task[None] | None = None
         self._adopted_fraction: float | None = None
+        self._first: FirstAttempt | None = None
 
     # -- public ----------------------------------------------------------------------------
     def launch(
-        self, adopted: process.ChildProcess | None = None, adopted_fraction: float | None = None
+        self,
+        adopted: process.ChildProcess | None = None,
+        adopted_fraction: float | None = None,
+        first: FirstAttempt | None = None,
     ) -> asyncio.Task[None]:
-        """Start the keep-alive loop (optionally around an adopted child and its slice) as a task."""
+        """Start the keep-alive loop (optionally around an adopted child and its slice, or with
+        a first attempt an operator waits for) as a task."""
         if self.running:
             raise RuntimeError(f"{self.backend}: keeper already running")
         if adopted is not None:  # known at once, so a stop right after this reaches it
             self.child, self._adopted_fraction = adopted, adopted_fraction
+        self._first = first
         self._task = asyncio.get_running_loop().create_task(
             self._run(adopted, adopted_fraction), name=f"keeper:{self.backend}"
         )
@@ -114,6 +144,8 @@ class BackendKeeper:
 
     def _on_loop_end(self, task: asyncio.Task[None]) -> None:
         """The loop never ends on an exception by design; if a bug makes it, say so loudly."""
+        if self._first is not None:
+            self._first.settle(asyncio.CancelledError("the start was abandoned"))
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
@@ -135,9 +167,11 @@ class BackendKeeper:
         outcome = None
         child = self.child
         if child is not None and await child.group_alive_async():
+            if drain is not None and not child.exited:
+                await drain()  # ``draining`` first: the router skips it while requests finish
             self._ctx.sink(ChildStopping(self.backend, child.pid))
             outcome = await stop_engine(
-                lease, self.gpu_uuid, child, self._ctx.stop, self._ctx.memory_released, drain
+                lease, self.gpu_uuid, child, self._ctx.stop, self._ctx.memory_released
             )
             self._ctx.sink(
                 ChildStopped(self.backend, child.pid, outcome.killed, outcome.memory_released)
@@ -279,19 +313,44 @@ class BackendKeeper:
             await self._sleep(self._port_recheck_s)
 
     async def _start_once(self, hint: PrepareHint) -> process.ChildProcess | StartFailed | None:
-        """One start attempt. None: do not go on (failed with the plan's reason)."""
+        """One start attempt. None: do not go on (failed with the plan's reason). The first
+        attempt an operator waits for runs under the operator's lease and reports its outcome."""
+        first, self._first = self._first, None
+        try:
+            started = await self._attempt(hint, first.lease if first is not None else None)
+        except BaseException as exc:
+            if first is not None:
+                first.settle(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            raise
+        if first is not None:
+            if isinstance(started, process.ChildProcess):
+                first.settle(self.last_startup_s or 0.0)
+            else:
+                first.settle(started or PlanInfeasible(self.last_error or "the start failed"))
+        return started
+
+    async def _attempt(
+        self, hint: PrepareHint, lease: GpuLease | None
+    ) -> process.ChildProcess | StartFailed | None:
         await self._ensure_weights()
         await self._wait_for_port()
         try:
-            async with self._ctx.locks.lease(self.gpu_uuid, f"start {self.backend}") as lease:
-                child, spec = await start_engine(
+            if lease is not None:
+                started = await start_engine(
                     lease, self._ctx, self._checked_prepare, hint, on_spawned=self._on_spawned
                 )
+            else:
+                async with self._ctx.locks.lease(self.gpu_uuid, f"start {self.backend}") as own:
+                    started = await start_engine(
+                        own, self._ctx, self._checked_prepare, hint, on_spawned=self._on_spawned
+                    )
         except StartFailed as exc:
             return exc
         except PlanInfeasible as exc:
             oom_error = self.last_error if hint.after_oom_fraction is not None else ""
-            self._fail(f"{exc}; last error: {oom_error}" if oom_error else str(exc))
+            detail = f"{exc}; last error: {oom_error}" if oom_error else str(exc)
+            self._fail(detail)
+            self.last_error = detail
             return None
         except Exception as exc:  # noqa: BLE001 - NVML gone, unreadable snapshot, ...
             # ...is a failed start like any other: the restart policy decides, and its limit
@@ -300,13 +359,17 @@ class BackendKeeper:
             log.error("keeper.start_error", backend=self.backend, error=reason)
             spawned = self.child
             if spawned is not None and await spawned.group_alive_async():
-                async with self._ctx.locks.lease(self.gpu_uuid, f"clean up {self.backend}") as lease:
+                async with contextlib.AsyncExitStack() as stack:
+                    held = lease if lease is not None else await stack.enter_async_context(
+                        self._ctx.locks.lease(self.gpu_uuid, f"clean up {self.backend}")
+                    )
                     await stop_engine(
-                        lease, self.gpu_uuid, spawned, self._ctx.stop, self._ctx.memory_released
+                        held, self.gpu_uuid, spawned, self._ctx.stop, self._ctx.memory_released
                     )
             return StartFailed(self.backend, reason, oom=None, last_error=reason, returncode=None)
-        self.spec = spec
-        return child
+        self.spec = started.spec
+        self.last_startup_s = started.startup_s
+        return started.child
 
     async def _checked_prepare(self, hint: PrepareHint) -> LaunchSpec:
         """The manager's ``prepare``, refusing a slice that would repeat an out-of-memory

@@ -25,11 +25,14 @@ from gpumgr.backend_state import BackendState
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider
 from gpumgr.engines.vllm_log import find_oom, vllm_last_error
+from gpumgr.errors import GpuUnavailable
 from gpumgr.gpu import GpuBackend, GpuInventory
 from gpumgr.health.machine import BackendHealth
 from gpumgr.sim import SIM_ENGINE_COMMAND
 from gpumgr.supervisor import process
+from gpumgr.plan import VramPlan
 from gpumgr.supervisor.events import BackendFailed, Downloading, EventSink
+from gpumgr.supervisor.logs import log_path, tail_lines
 from gpumgr.supervisor.records import ChildRecord, ChildRecords
 from gpumgr.supervisor.restart import RestartPolicy
 from gpumgr.supervisor.system import REAL, System
@@ -37,12 +40,12 @@ from gpumgr.weights import DownloadProgress, Snapshot
 
 from .adopt import Adoption, adopt_recorded
 from .desired import DesiredState, DesiredStore, Identity, desired_for, launch_identity, managed_providers
-from .keeper import BackendKeeper
-from .lease import GpuLocks
+from .keeper import BackendKeeper, FirstAttempt
+from .lease import GpuLease, GpuLocks
 from .ollama_room import OllamaRoom
 from .prepare import LaunchPlanner, PlanView, engine_health_url
 from .start import LaunchSpec, Prepare, PrepareHint, StartContext, StartTiming
-from .stop import StopTiming, stop_engine
+from .stop import Drain, StopTiming, stop_engine
 
 log = structlog.get_logger(__name__)
 
@@ -225,6 +228,8 @@ class BackendManager:
         adopted: process.ChildProcess | None = None,
         fraction: float | None = None,
         gpu_uuid: str | None = None,
+        first: FirstAttempt | None = None,
+        planner: LaunchPlanner | None = None,
     ) -> None:
         provider = self._provider(name)
         identity = self.desired.running.get(name) or launch_identity(
@@ -234,26 +239,33 @@ class BackendManager:
         uuid = gpu_uuid or self._gpus.get(provider.gpu)
         if adopted is None and self._gpu_error is not None:
             self._sink(BackendFailed(name, self._gpu_error))
+            if first is not None:
+                first.settle(GpuUnavailable(self._gpu_error))
             return
         if uuid is None:
-            self._sink(BackendFailed(name, f"GPU {provider.gpu} not found ({len(self._gpus)} card(s))"))
+            why = f"GPU {provider.gpu} not found ({len(self._gpus)} card(s))"
+            self._sink(BackendFailed(name, why))
+            if first is not None:
+                first.settle(GpuUnavailable(why))
             return
         assert provider.port is not None  # the config loader requires a port for vLLM
         keeper = BackendKeeper(
             name,
             uuid,
             provider.port,
-            self._preparer(provider, identity),
+            self._preparer(provider, identity, planner),
             self.ctx,
             self.policy,
             weights=functools.partial(self._ensure_weights, provider),
             health_url=engine_health_url(provider),
         )
         self.keepers[name] = keeper
-        keeper.launch(adopted, fraction)
+        keeper.launch(adopted, fraction, first)
 
-    def _preparer(self, provider: Provider, identity: Identity) -> Prepare:
-        plan = self.planner.preparer(provider, self.plan_view)
+    def _preparer(
+        self, provider: Provider, identity: Identity, planner: LaunchPlanner | None = None
+    ) -> Prepare:
+        plan = (planner or self.planner).preparer(provider, self.plan_view)
 
         async def prepare(hint: PrepareHint) -> LaunchSpec:
             spec = await plan(hint)
@@ -371,6 +383,76 @@ class BackendManager:
             await asyncio.to_thread(self.store.save, self.desired)
         except OSError as exc:  # what should run is still known here; the next boot asks the file
             log.error("desired.write_failed", path=str(self.store.path), error=str(exc))
+
+    # -- primitives for operators (``actions.operator``) ------------------------------------
+    def provider(self, name: str) -> Provider:
+        return self._provider(name)
+
+    def gpu_uuid_of(self, name: str) -> str:
+        """The card ``name`` runs (or would run) on."""
+        keeper = self.keepers.get(name)
+        if keeper is not None:
+            return keeper.gpu_uuid
+        provider = self._provider(name)
+        if self._gpu_error is not None:
+            raise GpuUnavailable(self._gpu_error)
+        uuid = self._gpus.get(provider.gpu)
+        if uuid is None:
+            raise GpuUnavailable(f"GPU {provider.gpu} not found ({len(self._gpus)} card(s))")
+        return uuid
+
+    async def want(self, name: str, running: bool) -> None:
+        """Record in desired state whether ``name`` should run (before acting on it)."""
+        if running:
+            identity = launch_identity(self._provider(name), self.config.settings.vllm.command)
+            self.desired = self.desired.with_running(name, identity)
+        else:
+            self.desired = self.desired.without(name)
+        await self._save_desired()
+
+    async def ensure_weights(self, name: str) -> None:
+        await self._ensure_weights(self._provider(name))
+
+    async def fit(self, name: str, gone: frozenset[str] = frozenset()) -> VramPlan:
+        """The plan ``name`` would start with now, the backends in ``gone`` stopped first."""
+        return await asyncio.to_thread(
+            self.planner.fit, self._provider(name), self.plan_view(), gone
+        )
+
+    async def start_under(
+        self, name: str, lease: GpuLease, timeout_s: float | None = None,
+        planner: LaunchPlanner | None = None,
+    ) -> float:
+        """Launch ``name`` with its first attempt under ``lease`` and wait for it to serve; the
+        startup seconds. On failure (crash, out of memory, plan, timeout) the attempt's engine
+        is stopped, the keeper removed, and the error raised."""
+        if name in self.keepers:
+            raise RuntimeError(f"{name} already has a keeper")
+        first = FirstAttempt(lease)
+        self._launch(name, first=first, planner=planner)
+        try:
+            return await asyncio.wait_for(asyncio.shield(first.outcome), timeout_s)
+        except BaseException as exc:
+            if isinstance(exc, TimeoutError):
+                log.warning("start.timeout", backend=name, timeout_s=timeout_s)
+            await self.stop_under(name, lease)
+            raise
+
+    async def stop_under(
+        self, name: str, lease: GpuLease, drain: Drain | None = None
+    ) -> process.StopOutcome | None:
+        """Stop ``name``'s engine (draining first when given) under the caller's lease."""
+        keeper = self.keepers.get(name)
+        if keeper is None:
+            return None
+        try:
+            return await keeper.stop(lease, drain)
+        finally:
+            del self.keepers[name]
+            self._identity.pop(name, None)
+
+    def log_tail(self, name: str, n: int = 20) -> list[str]:
+        return tail_lines(log_path(self.config.paths.log_dir, name), n)
 
     # -- hung engines --------------------------------------------------------------------------
     def _start_background(self) -> None:

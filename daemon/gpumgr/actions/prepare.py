@@ -217,6 +217,17 @@ class LaunchPlanner:
             + (f" ({why})" if why else "")
         )
 
+    def fit(self, provider: Provider, view: PlanView, gone: frozenset[str] = frozenset()) -> VramPlan:
+        """Would ``provider`` fit now, with the backends in ``gone`` stopped and their memory
+        back? The engines that stay keep their running slices. Changes nothing (no Ollama model
+        is unloaded: the plan names what to unload instead)."""
+        gpu = _without(self.read_gpu(provider.gpu, view), gone)
+        together = [p for p in view.providers if p.gpu == provider.gpu and p.name not in gone]
+        if provider.name not in {p.name for p in together}:
+            together.append(provider)
+        loaded = self.ollama.loaded() if self.ollama else None
+        return self._plan(gpu, together, provider.name, view, loaded)
+
     def launch_spec(self, provider: Provider, hint: PrepareHint, view: PlanView) -> LaunchSpec:
         gpu, plan = self.plan_for(provider, hint, view)
         inst = plan.instance(provider.name)
@@ -253,3 +264,16 @@ class LaunchPlanner:
             return await asyncio.to_thread(self.launch_spec, provider, hint, view())
 
         return prepare
+
+
+def _without(gpu: GpuInfo, owners: frozenset[str]) -> GpuInfo:
+    """``gpu`` as it will be once the processes of ``owners`` are gone and their memory back."""
+    if not owners:
+        return gpu
+    leaving = sum(p.used_bytes or 0 for p in gpu.processes if p.owner in owners)
+    return replace(
+        gpu,
+        processes=tuple(p for p in gpu.processes if p.owner not in owners),
+        memory_free_bytes=gpu.memory_free_bytes + leaving,
+        memory_used_bytes=max(0, gpu.memory_used_bytes - leaving),
+    )

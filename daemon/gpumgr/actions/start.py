@@ -173,6 +173,15 @@ async def wait_ready(
             pass
 
 
+@dataclass(frozen=True)
+class Started:
+    """A healthy engine: its process, what it was launched with, and how long it took."""
+
+    child: process.ChildProcess
+    spec: LaunchSpec
+    startup_s: float
+
+
 class ChildGone(Exception):
     """The engine exited before it became healthy."""
 
@@ -199,7 +208,7 @@ async def start_engine(
     hint: PrepareHint,
     *,
     on_spawned: Callable[[process.ChildProcess, LaunchSpec], None] | None = None,
-) -> tuple[process.ChildProcess, LaunchSpec]:
+) -> Started:
     """Prepare, spawn and wait for one engine under the caller's GPU lease; the healthy child.
 
     The lease is held from the inventory re-read until ``/health`` answers, so no other engine
@@ -237,7 +246,7 @@ async def start_engine(
     await _record_or_stop(lease, ctx, child, spec, cmdline or list(spec.argv), announced=True)
     ctx.sink(ChildReady(spec.backend, child.pid, startup_s))
     log.info("start.ready", backend=spec.backend, pid=child.pid, startup_s=round(startup_s, 2))
-    return child, spec
+    return Started(child, spec, startup_s)
 
 
 async def _record_or_stop(

@@ -1,4 +1,4 @@
-"""The one stop procedure: drain, SIGTERM to the group, SIGKILL after a timeout, then wait until
+"""The one stop procedure: SIGTERM to the group, SIGKILL after a timeout, then wait until
 the GPU shows the memory back.
 
 Every stop goes through here (an operator's stop, a hung engine, the orphans of a crashed one,
@@ -33,12 +33,11 @@ async def stop_engine(
     child: process.ChildProcess,
     timing: StopTiming,
     memory_released: process.MemoryReleased | None,
-    drain: Drain | None = None,
 ) -> process.StopOutcome:
-    """Stop ``child``'s whole process group on ``gpu_uuid`` (whose lease the caller holds)."""
+    """Stop ``child``'s whole process group on ``gpu_uuid`` (whose lease the caller holds). A
+    ``Drain`` (an operator's stop) runs before this, by the backend's keeper, which announces
+    the stop in between."""
     lease.require(gpu_uuid)
-    if drain is not None and not child.exited:
-        await drain()
     return await process.stop(
         child,
         term_timeout_s=timing.term_timeout_s,

@@ -20,6 +20,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from gpumgr.config.hosts import bind_address
 
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MANAGED_ENV = frozenset({
+    "CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE", "VLLM_NO_USAGE_STATS", "VLLM_SERVER_DEV_MODE",
+    "VLLM_API_KEY", "NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
+})
+"""Variables gpumgr sets (or withholds) itself for every engine: not for ``env:``."""
+SECRET_NAME = re.compile(
+    r"(^|_)(SECRET|PASSWORD|PASSWD)(_|$)|(^|_)(KEY|APIKEY|TOKEN|CREDENTIALS?)$", re.IGNORECASE
+)
+"""Names that hold secrets: ``…_KEY``, ``…_TOKEN``, ``…_CREDENTIALS``, or any ``SECRET`` or
+``PASSWORD`` word (``GPUMGR_SIM_TOKEN_DELAY_S`` is a tuning knob, ``HF_TOKEN`` a secret)."""
 HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -115,12 +125,39 @@ class Provider(BaseModel):
     location: str | None = None
     gpu: int = Field(default=0, ge=0)
     enable_sleep_mode: bool = False
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment of the engine (vLLM is often tuned that way, e.g.
+    ``VLLM_ATTENTION_BACKEND``). Part of the launch identity; never a secret."""
 
     @field_validator("models", mode="before")
     @classmethod
     def _string_models(cls, v: Any) -> Any:
         if isinstance(v, list):
             return [{"name": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_scalars(cls, v: Any) -> Any:
+        """YAML gives ``3`` or ``true`` for unquoted values; the environment holds strings."""
+        if isinstance(v, dict):
+            return {k: (str(x).lower() if isinstance(x, bool) else str(x))
+                    if isinstance(x, (int, float, bool)) else x for k, x in v.items()}
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not ENV_VAR_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if name in MANAGED_ENV:
+                raise ValueError(f"{name} is set by gpumgr for every engine; remove it here")
+            if SECRET_NAME.search(name):
+                raise ValueError(
+                    f"{name} looks like a secret: secrets never live in providers.yaml (name "
+                    "the variable in env_var, or use a systemd credential)"
+                )
         return v
 
     @field_validator("env_var")

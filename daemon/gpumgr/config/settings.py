@@ -59,6 +59,8 @@ class VllmSettings(_Section):
     memory_release_timeout_s: float = Field(default=30.0, gt=0)
     log_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     log_backups: int = Field(default=3, ge=0)
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    """How long a stop or swap waits for in-flight requests to finish before SIGTERM."""
 
 
 class RestartSettings(_Section):
@@ -102,6 +104,17 @@ class SimulateSettings(_Section):
     """A running simulated hub; default starts one."""
 
 
+class ControlSettings(_Section):
+    """Who may start and stop models. The unix socket (``<runtime_dir>/gpumgr.sock``, mode 0660)
+    is the control channel; the TCP listener stays read-only unless a token is configured."""
+
+    socket_group: str | None = None
+    """Group that owns the socket (its members may control gpumgr); default: the daemon's."""
+    token_file: str | None = None
+    """A file holding the bearer token that also allows control calls on the TCP listener
+    (else the secret ``GPUMGR_CONTROL_TOKEN``: the environment or a systemd credential)."""
+
+
 class Settings(_Section):
     listen: str = DEFAULT_LISTEN
     runtime_dir: str | None = None
@@ -116,6 +129,7 @@ class Settings(_Section):
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     hub: HubSettings = Field(default_factory=HubSettings)
     simulate: SimulateSettings = Field(default_factory=SimulateSettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
 
     @field_validator("listen")
     @classmethod

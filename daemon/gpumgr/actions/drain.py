@@ -1,0 +1,40 @@
+"""Draining: before an engine is stopped, the router is told (``draining``) and the requests it
+is serving are allowed to finish, bounded by ``vllm.drain_timeout_s``.
+
+vLLM exposes its in-flight count as ``vllm:num_requests_running`` (plus ``…_waiting``) on
+``/metrics``; the drain waits until both are 0, or the timeout, or the engine stops answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx2
+import structlog
+
+from gpumgr.engines.vllm_probe import parse_metrics
+
+log = structlog.get_logger(__name__)
+
+DRAIN_POLL_S = 0.1
+
+
+async def wait_idle(metrics_url: str, timeout_s: float, poll_s: float = DRAIN_POLL_S) -> int:
+    """Poll ``metrics_url`` until no request runs or waits; the requests still in flight when
+    it returned (0: drained; -1: the engine did not say)."""
+    deadline = time.monotonic() + timeout_s
+    in_flight = -1
+    async with httpx2.AsyncClient() as client:
+        while True:
+            try:
+                response = await client.get(metrics_url, timeout=min(2.0, timeout_s))
+                load = parse_metrics(response.text) if response.status_code == 200 else None
+            except httpx2.HTTPError:
+                load = None
+            if load is None:
+                return in_flight  # not answering: nothing more to wait for
+            in_flight = load.running + load.waiting
+            if in_flight == 0 or time.monotonic() >= deadline:
+                return in_flight
+            await asyncio.sleep(poll_s)

@@ -1,0 +1,231 @@
+"""The control endpoints: start, stop, restart, swap, reload, logs.
+
+They are added to the status app served on the unix socket ``<runtime_dir>/gpumgr.sock`` (mode
+0660: the socket's permissions say who may control gpumgr) and, only when a bearer token is
+configured, to the TCP listener, where every control call must carry that token. Without a token
+the TCP listener has no control route at all.
+
+Bodies are small JSON objects validated by their models (unknown keys refused, size capped). An
+operation's progress streams back as NDJSON lines (``{"event": "progress", "message": …}``)
+ending with one ``{"event": "done", "ok": …}`` line; a request that cannot start (unknown or
+ambiguous name, busy, bad body) is answered at once with a 4xx and ``{"detail": …}``. The
+operation runs in its own task: a client that disconnects does not cancel a swap half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpumgr.actions.names import AmbiguousName, NotManaged, UnknownName
+from gpumgr.actions.operator import Busy, OperationFailed, Operator, Outcome
+from gpumgr.errors import GpumgrError
+from gpumgr.logs import redact_text
+from gpumgr.supervisor.logs import log_path, tail_lines
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY_BYTES = 4096
+NDJSON = "application/x-ndjson"
+NAME = Field(min_length=1, max_length=200)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NameBody(_Body):
+    name: str = NAME
+    timeout_s: float | None = Field(default=None, gt=0, le=86400)
+
+
+class StartBody(NameBody):
+    evict_ollama: bool = False
+
+
+class SwapBody(_Body):
+    old: str = NAME
+    new: str = NAME
+    timeout_s: float | None = Field(default=None, gt=0, le=86400)
+
+
+Reload = Callable[[], Awaitable[object]]
+
+
+def _bearer(token: str | None) -> Callable[[Request], None]:
+    """A dependency refusing a call without ``Authorization: Bearer <token>`` (when a token is
+    set: the TCP listener); compared in constant time."""
+
+    def check(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise HTTPException(401, "control calls need the bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+async def _small_body(request: Request) -> None:
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
+    if len(await request.body()) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
+
+
+def _line(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
+
+
+def _refusal(exc: GpumgrError) -> HTTPException:
+    if isinstance(exc, Busy):
+        return HTTPException(409, str(exc))
+    if isinstance(exc, UnknownName):
+        return HTTPException(404, str(exc))
+    if isinstance(exc, (AmbiguousName, NotManaged)):
+        return HTTPException(400, str(exc))
+    return HTTPException(400, redact_text(str(exc)))
+
+
+def _run_streamed(
+    operator: Operator, names: list[str],
+    work: Callable[[Callable[[str], None]], Awaitable[Outcome]],
+) -> StreamingResponse:
+    """Refuse at once what cannot start; else run ``work`` in its own task and stream its
+    progress and its outcome."""
+    try:
+        operator.check_idle()
+        for n in names:
+            operator.resolve(n)
+    except GpumgrError as exc:
+        raise _refusal(exc) from None
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def progress(message: str) -> None:
+        queue.put_nowait(_line({"event": "progress", "message": redact_text(message)}))
+
+    async def run() -> None:
+        try:
+            outcome = await work(progress)
+            queue.put_nowait(_line({"event": "done", "ok": True, "message": outcome.message,
+                                    "timings_s": outcome.timings_s}))
+        except OperationFailed as exc:
+            queue.put_nowait(_line({"event": "done", "ok": False, "error": redact_text(str(exc)),
+                                    "log_tail": [redact_text(x) for x in exc.log_tail]}))
+        except GpumgrError as exc:
+            queue.put_nowait(_line({"event": "done", "ok": False, "error": redact_text(str(exc)),
+                                    "log_tail": []}))
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, logged, never raised
+            log.error("operation.crashed", error=f"{type(exc).__name__}: {exc}")
+            queue.put_nowait(_line({"event": "done", "ok": False,
+                                    "error": f"gpumgr internal error: {type(exc).__name__}",
+                                    "log_tail": []}))
+        finally:
+            queue.put_nowait(None)
+
+    task = asyncio.get_running_loop().create_task(run(), name="operation")
+    operator_tasks.add(task)
+    task.add_done_callback(operator_tasks.discard)
+
+    async def stream() -> AsyncIterator[bytes]:
+        while (item := await queue.get()) is not None:
+            yield item
+
+    return StreamingResponse(stream(), media_type=NDJSON)
+
+
+operator_tasks: set[asyncio.Task[None]] = set()
+"""Operations in flight (kept referenced until they end, whatever their client does)."""
+
+
+def add_control_routes(
+    app: FastAPI, operator: Operator, reload: Reload, *, token: str | None = None
+) -> None:
+    """Add the control endpoints to ``app`` (the socket's app; the TCP app only with a token)."""
+    router = APIRouter(
+        prefix="/v1/control", tags=["control"],
+        dependencies=[Depends(_bearer(token)), Depends(_small_body)],
+    )
+
+    @router.post("/start", response_class=StreamingResponse)
+    async def start(body: StartBody) -> StreamingResponse:
+        return _run_streamed(operator, [body.name], lambda p: operator.start(
+            body.name, p, timeout_s=body.timeout_s, evict_ollama=body.evict_ollama))
+
+    @router.post("/stop", response_class=StreamingResponse)
+    async def stop(body: NameBody) -> StreamingResponse:
+        return _run_streamed(operator, [body.name], lambda p: operator.stop(body.name, p))
+
+    @router.post("/restart", response_class=StreamingResponse)
+    async def restart(body: NameBody) -> StreamingResponse:
+        return _run_streamed(operator, [body.name], lambda p: operator.restart(
+            body.name, p, timeout_s=body.timeout_s))
+
+    @router.post("/swap", response_class=StreamingResponse)
+    async def swap(body: SwapBody) -> StreamingResponse:
+        return _run_streamed(operator, [body.old, body.new], lambda p: operator.swap(
+            body.old, body.new, p, timeout_s=body.timeout_s))
+
+    @router.post("/reload")
+    async def reload_config() -> dict[str, Any]:
+        report = await reload()
+        if report is None:
+            raise HTTPException(400, "the configuration is invalid; nothing changed (see the log)")
+        return {"ok": True, **vars(report)}
+
+    @router.get("/logs/{name}", response_class=StreamingResponse)
+    async def logs(name: str, n: int = Query(default=50, ge=0, le=10000),
+                   follow: bool = False) -> StreamingResponse:
+        try:
+            backend = operator.resolve(name)
+        except GpumgrError as exc:
+            raise _refusal(exc) from None
+        path = log_path(operator.manager.config.paths.log_dir, backend)
+
+        async def stream() -> AsyncIterator[bytes]:
+            lines = await asyncio.to_thread(tail_lines, path, n)
+            for line in lines:
+                yield (redact_text(line) + "\n").encode()
+            if not follow:
+                return
+            offset = await asyncio.to_thread(_size, path)
+            while True:
+                await asyncio.sleep(0.25)
+                size = await asyncio.to_thread(_size, path)
+                if size < offset:  # rotated (copy-truncate)
+                    offset = 0
+                if size > offset:
+                    chunk = await asyncio.to_thread(_read_from, path, offset)
+                    offset += len(chunk)
+                    text = chunk.decode(errors="replace")
+                    yield "".join(redact_text(x) + "\n" for x in text.splitlines()).encode()
+
+        return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
+
+    app.include_router(router)
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(1024 * 1024)

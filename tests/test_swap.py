@@ -1,0 +1,327 @@
+"""``gpumgr swap`` end to end: the daemon on the simulated card, the CLI over the control socket.
+
+Break-before-make when the new model does not fit beside the old one (draining published
+before the old process gets SIGTERM), make-before-break when it does, rollback when the new
+engine fails, refusal before anything stops when it cannot fit at all, one mutation at a time,
+adoption of the swapped-in engine after a daemon crash, and requests sent all along never hang.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from daemon_harness import FAST_HEALTH_YAML, DaemonHarness, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+QWEN_7B = "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ"
+QWEN_14B = "Qwen/Qwen2.5-Coder-14B-Instruct-AWQ"
+DEEPSEEK = "TheBloke/deepseek-coder-6.7B-instruct-AWQ"
+SETTINGS = FAST_HEALTH_YAML.format(restart_after_s=60) + """
+vllm:
+  stop_timeout_s: 2
+  start_timeout_s: 60
+  memory_release_timeout_s: 5
+  drain_timeout_s: 5
+restart:
+  backoff_base_s: 0.2
+  backoff_cap_s: 1
+  max_crashes: 50
+simulate:
+  load_seconds: 0.3
+"""
+
+
+def provider(name: str, port: int, repo: str, *, status: str = "active", served: str = "",
+             max_model_len: int = 8192, env: dict[str, str] | None = None) -> str:
+    env_yaml = "".join(f"      {k}: \"{v}\"\n" for k, v in (env or {}).items())
+    return f"""
+  {name}:
+    type: vllm
+    base_url: http://127.0.0.1:{port}
+    status: {status}
+    max_model_len: {max_model_len}
+    max_num_seqs: 4
+    models:
+      - name: {served or name + "-served"}
+        hf_repo: {repo}
+""" + (f"    env:\n{env_yaml}" if env else "")
+
+
+class Box:
+    """A daemon on the simulated card and the CLI that drives it."""
+
+    def __init__(self, tmp: Path, providers: str) -> None:
+        self.events_file = tmp / "engine-events.jsonl"
+        self.daemon = DaemonHarness(tmp, "providers:" + providers, SETTINGS,
+                                    env={"GPUMGR_SIM_EVENTS_FILE": str(self.events_file)})
+
+    def cli(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gpumgr.cli", *args, "--config-dir", str(self.daemon.config_dir)],
+            env=self.daemon.env, capture_output=True, text=True, timeout=timeout_s,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gpumgr.cli", *args, "--config-dir", str(self.daemon.config_dir)],
+            env=self.daemon.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def engine_events(self) -> list[dict[str, Any]]:
+        if not self.events_file.exists():
+            return []
+        return [json.loads(x) for x in self.events_file.read_text().splitlines() if x.strip()]
+
+    def first_event(self, pid: int, name: str) -> float:
+        return next(e["t"] for e in self.engine_events() if e["pid"] == pid and e["event"] == name)
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Any:
+    port = free_port()
+    b = Box(tmp_path, provider("qwen-7b", port, QWEN_7B, served="qwen-coder")
+            + provider("qwen-14b", port, QWEN_14B, status="standby", served="qwen-coder-14b"))
+    try:
+        b.daemon.start()
+        yield b
+    finally:
+        b.daemon.cleanup()
+
+
+def test_7b_to_14b_is_break_before_make_and_draining_is_published_before_sigterm(box: Box) -> None:
+    d = box.daemon
+    old = d.wait_up("qwen-7b", 60)["pid"]
+    sse = d.sse()
+    done = box.cli("swap", "qwen-7b", "qwen-14b")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any("draining qwen-7b" in x for x in lines)
+    assert any("memory released" in x for x in lines)
+    assert "swapped qwen-7b → qwen-14b" in lines[-1]
+    new = d.wait_up("qwen-14b", 30)
+    assert new["port"] == d.backend("qwen-7b")["port"]
+    assert d.backend("qwen-7b")["state"] == "stopped"
+    draining = sse.first(lambda f: f.get("name") == "qwen-7b" and f["state"] == "draining")
+    assert draining is not None, sse.text()
+    drained_at = datetime.fromisoformat(draining[1]["since"].replace("Z", "+00:00")).timestamp()
+    assert drained_at < box.first_event(old, "exit")  # the router knew before the process stopped
+    assert box.first_event(old, "exit") < box.first_event(new["pid"], "init_start")  # break first
+    desired = json.loads((d.tmp / "state" / "desired.json").read_text())
+    assert list(desired["backends"]) == ["qwen-14b"]
+    assert d.stop() == 0
+
+
+def test_a_swap_that_cannot_fit_is_refused_before_anything_stops(tmp_path: Path) -> None:
+    port, other = free_port(), free_port()
+    b = Box(tmp_path, provider("qwen-7b", port, QWEN_7B)
+            + provider("huge", other, QWEN_14B, status="standby", max_model_len=131072))
+    try:
+        b.daemon.start()
+        pid = b.daemon.wait_up("qwen-7b", 60)["pid"]
+        done = b.cli("swap", "qwen-7b", "huge")
+        assert done.returncode == 1
+        assert "does not fit even once qwen-7b is stopped" in done.stderr
+        assert "Traceback" not in done.stderr
+        up = b.daemon.backend("qwen-7b")
+        assert up["pid"] == pid and up["available"]
+        assert [e for e in b.engine_events() if e["event"] == "exit"] == []
+    finally:
+        b.daemon.cleanup()
+
+
+def test_a_model_on_another_port_that_fits_beside_is_started_before_the_old_one_stops(
+    tmp_path: Path,
+) -> None:
+    b = Box(tmp_path, provider("qwen-7b", free_port(), QWEN_7B, max_model_len=1024)
+            + provider("deepseek", free_port(), DEEPSEEK, status="standby", max_model_len=1024))
+    try:
+        b.daemon.start()
+        old = b.daemon.wait_up("qwen-7b", 60)["pid"]
+        done = b.cli("swap", "qwen-7b", "deepseek")
+        assert done.returncode == 0, done.stderr
+        assert "make-before-break" in done.stdout
+        new = b.daemon.wait_up("deepseek", 30)["pid"]
+        assert b.first_event(new, "serving") < b.first_event(old, "exit")
+        assert b.daemon.backend("qwen-7b")["state"] == "stopped"
+    finally:
+        b.daemon.cleanup()
+
+
+def test_a_swap_to_an_engine_that_crashes_rolls_back_and_exits_1_with_its_last_lines(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    b = Box(tmp_path, provider("qwen-7b", port, QWEN_7B)
+            + provider("qwen-14b", port, QWEN_14B, status="standby",
+                       env={"GPUMGR_SIM_OOM_AT_START": "1"}))
+    try:
+        b.daemon.start()
+        old = b.daemon.wait_up("qwen-7b", 60)["pid"]
+        done = b.cli("swap", "qwen-7b", "qwen-14b")
+        assert done.returncode == 1, done.stdout
+        assert "qwen-14b failed to start" in done.stderr and "qwen-7b is back" in done.stderr
+        assert "last lines of the engine's log" in done.stderr
+        assert "CUDA out of memory" in done.stderr
+        back = b.daemon.wait_up("qwen-7b", 30)
+        assert back["pid"] != old
+        assert b.daemon.backend("qwen-14b")["state"] == "stopped"
+        desired = json.loads((b.daemon.tmp / "state" / "desired.json").read_text())
+        assert list(desired["backends"]) == ["qwen-7b"]
+    finally:
+        b.daemon.cleanup()
+
+
+def test_a_second_mutation_while_a_swap_runs_is_refused_at_once(tmp_path: Path) -> None:
+    port = free_port()
+    b = Box(tmp_path, provider("qwen-7b", port, QWEN_7B)
+            + provider("qwen-14b", port, QWEN_14B, status="standby",
+                       env={"GPUMGR_SIM_LOAD_SECONDS": "4"}))
+    try:
+        b.daemon.start()
+        b.daemon.wait_up("qwen-7b", 60)
+        first = b.popen("swap", "qwen-7b", "qwen-14b")
+        assert first.stdout is not None
+        wait_for(lambda: "starting qwen-14b" in (first.stdout.readline() or ""), 30, "the swap")
+        t0 = time.monotonic()
+        second = b.cli("swap", "qwen-14b", "qwen-7b")
+        assert time.monotonic() - t0 < 10  # answered, not queued behind the first
+        assert second.returncode == 1
+        assert "busy: swap qwen-7b → qwen-14b since" in second.stderr
+        assert b.cli("stop", "qwen-7b").returncode == 1
+        assert first.wait(timeout=60) == 0
+    finally:
+        b.daemon.cleanup()
+
+
+def test_after_a_swap_a_daemon_sigkill_comes_back_with_the_new_model_adopted(box: Box) -> None:
+    d = box.daemon
+    d.wait_up("qwen-7b", 60)
+    assert box.cli("swap", "qwen-7b", "qwen-14b").returncode == 0
+    pid = d.wait_up("qwen-14b", 30)["pid"]
+    assert d.proc is not None
+    d.proc.kill()
+    d.proc.wait()
+    d.start()
+    assert d.wait_up("qwen-14b", 30)["pid"] == pid
+    assert d.backend("qwen-7b")["state"] == "stopped"
+    assert d.stop() == 0
+
+
+def test_requests_during_a_swap_never_hang_and_those_in_flight_at_drain_complete(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    slow = {"GPUMGR_SIM_TOKEN_DELAY_S": "0.05"}  # each answer streams for ~0.4 s
+    b = Box(tmp_path, provider("qwen-7b", port, QWEN_7B, env=slow, served="qwen-coder")
+            + provider("qwen-14b", port, QWEN_14B, status="standby", env=slow, served="qwen-coder"))
+    results: list[tuple[float, float, str]] = []  # (sent at, took, outcome)
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx2.Client(timeout=httpx2.Timeout(10.0)) as http:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    r = http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={
+                        "model": "qwen-coder", "max_tokens": 8,
+                        "messages": [{"role": "user", "content": "hi"}]})
+                    outcome = str(r.status_code)
+                except httpx2.HTTPError as exc:
+                    outcome = type(exc).__name__
+                results.append((t0, time.monotonic() - t0, outcome))
+                time.sleep(max(0.0, 0.02 - (time.monotonic() - t0)))
+
+    try:
+        b.daemon.start()
+        b.daemon.wait_up("qwen-7b", 60)
+        threads = [threading.Thread(target=client) for _ in range(4)]  # ~50 requests/s in all
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        sse = b.daemon.sse()
+        done = b.cli("swap", "qwen-7b", "qwen-14b")
+        assert done.returncode == 0, done.stderr
+        b.daemon.wait_up("qwen-14b", 30)
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        draining = sse.first(lambda f: f.get("name") == "qwen-7b" and f["state"] == "draining")
+        assert draining is not None
+        drain_at = draining[0]
+        assert len(results) > 50
+        assert max(took for _, took, _ in results) < 5, "a request hung"
+        failed = [(t, took, o) for t, took, o in results if o != "200"]
+        assert all(took < 1.0 for _, took, _ in failed), f"slow failures: {failed}"
+        before_drain = [(t, took, o) for t, took, o in results if t + took >= drain_at > t + 0.05]
+        assert before_drain and all(o == "200" for _, _, o in before_drain), before_drain
+        assert any(o == "200" and t > drain_at + 1 for t, _, o in results)  # the 14B serves
+    finally:
+        stop.set()
+        b.daemon.cleanup()
+
+
+def test_control_calls_need_the_socket_or_the_token_and_tcp_is_read_only_by_default(
+    box: Box,
+) -> None:
+    d = box.daemon
+    d.wait_up("qwen-7b", 60)
+    body = {"old": "qwen-7b", "new": "qwen-14b"}
+    refused = httpx2.post(d.base_url + "/v1/control/swap", json=body, timeout=5)
+    assert refused.status_code in (404, 405)  # no control route on TCP without a token
+    sock = d.runtime_dir / "gpumgr.sock"
+    assert oct(sock.stat().st_mode & 0o777) == "0o660"
+    os.chmod(d.runtime_dir, 0o755)
+    system_python = shutil.which("python3", path="/usr/bin:/bin")
+    if system_python is None or os.geteuid() != 0:
+        pytest.skip("needs root and a system python3 to try the socket as another user")
+    probe = subprocess.run(
+        [system_python, "-c",
+         "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])", str(sock)],
+        user="nobody", capture_output=True, text=True, timeout=30,
+    )
+    assert probe.returncode != 0 and "PermissionError" in probe.stderr
+    assert d.backend("qwen-7b")["available"]
+    oversized = box.cli("swap", "qwen-7b", "x" * 5000)
+    assert oversized.returncode == 2
+
+
+def test_with_a_token_the_tcp_listener_takes_control_calls_that_carry_it_and_no_others(
+    tmp_path: Path,
+) -> None:
+    token = "t0k3n-for-the-control-plane-0123456789"
+    port = free_port()
+    b = Box(tmp_path, provider("qwen-7b", port, QWEN_7B))
+    b.daemon.env["GPUMGR_CONTROL_TOKEN"] = token
+    try:
+        b.daemon.start()
+        pid = b.daemon.wait_up("qwen-7b", 60)["pid"]
+        url = b.daemon.base_url + "/v1/control/restart"
+        for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token-00"},
+                        {"Authorization": token}):
+            refused = httpx2.post(url, json={"name": "qwen-7b"}, headers=headers, timeout=5)
+            assert refused.status_code == 401
+        assert b.daemon.backend("qwen-7b")["pid"] == pid  # nothing happened
+        with httpx2.stream("POST", url, json={"name": "qwen-7b"},
+                           headers={"Authorization": f"Bearer {token}"}, timeout=60) as r:
+            assert r.status_code == 200
+            last = [json.loads(x) for x in r.iter_lines() if x.strip()][-1]
+        assert last["ok"] is True, last
+        assert b.daemon.wait_up("qwen-7b", 30)["pid"] != pid
+        assert token not in b.daemon.log_text()
+    finally:
+        b.daemon.cleanup()
