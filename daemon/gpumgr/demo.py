@@ -138,6 +138,7 @@ def run_demo(example_dir: Path, *, workdir: Path | None, load_seconds: float, fo
              timeout_s: float, console: Console) -> int:
     root = workdir or Path(tempfile.mkdtemp(prefix="gpumgr-demo-"))
     root.mkdir(parents=True, exist_ok=True)
+    result = 1
     sim_gpu_state = root / "run" / "sim-gpu.json"
     ollama: SimOllamaProcess = start_sim_ollama(
         ["qwen2.5-coder:7b", "llama3.1:latest"],
@@ -161,9 +162,15 @@ def run_demo(example_dir: Path, *, workdir: Path | None, load_seconds: float, fo
         ok = daemon.returncode == 0 and all(
             b["available"] for b in doc["backends"] if b["managed"] and b["state"] != "stopped"
         )
-        return 0 if ok else 1
+        result = 0 if ok else 1
+        return result
     finally:
         ollama.stop()
+        if workdir is None:  # our scratch workspace: removed on exit, kept when the demo failed
+            if result == 0:
+                shutil.rmtree(root, ignore_errors=True)
+            else:
+                console.print(f"workspace kept for inspection: {root}")
 
 
 def _watch(url: str, daemon: subprocess.Popen[bytes], *, follow: bool, timeout_s: float,
