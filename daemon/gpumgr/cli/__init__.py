@@ -61,6 +61,8 @@ _COMMANDS = {
     "stop": "gpumgr.cli.control",
     "restart": "gpumgr.cli.control",
     "swap": "gpumgr.cli.control",
+    "sleep": "gpumgr.cli.control",
+    "wake": "gpumgr.cli.control",
     "reload": "gpumgr.cli.control",
     "logs": "gpumgr.cli.control",
     "demo": "gpumgr.cli.demo",
