@@ -14,6 +14,7 @@ from gpumgr.actions.desired import (
     launch_identity,
 )
 from gpumgr.config import Config, load_config
+from gpumgr.config.settings import VllmSettings
 from gpumgr.status.publisher import StatusPublisher
 from gpumgr.status.document import BackendStatus, DaemonInfo
 from gpumgr.supervisor.records import ChildRecords
@@ -53,7 +54,8 @@ def test_a_description_is_not_part_of_the_launch_identity_but_max_model_len_is(
     longer = _config(tmp_path, qwen_extra="    max_num_seqs: 8\n")
     assert launch_identity(described.providers["qwen"]) == launch_identity(base)
     assert launch_identity(longer.providers["qwen"]) != launch_identity(base)
-    assert launch_identity(base, "vllm") != launch_identity(base, "/opt/vllm/bin/vllm")
+    assert launch_identity(base) != launch_identity(base, VllmSettings(command="/opt/vllm/bin/vllm"))
+    assert launch_identity(base) != launch_identity(base, VllmSettings(swap_mode="sleep"))
 
 
 def test_the_first_boot_runs_what_the_file_marks_active(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ import structlog
 
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider, ProviderStatus
+from gpumgr.config.settings import VllmSettings
+from gpumgr.engines.vllm import sleep_mode
 from gpumgr.supervisor.system import REAL, System
 
 log = structlog.get_logger(__name__)
@@ -37,7 +39,7 @@ _NOT_LAUNCH = frozenset({"name", "status", "health_endpoint", "requires_api_key"
 Identity = dict[str, Any]
 
 
-def launch_identity(provider: Provider, vllm_command: str = "vllm") -> Identity:
+def launch_identity(provider: Provider, vllm: VllmSettings | None = None) -> Identity:
     """The provider's launch-relevant fields as plain JSON data (stable across loads).
 
     Declared fields only: the registry's descriptive keys (``description``, ``features``,
@@ -48,7 +50,9 @@ def launch_identity(provider: Provider, vllm_command: str = "vllm") -> Identity:
     identity["models"] = [
         m.model_dump(mode="json", include=set(type(m).model_fields)) for m in provider.models
     ]
-    identity["vllm_command"] = vllm_command
+    vllm = vllm or VllmSettings()
+    identity["vllm_command"] = vllm.command
+    identity["sleep_mode"] = sleep_mode(provider, vllm)
     return identity
 
 
@@ -69,24 +73,30 @@ class DesiredState:
 
     running: Mapping[str, Identity] = field(default_factory=dict)
     registry_active: frozenset[str] = frozenset()
+    sleeping: frozenset[str] = frozenset()
+    """Of ``running``, the engines kept asleep (vLLM sleep mode): adopted as they are after a
+    daemon restart, never started afresh."""
 
     @property
     def names(self) -> frozenset[str]:
         return frozenset(self.running)
 
-    def with_running(self, name: str, identity: Identity) -> DesiredState:
-        return DesiredState({**self.running, name: identity}, self.registry_active)
+    def with_running(self, name: str, identity: Identity, asleep: bool = False) -> DesiredState:
+        sleeping = self.sleeping | {name} if asleep else self.sleeping - {name}
+        return DesiredState({**self.running, name: identity}, self.registry_active, sleeping)
 
     def without(self, name: str) -> DesiredState:
         return DesiredState(
-            {n: i for n, i in self.running.items() if n != name}, self.registry_active
+            {n: i for n, i in self.running.items() if n != name}, self.registry_active,
+            self.sleeping - {name},
         )
 
     def to_json(self) -> bytes:
         data = {
             "version": DESIRED_VERSION,
             "registry_active": sorted(self.registry_active),
-            "backends": {n: {"identity": i} for n, i in self.running.items()},
+            "backends": {n: {"identity": i, "asleep": n in self.sleeping}
+                         for n, i in self.running.items()},
         }
         return json.dumps(data, indent=2, sort_keys=True).encode()
 
@@ -102,16 +112,16 @@ def desired_for(config: Config, stored: DesiredState | None) -> DesiredState:
     """
     providers = managed_providers(config)
     active = registry_active(providers.values())
-    command = config.settings.vllm.command
+    vllm = config.settings.vllm
     if stored is None:
         names = set(active)
     else:
         names = (set(stored.names) - (stored.registry_active - active)) | (
             active - stored.registry_active
         )
-    return DesiredState(
-        {n: launch_identity(p, command) for n, p in providers.items() if n in names}, active
-    )
+    running = {n: launch_identity(p, vllm) for n, p in providers.items() if n in names}
+    asleep = frozenset(stored.sleeping & running.keys()) if stored is not None else frozenset()
+    return DesiredState(running, active, asleep)
 
 
 class DesiredStore:
@@ -136,15 +146,18 @@ class DesiredStore:
         if raw.get("version") != DESIRED_VERSION:
             log.warning("desired.version", path=str(self.path), version=raw.get("version"))
         running: dict[str, Identity] = {}
+        sleeping: set[str] = set()
         for name, entry in raw["backends"].items():
             identity = entry.get("identity") if isinstance(entry, dict) else None
             if isinstance(name, str) and isinstance(identity, dict):
                 running[name] = identity
+                if entry.get("asleep") is True:
+                    sleeping.add(name)
             else:
                 log.warning("desired.entry_ignored", path=str(self.path), backend=str(name)[:80])
         active = raw.get("registry_active")
         names = frozenset(a for a in active if isinstance(a, str)) if isinstance(active, list) else frozenset()
-        return DesiredState(running, names)
+        return DesiredState(running, names, frozenset(sleeping))
 
     def save(self, state: DesiredState) -> None:
         """Raises ``OSError`` (disk full, read-only): the caller decides what that means."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import httpx2
 import structlog
 
-from gpumgr.errors import GpumgrError, PlanInfeasible
+from gpumgr.errors import BackendUnavailable, GpumgrError, PlanInfeasible
 from gpumgr.supervisor import process
 from gpumgr.supervisor.events import (
     BackendDown,
@@ -30,6 +30,8 @@ from gpumgr.supervisor.events import (
     ChildStopped,
     ChildStopping,
     Restarting,
+    Sleeping,
+    Woken,
 )
 from gpumgr.supervisor.logs import log_path, rotate_live, tail_lines
 from gpumgr.supervisor.restart import CrashHistory, RestartAction, RestartPolicy, decide
@@ -88,6 +90,8 @@ class BackendKeeper:
         *,
         weights: EnsureWeights | None = None,
         health_url: str | None = None,
+        served_name: str | None = None,
+        api_key: str | None = None,
         port_recheck_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -100,6 +104,11 @@ class BackendKeeper:
         self._weights = weights
         self.health_url = health_url or f"http://127.0.0.1:{port}/health"
         """Where ``/health`` answers (checked before an adopted engine counts as serving)."""
+        self.base_url = self.health_url.removesuffix("/health")
+        self._served_name = served_name
+        self._api_key = api_key
+        self.asleep = False
+        """The engine is in vLLM sleep mode (the process lives, nothing is served)."""
         self._port_recheck_s = port_recheck_s
         self._clock = clock
         self.last_error = ""
@@ -180,6 +189,7 @@ class BackendKeeper:
             self._ctx.sink(BackendStopped(self.backend))
         await asyncio.to_thread(self._ctx.records.remove, self.backend)
         self.child = None
+        self.asleep = False
         return outcome
 
     async def stop_unresponsive(self, lease: GpuLease, reason: str) -> bool:
@@ -227,6 +237,13 @@ class BackendKeeper:
                     child = started
             if child is not None:
                 returncode = await self._watch(child)
+                if self.asleep:  # died asleep: it is not brought back awake on its own
+                    self.asleep = False
+                    self._ctx.sink(ChildExited(self.backend, child.pid, returncode, False,
+                                               "exited while asleep; not restarted"))
+                    await self._clean_up(child)
+                    self.child = None
+                    return
                 lines = await asyncio.to_thread(
                     tail_lines, log_path(self._ctx.log_dir, self.backend), 30,
                     since_offset=child.log_offset,
@@ -278,8 +295,82 @@ class BackendKeeper:
                     self.child = None
                     self._ctx.sink(Restarting(self.backend, 0.0, 1, f"adopted pid {child.pid}: {exc}"))
                     return False
-        self._ctx.sink(ChildReady(self.backend, child.pid, startup_s, adopted=True))
+        if await self._is_sleeping():
+            self.asleep = True
+            self._ctx.sink(Sleeping(self.backend, child.pid, f"pid {child.pid} adopted asleep"))
+        else:
+            self._ctx.sink(ChildReady(self.backend, child.pid, startup_s, adopted=True))
         return True
+
+    # -- sleep mode ------------------------------------------------------------------------
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    async def _is_sleeping(self) -> bool:
+        """Whether the engine says it is asleep (False when it has no sleep endpoints)."""
+        try:
+            async with httpx2.AsyncClient() as client:
+                r = await client.get(f"{self.base_url}/is_sleeping", timeout=2.0)
+            return r.status_code == 200 and bool(r.json().get("is_sleeping"))
+        except (httpx2.HTTPError, ValueError, AttributeError):
+            return False
+
+    async def sleep(self, lease: GpuLease, level: int, detail: str,
+                    drain: Drain | None = None) -> None:
+        """Put the engine to sleep (vLLM ``POST /sleep?level=N``): ``draining`` first, then
+        ``sleeping``. Raises ``BackendUnavailable`` when the engine refuses."""
+        lease.require(self.gpu_uuid)
+        child = self.child
+        if child is None or child.exited:
+            raise BackendUnavailable(f"{self.backend} has no running engine to put to sleep")
+        if drain is not None:
+            await drain()
+        async with httpx2.AsyncClient() as client:
+            try:
+                r = await client.post(f"{self.base_url}/sleep", params={"level": level},
+                                      headers=self._auth(), timeout=self._ctx.timing.start_timeout_s)
+            except httpx2.HTTPError as exc:
+                raise BackendUnavailable(f"{self.backend}: sleep failed: {type(exc).__name__}") from None
+        if r.status_code != 200:
+            raise BackendUnavailable(f"{self.backend}: sleep refused: HTTP {r.status_code} "
+                                     f"{r.text[:200]}")
+        self.asleep = True
+        self._ctx.sink(Sleeping(self.backend, child.pid, detail))
+
+    async def wake(self, lease: GpuLease) -> float:
+        """Wake the engine (``POST /wake_up``), then check it with a 1-token request before the
+        router is told it is up; the seconds it took. Raises ``BackendUnavailable``."""
+        lease.require(self.gpu_uuid)
+        child = self.child
+        if child is None or child.exited or not self.asleep:
+            raise BackendUnavailable(f"{self.backend} is not asleep")
+        t0 = time.monotonic()
+        async with httpx2.AsyncClient() as client:
+            try:
+                r = await client.post(f"{self.base_url}/wake_up", headers=self._auth(),
+                                      timeout=self._ctx.timing.start_timeout_s)
+            except httpx2.HTTPError as exc:
+                raise BackendUnavailable(f"{self.backend}: wake failed: {type(exc).__name__}") from None
+            if r.status_code != 200:
+                raise BackendUnavailable(f"{self.backend}: wake refused: HTTP {r.status_code} "
+                                         f"{r.text[:300]}")
+            self.asleep = False
+            self._ctx.sink(Woken(self.backend, child.pid))
+            if self._served_name:
+                try:
+                    check = await client.post(
+                        f"{self.base_url}/v1/completions", headers=self._auth(), timeout=30.0,
+                        json={"model": self._served_name, "prompt": "ok", "max_tokens": 1},
+                    )
+                except httpx2.HTTPError as exc:
+                    raise BackendUnavailable(f"{self.backend}: woken but a 1-token request "
+                                             f"failed: {type(exc).__name__}") from None
+                if check.status_code != 200:
+                    raise BackendUnavailable(f"{self.backend}: woken but a 1-token request got "
+                                             f"HTTP {check.status_code}")
+        wake_s = time.monotonic() - t0
+        self._ctx.sink(ChildReady(self.backend, child.pid, wake_s))
+        return wake_s
 
     async def _ensure_weights(self) -> None:
         """Weights first, retried with the restart policy's back-off while the hub fails:

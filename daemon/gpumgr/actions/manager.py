@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -26,11 +27,13 @@ from gpumgr.config import Config
 from gpumgr.config.registry import Provider
 from gpumgr.engines.vllm_log import find_oom, vllm_last_error
 from gpumgr.errors import GpuUnavailable
-from gpumgr.gpu import GpuBackend, GpuInventory
+from gpumgr.gpu import MIB, GpuBackend, GpuInventory
 from gpumgr.health.machine import BackendHealth
 from gpumgr.sim import SIM_ENGINE_COMMAND
 from gpumgr.supervisor import process
+from gpumgr.modelfiles import weights_bytes
 from gpumgr.plan import VramPlan
+from gpumgr.secrets import read_secret
 from gpumgr.supervisor.events import BackendFailed, Downloading, EventSink
 from gpumgr.supervisor.logs import log_path, tail_lines
 from gpumgr.supervisor.records import ChildRecord, ChildRecords
@@ -43,7 +46,7 @@ from .desired import DesiredState, DesiredStore, Identity, desired_for, launch_i
 from .keeper import BackendKeeper, FirstAttempt
 from .lease import GpuLease, GpuLocks
 from .ollama_room import OllamaRoom
-from .prepare import LaunchPlanner, PlanView, engine_health_url
+from .prepare import LaunchPlanner, PlanView, without_owners, engine_health_url
 from .start import LaunchSpec, Prepare, PrepareHint, StartContext, StartTiming
 from .stop import Drain, StopTiming, stop_engine
 
@@ -153,12 +156,19 @@ class BackendManager:
         managed = managed_providers(self.config)
         return PlanView(
             providers=tuple(
-                p for n, p in managed.items() if n in self.desired.running and n in self._snapshots
+                p for n, p in managed.items()
+                if n in self.desired.running and n in self._snapshots and not self._asleep(n)
             ),
             snapshots=dict(self._snapshots),
             managed_pids=self.managed_pids(),
             running_fractions=self.running_fractions(),
         )
+
+    def _asleep(self, name: str) -> bool:
+        """A sleeping engine is not planned: what it still holds (its CUDA context) is simply
+        taken, like any other process's memory."""
+        keeper = self.keepers.get(name)
+        return keeper is not None and keeper.asleep
 
     async def _memory_released(self, pids: frozenset[int]) -> bool:
         inv = await asyncio.to_thread(self._inventory.read)
@@ -185,6 +195,11 @@ class BackendManager:
         for name, identity in self.desired.running.items():
             record = adoption.records.get(name)
             child = adoption.adopted.get(name)
+            if (child is None or record is None) and name in self.desired.sleeping:
+                log.info("adopt.sleeper_gone", backend=name)  # asleep means "not serving"
+                self.desired = self.desired.without(name)
+                await self._save_desired()
+                continue
             if child is None or record is None:
                 self._launch(name)
                 report.started.append(name)
@@ -232,9 +247,7 @@ class BackendManager:
         planner: LaunchPlanner | None = None,
     ) -> None:
         provider = self._provider(name)
-        identity = self.desired.running.get(name) or launch_identity(
-            provider, self.config.settings.vllm.command
-        )
+        identity = self.desired.running.get(name) or launch_identity(provider, self.config.settings.vllm)
         self._identity[name] = identity
         uuid = gpu_uuid or self._gpus.get(provider.gpu)
         if adopted is None and self._gpu_error is not None:
@@ -258,6 +271,8 @@ class BackendManager:
             self.policy,
             weights=functools.partial(self._ensure_weights, provider),
             health_url=engine_health_url(provider),
+            served_name=provider.served_names[0] if provider.served_names else None,
+            api_key=read_secret(provider.env_var, os.environ) if provider.requires_api_key else None,
         )
         self.keepers[name] = keeper
         keeper.launch(adopted, fraction, first)
@@ -321,7 +336,7 @@ class BackendManager:
         a daemon that dies now starts it again)."""
         provider = self._provider(name)
         self.desired = self.desired.with_running(
-            name, launch_identity(provider, self.config.settings.vllm.command)
+            name, launch_identity(provider, self.config.settings.vllm)
         )
         await self._save_desired()
         if name not in self.keepers:
@@ -404,7 +419,7 @@ class BackendManager:
     async def want(self, name: str, running: bool) -> None:
         """Record in desired state whether ``name`` should run (before acting on it)."""
         if running:
-            identity = launch_identity(self._provider(name), self.config.settings.vllm.command)
+            identity = launch_identity(self._provider(name), self.config.settings.vllm)
             self.desired = self.desired.with_running(name, identity)
         else:
             self.desired = self.desired.without(name)
@@ -413,10 +428,14 @@ class BackendManager:
     async def ensure_weights(self, name: str) -> None:
         await self._ensure_weights(self._provider(name))
 
-    async def fit(self, name: str, gone: frozenset[str] = frozenset()) -> VramPlan:
-        """The plan ``name`` would start with now, the backends in ``gone`` stopped first."""
+    async def fit(
+        self, name: str, gone: frozenset[str] = frozenset(),
+        residual: Mapping[str, int] | None = None,
+    ) -> VramPlan:
+        """The plan ``name`` would start with now, the backends in ``gone`` stopped (or asleep,
+        keeping ``residual`` bytes) first."""
         return await asyncio.to_thread(
-            self.planner.fit, self._provider(name), self.plan_view(), gone
+            self.planner.fit, self._provider(name), self.plan_view(), gone, residual
         )
 
     async def start_under(
@@ -450,6 +469,56 @@ class BackendManager:
         finally:
             del self.keepers[name]
             self._identity.pop(name, None)
+
+    async def sleep_under(
+        self, name: str, lease: GpuLease, level: int, detail: str, drain: Drain | None = None
+    ) -> None:
+        """Put ``name``'s engine to sleep under the caller's lease; recorded in desired state."""
+        await self.keepers[name].sleep(lease, level, detail, drain)
+        self.desired = self.desired.with_running(name, self._identity[name], asleep=True)
+        await self._save_desired()
+
+    async def wake_under(self, name: str, lease: GpuLease) -> float:
+        """Wake ``name``'s sleeping engine under the caller's lease; the seconds it took."""
+        wake_s = await self.keepers[name].wake(lease)
+        self.desired = self.desired.with_running(name, self._identity[name], asleep=False)
+        await self._save_desired()
+        return wake_s
+
+    def asleep(self, name: str) -> bool:
+        return self._asleep(name)
+
+    def running_identity(self, name: str) -> Identity | None:
+        return self._identity.get(name)
+
+    def weights_bytes(self, name: str) -> int | None:
+        """The size of ``name``'s weights on disk (None when its snapshot is not known here)."""
+        snap = self._snapshots.get(name)
+        return weights_bytes(snap) if snap is not None else None
+
+    async def wake_needs_bytes(self, name: str) -> int | None:
+        """What waking ``name`` takes on top of what it holds asleep: its slice of the card."""
+        keeper = self.keepers.get(name)
+        fraction = keeper.running_fraction if keeper is not None else None
+        inv = await asyncio.to_thread(self._inventory.read)
+        if fraction is None or not inv.available:
+            return None
+        gpu = next((g for g in inv.gpus if g.uuid == keeper.gpu_uuid), None) if keeper else None
+        return int(fraction * gpu.memory_total_bytes) if gpu is not None else None
+
+    async def free_bytes_after(
+        self, name: str, gone: frozenset[str], residual: Mapping[str, int]
+    ) -> int:
+        """Free bytes on ``name``'s card once the backends in ``gone`` left (keeping ``residual``)."""
+        view = self.plan_view()
+        provider = self._provider(name)
+
+        def read() -> int:
+            gpu = without_owners(self.planner.read_gpu(provider.gpu, view), gone, residual)
+            reserve = self.config.settings.gpu.reserve_mib * MIB
+            return gpu.memory_free_bytes - reserve
+
+        return await asyncio.to_thread(read)
 
     def log_tail(self, name: str, n: int = 20) -> list[str]:
         return tail_lines(log_path(self.config.paths.log_dir, name), n)

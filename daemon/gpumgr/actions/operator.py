@@ -24,11 +24,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+import psutil
 import structlog
 
 from gpumgr.config.settings import OllamaSettings
 from gpumgr.errors import GpumgrError, PlanInfeasible
 from gpumgr.gpu import MIB
+from gpumgr.plan import PlannerConstants
 from gpumgr.supervisor.events import Draining
 
 from .drain import wait_idle
@@ -155,6 +157,38 @@ class Operator:
         progress(f"{name} healthy in {startup_s:.1f} s")
         return startup_s
 
+    def _sleeps(self, name: str) -> bool:
+        """Whether ``name``'s running engine was started with sleep mode."""
+        identity = self.manager.running_identity(name)
+        return bool(identity and identity.get("sleep_mode"))
+
+    def _residual_bytes(self) -> int:
+        """What a sleeping engine keeps on the card: its CUDA context (the planner's figure)."""
+        return PlannerConstants.from_settings(self.manager.config.settings.planner).cuda_context_bytes
+
+    async def _sleep(self, name: str, lease: GpuLease, progress: Progress) -> float:
+        """Drain, then sleep: level 1 (weights to host RAM) when host RAM holds them, else
+        level 2 (weights dropped, reloaded from disk on wake)."""
+        t0 = time.monotonic()
+        weights = self.manager.weights_bytes(name)
+        available = psutil.virtual_memory().available
+        level = 1 if weights is None or available > weights * 1.2 else 2
+        where = (f"{weights / 1024 / MIB:.1f} GiB of weights in host RAM" if level == 1 and weights
+                 else "weights in host RAM" if level == 1 else "weights dropped (host RAM short)")
+        await self.manager.sleep_under(name, lease, level, f"asleep (level {level}): {where}",
+                                       self._drain(name, progress))
+        progress(f"{name} asleep (level {level}) in {time.monotonic() - t0:.1f} s")
+        return time.monotonic() - t0
+
+    async def _wake(self, name: str, lease: GpuLease, progress: Progress) -> float:
+        progress(f"waking {name}…")
+        try:
+            wake_s = await self.manager.wake_under(name, lease)
+        except GpumgrError as exc:
+            raise OperationFailed(f"{name} failed to wake: {exc}", self.manager.log_tail(name)) from None
+        progress(f"{name} awake and answering in {wake_s:.1f} s")
+        return wake_s
+
     async def _weights(self, name: str, progress: Progress) -> None:
         progress(f"checking {name}'s weights…")
         try:
@@ -209,6 +243,40 @@ class Operator:
             return Outcome(f"{name} restarted; up in {startup_s:.1f} s",
                            {"stop": stop_s, "start": startup_s})
 
+    async def sleep(self, name: str, progress: Progress = _quiet) -> Outcome:
+        name = self.resolve(name)
+        async with self._mutating(f"sleep {name}"):
+            manager = self.manager
+            if name not in manager.keepers or manager.asleep(name):
+                raise OperationFailed(f"{name} is not running (awake)")
+            if not self._sleeps(name):
+                raise OperationFailed(f"{name} runs without sleep mode (set swap_mode: sleep)")
+            async with manager.locks.lease(manager.gpu_uuid_of(name), f"sleep {name}") as lease:
+                took = await self._sleep(name, lease, progress)
+            return Outcome(f"{name} asleep", {"sleep": took})
+
+    async def wake(self, name: str, progress: Progress = _quiet) -> Outcome:
+        name = self.resolve(name)
+        async with self._mutating(f"wake {name}"):
+            manager = self.manager
+            if not manager.asleep(name):
+                raise OperationFailed(f"{name} is not asleep")
+            await self._check_wake_fits(name, frozenset())
+            async with manager.locks.lease(manager.gpu_uuid_of(name), f"wake {name}") as lease:
+                took = await self._wake(name, lease, progress)
+            return Outcome(f"{name} awake", {"wake": took})
+
+    async def _check_wake_fits(self, name: str, gone: frozenset[str]) -> None:
+        """A sleeper needs its whole slice back: refuse before touching anything otherwise."""
+        manager = self.manager
+        needed = await manager.wake_needs_bytes(name)
+        free = await manager.free_bytes_after(name, gone, {g: self._residual_bytes() for g in gone})
+        if needed is not None and free < needed:
+            raise PlanInfeasible(
+                f"{name} cannot wake: it needs {needed // MIB} MiB more, "
+                f"{free // MIB} MiB would be free" + (f" once {', '.join(gone)} sleeps" if gone else "")
+            )
+
     async def swap(
         self, old: str, new: str, progress: Progress = _quiet, *, timeout_s: float | None = None
     ) -> Outcome:
@@ -217,56 +285,95 @@ class Operator:
             raise OperationFailed(f"{old} and {new} are the same provider")
         async with self._mutating(f"swap {old} → {new}"):
             manager = self.manager
-            if old not in manager.keepers:
+            if old not in manager.keepers or manager.asleep(old):
                 raise OperationFailed(f"{old} is not running: use `gpumgr start {new}`")
-            if new in manager.keepers:
+            waking = manager.asleep(new)
+            if new in manager.keepers and not waking:
                 raise OperationFailed(f"{new} is already running: use `gpumgr stop {old}`")
             uuid = manager.gpu_uuid_of(new)
-            await self._weights(new, progress)
-            same_port = manager.provider(old).port == manager.provider(new).port
-            beside = None if same_port else await manager.fit(new)
-            after = await manager.fit(new, frozenset({old}))
-            if not after.feasible:
-                why = "; ".join(p.message for p in after.problems)
-                raise PlanInfeasible(f"{new} does not fit even once {old} is stopped: {why}")
-            t0 = time.monotonic()
-            timings: dict[str, float] = {}
-            if beside is not None and beside.feasible and manager.gpu_uuid_of(old) == uuid:
-                progress(f"{new} fits beside {old}: starting it first")
-                async with manager.locks.lease(uuid, f"swap {old} → {new}") as lease:
-                    await manager.want(new, True)
-                    try:
-                        timings["start"] = await self._start(new, lease, progress, timeout_s)
-                    except OperationFailed:
-                        await manager.want(new, False)
-                        raise
-                    await manager.want(old, False)
-                    timings["stop"] = await self._stop(old, lease, progress)
-                timings["total"] = time.monotonic() - t0
-                return Outcome(f"swapped {old} → {new} (make-before-break) in "
-                               f"{timings['total']:.1f} s", timings)
-            async with manager.locks.lease(uuid, f"swap {old} → {new}") as lease:
+            sleeping = self._sleeps(old) and manager.provider(old).port != manager.provider(new).port
+            residual = {old: self._residual_bytes()} if sleeping else {}
+            if waking:
+                await self._check_wake_fits(new, frozenset({old}))
+            else:
+                await self._weights(new, progress)
+                same_port = manager.provider(old).port == manager.provider(new).port
+                beside = None if same_port else await manager.fit(new)
+                after = await manager.fit(new, frozenset({old}), residual)
+                if not after.feasible:
+                    why = "; ".join(p.message for p in after.problems)
+                    how = "sleeps" if sleeping else "is stopped"
+                    raise PlanInfeasible(f"{new} does not fit even once {old} {how}: {why}")
+                if beside is not None and beside.feasible and manager.gpu_uuid_of(old) == uuid:
+                    return await self._make_before_break(old, new, uuid, progress, timeout_s)
+            return await self._break_before_make(old, new, uuid, progress, timeout_s,
+                                                 sleeping, waking)
+
+    async def _make_before_break(
+        self, old: str, new: str, uuid: str, progress: Progress, timeout_s: float | None
+    ) -> Outcome:
+        manager = self.manager
+        t0 = time.monotonic()
+        timings: dict[str, float] = {}
+        progress(f"{new} fits beside {old}: starting it first")
+        async with manager.locks.lease(uuid, f"swap {old} → {new}") as lease:
+            await manager.want(new, True)
+            try:
+                timings["start"] = await self._start(new, lease, progress, timeout_s)
+            except OperationFailed:
+                await manager.want(new, False)
+                raise
+            await manager.want(old, False)
+            timings["stop"] = await self._stop(old, lease, progress)
+        timings["total"] = time.monotonic() - t0
+        return Outcome(f"swapped {old} → {new} (make-before-break) in "
+                       f"{timings['total']:.1f} s", timings)
+
+    async def _break_before_make(
+        self, old: str, new: str, uuid: str, progress: Progress, timeout_s: float | None,
+        sleeping: bool, waking: bool,
+    ) -> Outcome:
+        """Take OLD off the card (sleep or stop), then bring NEW up (wake or start); when NEW
+        fails, take it off again and bring OLD back the way it left."""
+        manager = self.manager
+        t0 = time.monotonic()
+        timings: dict[str, float] = {}
+        async with manager.locks.lease(uuid, f"swap {old} → {new}") as lease:
+            before = await _free_bytes(manager, new)
+            if sleeping:
+                timings["sleep"] = await self._sleep(old, lease, progress)
+            else:
                 await manager.want(old, False)
-                await manager.want(new, True)
-                before = await _free_bytes(manager, new)
                 timings["stop"] = await self._stop(old, lease, progress)
-                freed = max(0, await _free_bytes(manager, new) - before)
-                progress(f"memory released {freed / 1024 / MIB:.1f} GiB")
-                try:
+            if not waking:
+                await manager.want(new, True)
+            freed = max(0, await _free_bytes(manager, new) - before)
+            progress(f"memory released {freed / 1024 / MIB:.1f} GiB")
+            try:
+                if waking:
+                    timings["wake"] = await self._wake(new, lease, progress)
+                else:
                     timings["start"] = await self._start(new, lease, progress, timeout_s)
-                except OperationFailed as exc:
-                    progress(f"{new} failed; bringing {old} back…")
+            except OperationFailed as exc:
+                progress(f"{new} failed; bringing {old} back…")
+                if waking:
+                    await manager.sleep_under(new, lease, 1, "asleep (rolled back)")
+                else:
                     await manager.want(new, False)
-                    await manager.want(old, True)
-                    try:
+                try:
+                    if sleeping:
+                        await self._wake(old, lease, progress)
+                    else:
+                        await manager.want(old, True)
                         await self._start(old, lease, progress, None)
-                    except OperationFailed as back:
-                        raise OperationFailed(
-                            f"{exc}; and {old} did not come back: {back}", exc.log_tail
-                        ) from None
-                    raise OperationFailed(f"{exc}; {old} is back", exc.log_tail) from None
-            timings["total"] = time.monotonic() - t0
-            return Outcome(f"swapped {old} → {new} in {timings['total']:.1f} s", timings)
+                except OperationFailed as back:
+                    raise OperationFailed(
+                        f"{exc}; and {old} did not come back: {back}", exc.log_tail
+                    ) from None
+                raise OperationFailed(f"{exc}; {old} is back", exc.log_tail) from None
+        timings["total"] = time.monotonic() - t0
+        how = " (sleep mode)" if sleeping or waking else ""
+        return Outcome(f"swapped {old} → {new}{how} in {timings['total']:.1f} s", timings)
 
 
 def _may_evict(manager: BackendManager) -> bool:

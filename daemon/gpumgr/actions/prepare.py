@@ -22,7 +22,7 @@ from gpumgr.config.registry import Provider
 from gpumgr.config.settings import Settings
 from gpumgr.engines.vllm import GpuFacts, VllmLaunch, build_vllm_launch
 from gpumgr.errors import PlanInfeasible
-from gpumgr.gpu import MIB, GpuBackend, GpuInfo
+from gpumgr.gpu import MIB, GpuBackend, GpuInfo, GpuProcess
 from gpumgr.gpu.attribution import attribute
 from gpumgr.modelfiles import read_model_dims, weights_bytes
 from gpumgr.plan import (
@@ -217,11 +217,15 @@ class LaunchPlanner:
             + (f" ({why})" if why else "")
         )
 
-    def fit(self, provider: Provider, view: PlanView, gone: frozenset[str] = frozenset()) -> VramPlan:
-        """Would ``provider`` fit now, with the backends in ``gone`` stopped and their memory
-        back? The engines that stay keep their running slices. Changes nothing (no Ollama model
-        is unloaded: the plan names what to unload instead)."""
-        gpu = _without(self.read_gpu(provider.gpu, view), gone)
+    def fit(
+        self, provider: Provider, view: PlanView, gone: frozenset[str] = frozenset(),
+        residual: Mapping[str, int] | None = None,
+    ) -> VramPlan:
+        """Would ``provider`` fit now, with the backends in ``gone`` stopped (or asleep, still
+        holding ``residual`` bytes: their CUDA context) and their memory back? The engines that
+        stay keep their running slices. Changes nothing (no Ollama model is unloaded: the plan
+        names what to unload instead)."""
+        gpu = without_owners(self.read_gpu(provider.gpu, view), gone, residual or {})
         together = [p for p in view.providers if p.gpu == provider.gpu and p.name not in gone]
         if provider.name not in {p.name for p in together}:
             together.append(provider)
@@ -266,14 +270,25 @@ class LaunchPlanner:
         return prepare
 
 
-def _without(gpu: GpuInfo, owners: frozenset[str]) -> GpuInfo:
-    """``gpu`` as it will be once the processes of ``owners`` are gone and their memory back."""
+def without_owners(gpu: GpuInfo, owners: frozenset[str], residual: Mapping[str, int]) -> GpuInfo:
+    """``gpu`` as it will be once the processes of ``owners`` are gone (or asleep, keeping
+    ``residual[owner]`` bytes) and the rest of their memory back."""
     if not owners:
         return gpu
-    leaving = sum(p.used_bytes or 0 for p in gpu.processes if p.owner in owners)
+    kept: list[GpuProcess] = []
+    leaving = 0
+    for p in gpu.processes:
+        if p.owner not in owners:
+            kept.append(p)
+            continue
+        stays = min(residual.get(p.owner, 0), p.used_bytes or 0)
+        leaving += (p.used_bytes or 0) - stays
+        if stays:
+            kept.append(replace(p, used_bytes=stays))
+            residual = {**residual, p.owner: 0}  # one residual per owner
     return replace(
         gpu,
-        processes=tuple(p for p in gpu.processes if p.owner not in owners),
+        processes=tuple(kept),
         memory_free_bytes=gpu.memory_free_bytes + leaving,
         memory_used_bytes=max(0, gpu.memory_used_bytes - leaving),
     )

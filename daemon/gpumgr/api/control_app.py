@@ -174,6 +174,14 @@ def add_control_routes(
         return _run_streamed(operator, [body.name], lambda p: operator.restart(
             body.name, p, timeout_s=body.timeout_s))
 
+    @router.post("/sleep", response_class=StreamingResponse)
+    async def sleep(body: NameBody) -> StreamingResponse:
+        return _run_streamed(operator, [body.name], lambda p: operator.sleep(body.name, p))
+
+    @router.post("/wake", response_class=StreamingResponse)
+    async def wake(body: NameBody) -> StreamingResponse:
+        return _run_streamed(operator, [body.name], lambda p: operator.wake(body.name, p))
+
     @router.post("/swap", response_class=StreamingResponse)
     async def swap(body: SwapBody) -> StreamingResponse:
         return _run_streamed(operator, [body.old, body.new], lambda p: operator.swap(

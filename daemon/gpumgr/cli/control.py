@@ -168,6 +168,25 @@ def restart(ctx: click.Context, config_dir: str | None, name: str, timeout_s: fl
 
 @click.command()
 @config_dir_option
+@click.argument("name")
+@click.pass_context
+def sleep(ctx: click.Context, config_dir: str | None, name: str) -> None:
+    """Put NAME to sleep (vLLM sleep mode: weights to host RAM, the card freed but for its
+    CUDA context); `gpumgr wake NAME` brings it back in seconds."""
+    run_operation(ctx, config_dir, "/v1/control/sleep", {"name": name})
+
+
+@click.command()
+@config_dir_option
+@click.argument("name")
+@click.pass_context
+def wake(ctx: click.Context, config_dir: str | None, name: str) -> None:
+    """Wake NAME from sleep and check it with a 1-token request before it counts as up."""
+    run_operation(ctx, config_dir, "/v1/control/wake", {"name": name})
+
+
+@click.command()
+@config_dir_option
 @click.argument("old")
 @click.argument("new")
 @_timeout_option
@@ -207,4 +226,4 @@ def logs(ctx: click.Context, config_dir: str | None, name: str, lines: int, foll
         sys.exit(0)
 
 
-__all__ = ["logs", "reload", "restart", "start", "stop", "swap"]
+__all__ = ["logs", "reload", "restart", "sleep", "start", "stop", "swap", "wake"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -125,6 +125,10 @@ class Provider(BaseModel):
     location: str | None = None
     gpu: int = Field(default=0, ge=0)
     enable_sleep_mode: bool = False
+    swap_mode: Literal["restart", "sleep"] | None = None
+    """How a swap takes this engine off the card: stop it (``restart``, the default of
+    ``vllm.swap_mode``) or put it to sleep (vLLM sleep mode: weights to host RAM, woken in
+    seconds). ``sleep`` starts it with ``--enable-sleep-mode``."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment of the engine (vLLM is often tuned that way, e.g.
     ``VLLM_ATTENTION_BACKEND``). Part of the launch identity; never a secret."""

@@ -61,6 +61,8 @@ class VllmSettings(_Section):
     log_backups: int = Field(default=3, ge=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     """How long a stop or swap waits for in-flight requests to finish before SIGTERM."""
+    swap_mode: Literal["restart", "sleep"] = "restart"
+    """The default of each provider's ``swap_mode``."""
 
 
 class RestartSettings(_Section):

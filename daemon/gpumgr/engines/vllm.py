@@ -192,6 +192,13 @@ def _format_fraction(fraction: float) -> str:
     return f"{ten_thousandths / 10_000:.4f}".rstrip("0").rstrip(".")
 
 
+def sleep_mode(provider: Provider, settings: VllmSettings) -> bool:
+    """Whether the engine runs with vLLM's sleep mode (a swap then sleeps it instead of
+    stopping it): the provider's ``swap_mode`` (else ``vllm.swap_mode``) or its
+    ``enable_sleep_mode``."""
+    return provider.enable_sleep_mode or (provider.swap_mode or settings.swap_mode) == "sleep"
+
+
 def build_vllm_launch(
     provider: Provider,
     *,
@@ -247,7 +254,7 @@ def build_vllm_launch(
         argv.append("--enforce-eager")
     if provider.trust_remote_code:
         argv.append("--trust-remote-code")
-    if provider.enable_sleep_mode:
+    if sleep_mode(provider, settings):
         argv.append("--enable-sleep-mode")
     argv += extra
 
@@ -257,8 +264,8 @@ def build_vllm_launch(
     env["CUDA_VISIBLE_DEVICES"] = gpu.uuid
     env["HF_HUB_OFFLINE"] = "1"
     env["VLLM_NO_USAGE_STATS"] = "1"
-    if provider.enable_sleep_mode:
-        env["VLLM_SERVER_DEV_MODE"] = "1"
+    if sleep_mode(provider, settings):
+        env["VLLM_SERVER_DEV_MODE"] = "1"  # the sleep endpoints; the engine binds loopback only
     if provider.requires_api_key and provider.env_var:
         key = read_secret(provider.env_var, os.environ if base_env is None else base_env)
         if not key:

@@ -93,7 +93,9 @@ def apply_supervisor_event(sched: StateOwner, event: SupervisorEvent) -> Transit
         if isinstance(event, Draining):
             return sched.lifecycle(name, S.DRAINING, f"draining pid {event.pid}", pid=event.pid)
         if isinstance(event, Sleeping):
-            return sched.lifecycle(name, S.SLEEPING, f"pid {event.pid} asleep", pid=event.pid)
+            return sched.lifecycle(
+                name, S.SLEEPING, event.detail or f"pid {event.pid} asleep", pid=event.pid
+            )
         if isinstance(event, Woken):
             return sched.lifecycle(name, S.STARTING, f"pid {event.pid} woken", pid=event.pid)
     except IllegalTransition as exc:

@@ -108,10 +108,12 @@ class Draining:
 
 @dataclass(frozen=True)
 class Sleeping:
-    """vLLM sleep mode: weights in host RAM, the process lives, nothing is served."""
+    """vLLM sleep mode: weights in host RAM (level 1) or dropped (level 2), the process and its
+    CUDA context live on, nothing is served. ``detail`` says what it holds where."""
 
     backend: str
     pid: int
+    detail: str = ""
 
 
 @dataclass(frozen=True)
