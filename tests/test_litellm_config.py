@@ -189,6 +189,7 @@ def test_a_config_without_gpumgr_keys_maps_to_the_same_backends() -> None:
 
 def test_the_generated_config_is_what_litellm_reads() -> None:
     """The shapes LiteLLM 1.108.7 validates, when it is installed (the e2e test runs it)."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     router_types = pytest.importorskip("litellm.types.router", reason="litellm not installed")
     policy = generated()["router_settings"]["retry_policy"]
     router_types.RetryPolicy(**policy)

@@ -22,16 +22,20 @@ from typing import Any
 
 import pytest
 
-from gpumgr.api.server import ApiServer
-from gpumgr.api.status_app import create_status_app
-from gpumgr.backend_state import BackendState
-from gpumgr.integrations.litellm import FilterSettings, GpumgrStatusFilter
-from gpumgr.integrations.litellm.follower import events_url
-from gpumgr.integrations.litellm.matching import normalise_address
-from gpumgr.integrations.litellm.status_view import MalformedStatus, parse_backend, parse_document
-from gpumgr.status.document import BackendStatus, DaemonInfo, StatusDocument
-from gpumgr.status.publisher import StatusPublisher
-from tests.fake_http import JsonServer, Reply, Request
+# Where litellm is installed, importing the callback imports it: keep it offline (no cost-map
+# download) as the proxy is run (docs/litellm.md).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from gpumgr.api.server import ApiServer  # noqa: E402
+from gpumgr.api.status_app import create_status_app  # noqa: E402
+from gpumgr.backend_state import BackendState  # noqa: E402
+from gpumgr.integrations.litellm import FilterSettings, GpumgrStatusFilter  # noqa: E402
+from gpumgr.integrations.litellm.follower import events_url  # noqa: E402
+from gpumgr.integrations.litellm.matching import normalise_address  # noqa: E402
+from gpumgr.integrations.litellm.status_view import MalformedStatus, parse_backend, parse_document  # noqa: E402
+from gpumgr.status.document import BackendStatus, DaemonInfo, StatusDocument  # noqa: E402
+from gpumgr.status.publisher import StatusPublisher  # noqa: E402
+from tests.fake_http import JsonServer, Reply, Request  # noqa: E402
 
 T0 = datetime(2025, 1, 2, tzinfo=UTC)
 URL = "http://127.0.0.1:9400/v1/status"
@@ -319,8 +323,9 @@ async def test_the_hook_never_raises(caplog: pytest.LogCaptureFixture) -> None:
 def test_the_module_instance_reads_the_environment_and_imports_nothing_heavy() -> None:
     import subprocess
 
-    code = (
-        "import sys, gpumgr.integrations.litellm as m;"
+    code = (  # litellm itself made unimportable: what gpumgr's own part imports
+        "import sys; sys.modules['litellm'] = None;"
+        "import gpumgr.integrations.litellm as m;"
         "print(m.status_filter.settings.status_urls, m.status_filter.settings.max_age_s);"
         "heavy = [k for k in sys.modules if k.split('.')[0] in ('fastapi', 'pydantic', 'uvicorn')"
         " or k.startswith(('gpumgr.status', 'gpumgr.config', 'gpumgr.daemon'))];"
@@ -460,3 +465,12 @@ async def test_a_malformed_answer_keeps_the_last_good_view(tmp_path: Path) -> No
             assert f.filter([VLLM_7B]) == []  # still the last good document
         finally:
             await f.aclose()
+
+
+def test_inside_litellm_it_is_a_custom_logger() -> None:
+    """The router runs ``async_filter_deployments`` only on ``CustomLogger`` instances."""
+    custom_logger = pytest.importorskip("litellm.integrations.custom_logger",
+                                        reason="litellm not installed")
+    from gpumgr.integrations.litellm import status_filter
+
+    assert isinstance(status_filter, custom_logger.CustomLogger)

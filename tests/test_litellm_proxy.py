@@ -1,0 +1,385 @@
+"""End to end: a real LiteLLM proxy (litellm[proxy]==1.108.7, the ``litellm`` extra) routes by the
+status of a real ``gpumgr daemon --simulate``, through the generated config and the callback.
+
+Everything runs on 127.0.0.1 with ports chosen at run time: the daemon (simulated GPU, a 7B vLLM
+engine and its standby 14B swap partner on the same port), the simulated Ollama (one model pulled,
+one not), a fake Ollama Cloud (``JsonServer``, switchable to 429), and the proxy, started offline
+(``LITELLM_LOCAL_MODEL_COST_MAP=True``) on ``gpumgr litellm-config``'s output. A second callback,
+written beside the config (LiteLLM loads ``<config dir>/<module>.py`` first), records every
+attempt the router makes — success or failure, with its ``api_base`` — so the test counts the
+requests that reach each backend, dead ports included, without changing how the router behaves.
+
+Skipped, with the reason, when litellm is not importable (``pip install -e '.[litellm]'``).
+The swap scenario is added with ``gpumgr swap`` (issue 11).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+pytest.importorskip(
+    "litellm.proxy.proxy_server",
+    reason="litellm[proxy] is not installed (the 'litellm' extra: pip install -e '.[litellm]')",
+)
+
+from daemon_harness import (  # noqa: E402
+    FAST_HEALTH_YAML,
+    FAST_LIFECYCLE_YAML,
+    DaemonHarness,
+    create_sim_gpu,
+    free_port,
+    sim_gpu_path,
+    vllm_provider_yaml,
+    wait_for,
+)
+from fake_http import JsonServer, Reply, Request  # noqa: E402
+from gpumgr.config import load_config  # noqa: E402
+from gpumgr.integrations.litellm_config import litellm_config, render_yaml  # noqa: E402
+from gpumgr.sim.ollama_process import SimOllamaProcess, start_sim_ollama  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.litellm]
+
+ENGINE = "qwen-7b"
+VLLM_NAME = "qwen-coder-vllm"
+PULLED = "qwen2.5-coder:7b"
+NOT_PULLED = "llama3.1:latest"
+CLOUD_NAME = "qwen3-coder:480b-cloud"
+KEY_ENV = "E2E_OLLAMA_CLOUD_KEY"
+MASTER_KEY = "sk-e2e-master"
+RETURN_WITHIN_S = 0.5
+FAST_S = 1.0
+"""'Well under a second' for a request that goes down the chain."""
+
+MAPPINGS = f"""
+exact_matches:
+  {VLLM_NAME}: {{provider: {ENGINE}, priority: primary}}
+  qwen-coder-14b-vllm: {{provider: qwen-14b, priority: primary}}
+  {PULLED}: {{provider: ollama, priority: secondary}}
+  {NOT_PULLED}: {{provider: ollama, priority: secondary}}
+  {CLOUD_NAME}: {{provider: ollama-cloud, priority: primary}}
+fallback_chains:
+  {VLLM_NAME}: {{chain: [{PULLED}, {CLOUD_NAME}]}}
+  qwen-coder-14b-vllm: {{chain: [{VLLM_NAME}, {PULLED}]}}
+  {NOT_PULLED}: {{chain: [{CLOUD_NAME}, {PULLED}]}}
+  {CLOUD_NAME}: {{chain: [{PULLED}]}}
+"""
+
+COUNTER = '''
+"""Test instrumentation: one JSON line per attempt the router makes (written by the e2e test)."""
+import json, os, time
+from litellm.integrations.custom_logger import CustomLogger
+
+class Counter(CustomLogger):
+    def _record(self, kwargs, ok):
+        params = kwargs.get("litellm_params") or {}
+        line = {"t": time.monotonic(), "ok": ok, "api_base": params.get("api_base"),
+                "model": kwargs.get("model"), "group": (params.get("metadata") or {}).get("model_group")}
+        with open(os.environ["E2E_ATTEMPTS_FILE"], "a") as f:
+            f.write(json.dumps(line) + "\\n")
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        self._record(kwargs, True)
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        self._record(kwargs, False)
+
+counter = Counter()
+'''
+
+
+class FakeCloud(JsonServer):
+    """Ollama Cloud's API as LiteLLM and gpumgr use it; ``rate_limited`` answers 429 (no
+    Retry-After, as the real one does)."""
+
+    def __init__(self) -> None:
+        super().__init__(self._answer)
+        self.rate_limited = False
+        self.chats = 0
+
+    def _answer(self, request: Request) -> Reply:
+        if self.rate_limited:
+            return Reply(429, {"error": "you have reached your usage limit"})
+        if request.path == "/api/tags":
+            return Reply(200, {"models": [{"name": CLOUD_NAME, "model": CLOUD_NAME}]})
+        if request.path == "/api/show":
+            return Reply(200, {"model_info": {}, "details": {}})
+        if request.path == "/api/chat":
+            self.chats += 1
+            body = json.loads(request.body or b"{}")
+            return Reply(200, {
+                "model": body.get("model", CLOUD_NAME), "created_at": "2025-01-01T00:00:00Z",
+                "message": {"role": "assistant", "content": "from the cloud"}, "done": True,
+                "done_reason": "stop", "prompt_eval_count": 3, "eval_count": 3,
+            })
+        return Reply(404, {"error": "not found"})
+
+
+def providers_yaml(port: int, ollama_url: str, cloud_url: str) -> str:
+    standby = vllm_provider_yaml("qwen-14b", port, served="qwen-coder-14b-vllm",
+                                 repo="Qwen/Qwen2.5-Coder-14B-Instruct-AWQ")
+    standby = standby.replace("status: active", "status: standby")
+    return "providers:" + vllm_provider_yaml(ENGINE, port, served=VLLM_NAME) + standby + f"""
+  ollama:
+    type: ollama
+    base_url: {ollama_url}
+    status: active
+    models: [{PULLED}, {NOT_PULLED}]
+  ollama-cloud:
+    type: ollama_cloud
+    base_url: {cloud_url}
+    status: active
+    requires_api_key: true
+    env_var: {KEY_ENV}
+    models: [{CLOUD_NAME}]
+"""
+
+
+@dataclass
+class Result:
+    sent_at: float
+    took_s: float
+    status: int
+    api_base: str
+    error: str = ""
+
+
+@dataclass
+class Stack:
+    harness: DaemonHarness
+    ollama: SimOllamaProcess
+    cloud: FakeCloud
+    proxy: subprocess.Popen[bytes]
+    proxy_url: str
+    attempts_file: Path
+    engine_port: int
+    proxy_log: Path
+    client: httpx2.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = httpx2.Client(
+            base_url=self.proxy_url, timeout=30,
+            headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        )
+
+    def ask(self, model: str) -> Result:
+        start = time.monotonic()
+        try:
+            r = self.client.post("/v1/chat/completions", json={
+                "model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+            })
+            status, base, error = r.status_code, r.headers.get("x-litellm-model-api-base", ""), (
+                "" if r.status_code == 200 else r.text[:300])
+        except httpx2.HTTPError as exc:
+            status, base, error = 0, "", repr(exc)
+        return Result(start, time.monotonic() - start, status, base, error)
+
+    def attempts(self) -> list[dict[str, Any]]:
+        if not self.attempts_file.exists():
+            return []
+        return [json.loads(line) for line in self.attempts_file.read_text().splitlines()]
+
+    def at_engine(self, result_or_base: Result | str) -> bool:
+        base = result_or_base.api_base if isinstance(result_or_base, Result) else result_or_base
+        return f":{self.engine_port}" in (base or "")
+
+
+def _proxy_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"litellm exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+    try:
+        return httpx2.get(url + "/health/liveliness", timeout=1).status_code == 200
+    except httpx2.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("litellm-e2e")
+    cloud = FakeCloud().start()
+    ollama: SimOllamaProcess | None = None
+    harness: DaemonHarness | None = None
+    proxy: subprocess.Popen[bytes] | None = None
+    try:
+        gpu_uuid = create_sim_gpu(tmp)
+        ollama = start_sim_ollama(
+            [PULLED], env={"GPUMGR_SIM_GPU_STATE": str(sim_gpu_path(tmp)),
+                           "CUDA_VISIBLE_DEVICES": gpu_uuid})
+        engine_port = free_port()
+        harness = DaemonHarness(
+            tmp, providers_yaml(engine_port, ollama.base_url, cloud.base_url),
+            FAST_HEALTH_YAML.format(restart_after_s=600) + FAST_LIFECYCLE_YAML,
+            env={KEY_ENV: "sk-e2e-cloud"},
+        )
+        (harness.config_dir / "model-mappings.yaml").write_text(MAPPINGS)
+        harness.start()
+        harness.wait_up(ENGINE)
+        # The callback acts only on a daemon that says its states are facts (docs/status.md).
+        wait_for(lambda: (doc := harness.status()).get("adoption_done")
+                 and doc.get("first_probe_round_done"), 10,
+                 "adoption_done and first_probe_round_done in /v1/status (the daemon must call "
+                 "StatusPublisher.mark_adoption_done() and mark_first_probe_round_done())")
+
+        cfg = load_config(harness.config_dir, env={})
+        proxy_dir = tmp / "proxy"
+        proxy_dir.mkdir()
+        config = litellm_config(cfg.providers_file, cfg.mappings, request_timeout_s=30)
+        config["litellm_settings"]["callbacks"].append("gpumgr_e2e_counter.counter")
+        (proxy_dir / "config.yaml").write_bytes(render_yaml(config))
+        (proxy_dir / "gpumgr_e2e_counter.py").write_text(COUNTER)
+        port = free_port()
+        proxy_log = tmp / "litellm.log"
+        attempts_file = tmp / "attempts.jsonl"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUMGR_", "LITELLM"))}
+        env.update({
+            "LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "GPUMGR_STATUS_URL": harness.base_url + "/v1/status", KEY_ENV: "sk-e2e-cloud",
+            "E2E_ATTEMPTS_FILE": str(attempts_file), "NO_PROXY": "*",
+            "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True",
+        })
+        litellm_bin = Path(sys.executable).with_name("litellm")
+        with open(proxy_log, "wb") as out:
+            proxy = subprocess.Popen(
+                [str(litellm_bin), "--config", str(proxy_dir / "config.yaml"),
+                 "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=proxy_dir,
+            )
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _proxy_ready(url, proxy, proxy_log), 90, "the LiteLLM proxy", 0.2)
+        s = Stack(harness, ollama, cloud, proxy, url, attempts_file, engine_port, proxy_log)
+        # Warm: the callback follows the daemon once the first request has gone through.
+        wait_for(lambda: s.ask(VLLM_NAME).status == 200, 30, "a first answer through the proxy")
+        yield s
+        s.client.close()
+    finally:
+        if proxy is not None and proxy.poll() is None:
+            os.killpg(proxy.pid, signal.SIGTERM)
+            try:
+                proxy.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proxy.pid, signal.SIGKILL)
+                proxy.wait()
+        if harness is not None:
+            harness.cleanup(check_log=False)
+        if ollama is not None:
+            ollama.stop()
+        cloud.stop()
+
+
+def test_all_up_requests_reach_the_vllm_engine(stack: Stack) -> None:
+    results = [stack.ask(VLLM_NAME) for _ in range(5)]
+    assert all(r.status == 200 for r in results), [r.error for r in results]
+    assert all(stack.at_engine(r) for r in results), [r.api_base for r in results]
+    assert stack.ask(PULLED).status == 200 and stack.ask(CLOUD_NAME).status == 200
+
+
+class Traffic:
+    """Sequential requests for one name from a thread until stopped."""
+
+    def __init__(self, stack: Stack, model: str, gap_s: float = 0.02) -> None:
+        self.stack, self.model, self.gap_s = stack, model, gap_s
+        self.results: list[Result] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.results.append(self.stack.ask(self.model))
+            self._stop.wait(self.gap_s)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def test_a_killed_engine_is_skipped_and_traffic_returns_when_it_is_up(stack: Stack) -> None:
+    h = stack.harness
+    pid = int(h.wait_up(ENGINE)["pid"])
+    with Traffic(stack, VLLM_NAME) as traffic:
+        wait_for(lambda: len(traffic.results) >= 5, 20, "traffic before the kill")
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not h.backend(ENGINE)["available"], 5, "the engine unavailable", 0.005)
+        up = h.wait_backend(ENGINE, lambda b: b["available"] and b.get("pid") not in (None, pid),
+                            30, "the restarted engine up", )
+        up_at = time.monotonic()
+        wait_for(lambda: any(r.sent_at > up_at + RETURN_WITHIN_S + 0.3 for r in traffic.results),
+                 10, "traffic after the engine is back")
+    assert up["pid"] != pid
+    rs = traffic.results
+    failures = [r for r in rs if r.status != 200]
+    assert not failures, [(r.status, r.error) for r in failures]
+    during = [r for r in rs if killed_at + 0.1 < r.sent_at < up_at - 0.1]
+    assert during and not any(stack.at_engine(r) for r in during), "the chain did not serve"
+    dead = [a for a in stack.attempts()
+            if not a["ok"] and stack.at_engine(a["api_base"] or "") and a["t"] >= killed_at]
+    assert len(dead) <= 1, dead
+    after = [r for r in rs if r.sent_at >= up_at + RETURN_WITHIN_S]
+    assert after and all(stack.at_engine(r) for r in after), [
+        (round(r.sent_at - up_at, 3), r.api_base) for r in after]
+    back = min(r.sent_at for r in rs if r.sent_at >= up_at and stack.at_engine(r))
+    print(json.dumps({"dead_port_attempts": len(dead), "requests": len(rs),
+                      "reentry_after_up_s": round(back - up_at, 3)}))
+
+
+def test_not_pulled_and_rate_limited_go_down_the_chain_fast(stack: Stack) -> None:
+    h = stack.harness
+    h.wait_backend("ollama", lambda b: NOT_PULLED in b.get("unavailable_models", {}), 10,
+                   "the unpulled model reported")
+    stack.cloud.rate_limited = True
+    try:
+        h.wait_backend("ollama-cloud", lambda b: b["state"] == "rate_limited", 10,
+                       "the cloud rate-limited")
+        chats_before = stack.cloud.chats
+        results = [stack.ask(NOT_PULLED) for _ in range(5)] + [stack.ask(CLOUD_NAME) for _ in range(5)]
+    finally:
+        stack.cloud.rate_limited = False
+    assert all(r.status == 200 for r in results), [r.error for r in results]
+    local = stack.ollama.base_url
+    assert all(r.api_base.rstrip("/") == local for r in results), [r.api_base for r in results]
+    assert max(r.took_s for r in results) < FAST_S, [round(r.took_s, 3) for r in results]
+    assert stack.cloud.chats == chats_before  # never sent to the rate-limited cloud
+    print(json.dumps({"chain_latency_max_s": round(max(r.took_s for r in results), 3),
+                      "chain_latency_p50_s": round(sorted(r.took_s for r in results)[5], 3)}))
+
+
+def test_with_the_daemon_killed_the_proxy_fails_open(stack: Stack) -> None:
+    """The last word of the daemon says the engine is down; the daemon dies; the engine
+    recovers. After the stated max age the router uses the engine again, failing nothing."""
+    h = stack.harness
+    pid = int(h.wait_up(ENGINE)["pid"])
+    os.kill(pid, signal.SIGSTOP)  # hung: probes time out, the daemon calls it down
+    try:
+        h.wait_backend(ENGINE, lambda b: not b["available"], 10, "the hung engine down")
+        assert h.proc is not None
+        h.proc.kill()
+        h.proc.wait()
+        dead_at = time.monotonic()
+        os.kill(pid, signal.SIGCONT)
+        with Traffic(stack, VLLM_NAME, gap_s=0.1) as traffic:
+            wait_for(lambda: any(stack.at_engine(r) for r in traffic.results), 5.0 + 5,
+                     "the engine used again with the daemon gone")
+        back = min(r.sent_at for r in traffic.results if stack.at_engine(r)) - dead_at
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    failures = [r for r in traffic.results if r.status != 200]
+    assert not failures, [(r.status, r.error) for r in failures]
+    assert 3.0 < back < 5.0 + 2.0, back  # not before the status is stale, soon after
+    print(json.dumps({"fail_open_after_s": round(back, 3)}))
