@@ -325,3 +325,28 @@ def test_with_a_token_the_tcp_listener_takes_control_calls_that_carry_it_and_no_
         assert token not in b.daemon.log_text()
     finally:
         b.daemon.cleanup()
+
+
+def test_a_loading_engine_shows_elapsed_and_expected_time_from_its_last_start(
+    tmp_path: Path,
+) -> None:
+    b = Box(tmp_path, provider("qwen-7b", free_port(), QWEN_7B,
+                               env={"GPUMGR_SIM_LOAD_SECONDS": "2.5"}))
+    try:
+        d = b.daemon
+        d.start()
+        first = d.wait_backend("qwen-7b", lambda x: x["state"] == "starting", 30)
+        assert first["eta_s"] is None  # never started here before: no expectation yet
+        d.wait_up("qwen-7b", 60)
+        assert d.backend("qwen-7b")["progress"] is None
+        measured = json.loads((d.tmp / "state" / "startup.json").read_text())["qwen-7b"]
+        assert 2.5 <= measured < 30
+        restart = b.popen("restart", "qwen-7b")
+        loading = d.wait_backend(
+            "qwen-7b", lambda x: x["state"] == "starting" and (x["progress"] or 0) > 0, 30)
+        assert f"of ~{measured:.0f} s" in loading["detail"]
+        assert 0 < loading["progress"] < 1 and 0 <= loading["eta_s"] <= measured
+        assert restart.wait(timeout=60) == 0
+        assert d.wait_up("qwen-7b", 30)["eta_s"] is None
+    finally:
+        b.daemon.cleanup()

@@ -152,6 +152,7 @@ class Daemon:
             self.config, inventory, self.emit, health=status.healths,
             on_weights=status.weights_ready, system=self._system,
         )
+        status.expected_startup_s = manager.startup_times.expected_s
         self.poller = poller = GpuPoller(inventory, manager.managed_pids, status.gpus_read)
         status.on_state_change.append(lambda _t: poller.refresh_soon())
         self.operator = operator = Operator(manager)
@@ -176,6 +177,7 @@ class Daemon:
         self._notifier.ready(f"listening on {status.listen_address}; {gpus}")
         log.info("daemon.ready", listen=status.listen_address, gpus=gpus)
         await manager.begin(first_read)
+        status.adoption_done()
         log.info("daemon.started", backends=list(manager.keepers), simulated=self.config.simulate)
 
     async def shutdown(self) -> None:

@@ -13,7 +13,9 @@ change such as ``up`` with no pid.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
@@ -27,7 +29,8 @@ from gpumgr.backend_state import BackendState
 from gpumgr.config import Config
 from gpumgr.engines.probe_result import ProbeResult
 from gpumgr.gpu import GpuInventory
-from gpumgr.health.machine import BackendHealth, Transition
+from gpumgr.engines.probes import is_probed
+from gpumgr.health.machine import NOT_PROBED, BackendHealth, Transition
 from gpumgr.health.scheduler import HealthScheduler
 from gpumgr.health.supervisor_events import apply_supervisor_event
 from gpumgr.logs import register_secret
@@ -44,6 +47,21 @@ log = structlog.get_logger(__name__)
 
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+def _load_progress(h: BackendHealth, expected_s: float | None) -> BackendChanges:
+    """While an engine loads: "loading 12 s of ~41 s" and the fields ``progress``/``eta_s``
+    (from its last measured start); cleared in every other state."""
+    if h.state is not BackendState.STARTING:
+        return {"progress": None, "eta_s": None}
+    elapsed = max(0.0, time.time() - h.since)
+    if not expected_s:
+        return {"detail": f"loading {elapsed:.0f} s ({h.reason})", "progress": None, "eta_s": None}
+    return {
+        "detail": f"loading {elapsed:.0f} s of ~{expected_s:.0f} s",
+        "progress": round(min(0.99, elapsed / expected_s), 2),
+        "eta_s": round(max(0.0, expected_s - elapsed), 1),
+    }
 
 
 class StatusWiring:
@@ -82,6 +100,10 @@ class StatusWiring:
         self._api: ApiServer | None = None
         self._dirty: dict[str, BackendChanges] = {}
         self._flush_scheduled = False
+        self._probed: set[str] = set()
+        self._progress_task: asyncio.Task[None] | None = None
+        self.expected_startup_s: Callable[[str], float | None] = lambda _name: None
+        """The expected seconds from spawn to serving of a backend (its last measured start)."""
         self.on_state_change: list[Callable[[Transition], object]] = []
         """Called on every state transition (the daemon refreshes the GPU figures)."""
 
@@ -103,6 +125,12 @@ class StatusWiring:
 
     def start_probes(self) -> None:
         self.scheduler.start()
+        self._progress_task = asyncio.get_running_loop().create_task(
+            self._progress_loop(), name="load-progress")
+
+    def adoption_done(self) -> None:
+        """The manager adopted (or gave up on) every engine an earlier daemon left."""
+        self.publisher.mark_adoption_done()
 
     @property
     def listen_address(self) -> str:
@@ -114,6 +142,10 @@ class StatusWiring:
         return self._api.port if self._api else None
 
     async def stop(self) -> None:
+        if self._progress_task is not None:
+            self._progress_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._progress_task
         await self.scheduler.stop()
         self._flush()
         self.publisher.close()
@@ -209,8 +241,10 @@ class StatusWiring:
             if h is None or self.publisher.backend(name) is None:
                 continue
             changes: BackendChanges = {
-                **extra, "state": h.state, "detail": h.reason, "since": _utc(h.since),
+                "state": h.state, "detail": h.reason, "since": _utc(h.since),
                 "pid": h.pid, "restarts": h.restarts,
+                "suspect": h.state is BackendState.UP and h.consecutive_failures > 0,
+                **_load_progress(h, self.expected_startup_s(name)), **extra,
             }
             self.publisher.update_backend(name, **changes)
 
@@ -224,11 +258,31 @@ class StatusWiring:
 
     def _on_probe(self, name: str, result: ProbeResult, health: BackendHealth) -> None:
         unavailable = {m.name: m.reason or "unavailable" for m in result.models if not m.available}
-        self.publisher.update_backend(
-            name,
-            last_check=datetime.now(UTC),
-            latency_ms=result.latency_ms,
-            busy=bool(result.busy),
-            unavailable_models=unavailable,
-            detail=health.reason,
-        )
+        changes: BackendChanges = {
+            "last_check": datetime.now(UTC), "latency_ms": result.latency_ms,
+            "busy": bool(result.busy), "unavailable_models": unavailable,
+            "suspect": health.state is BackendState.UP and health.consecutive_failures > 0,
+        }
+        if health.state is not BackendState.STARTING:  # while loading, say "loading", not "refused"
+            changes["detail"] = health.reason
+        self.publisher.update_backend(name, **changes)
+        self._probed.add(name)
+        self._check_first_round()
+
+    def _check_first_round(self) -> None:
+        """Every backend that is probed now has had one verdict: say so in the document."""
+        waiting = [n for n, h in self.scheduler.healths().items()
+                   if h.state not in NOT_PROBED and is_probed(self.scheduler.providers()[n])
+                   and n not in self._probed]
+        if not waiting:
+            self.publisher.mark_first_probe_round_done()
+
+    async def _progress_loop(self) -> None:
+        """Once a second, every loading backend's elapsed time and expected end."""
+        while True:
+            await asyncio.sleep(1.0)
+            for name, h in self.scheduler.healths().items():
+                if h.state is BackendState.STARTING:
+                    self._dirty.setdefault(name, {})
+            if self._dirty:
+                self._schedule_flush()

@@ -48,6 +48,7 @@ from .lease import GpuLease, GpuLocks
 from .ollama_room import OllamaRoom
 from .prepare import LaunchPlanner, PlanView, without_owners, engine_health_url
 from .start import LaunchSpec, Prepare, PrepareHint, StartContext, StartTiming
+from .startup_times import StartupTimes
 from .stop import Drain, StopTiming, stop_engine
 
 log = structlog.get_logger(__name__)
@@ -94,6 +95,7 @@ class BackendManager:
         self.locks = GpuLocks()
         self.records = ChildRecords(config.paths.state_dir, system)
         self.store = DesiredStore(config.paths.state_dir, system)
+        self.startup_times = StartupTimes(config.paths.state_dir, system)
         self.desired = DesiredState()
         self.keepers: dict[str, BackendKeeper] = {}
         self._identity: dict[str, Identity] = {}
@@ -126,6 +128,7 @@ class BackendManager:
             stop=StopTiming(vllm.stop_timeout_s, vllm.memory_release_timeout_s),
             memory_released=self._memory_released,
             system=self._system,
+            startup_times=self.startup_times,
         )
         self.planner = LaunchPlanner(
             settings=settings,

@@ -30,6 +30,7 @@ from gpumgr.supervisor.records import ChildRecord, ChildRecords
 from gpumgr.supervisor.system import REAL, System
 
 from .lease import GpuLease, GpuLocks
+from .startup_times import StartupTimes
 from .stop import StopTiming, stop_engine
 
 log = structlog.get_logger(__name__)
@@ -140,6 +141,8 @@ class StartContext:
     memory_released: process.MemoryReleased | None = None
     """Asked after a stop whether the GPU shows the stopped pids' memory back."""
     system: System = REAL
+    startup_times: StartupTimes | None = None
+    """Where each measured start is remembered (for "loading 12 s of ~41 s")."""
 
 
 async def wait_ready(
@@ -244,6 +247,8 @@ async def start_engine(
     # The engine may rename itself once running (setproctitle): adopt against what it is now.
     cmdline = await asyncio.to_thread(_current_cmdline, child)
     await _record_or_stop(lease, ctx, child, spec, cmdline or list(spec.argv), announced=True)
+    if ctx.startup_times is not None:
+        await asyncio.to_thread(ctx.startup_times.record, spec.backend, startup_s)
     ctx.sink(ChildReady(spec.backend, child.pid, startup_s))
     log.info("start.ready", backend=spec.backend, pid=child.pid, startup_s=round(startup_s, 2))
     return Started(child, spec, startup_s)

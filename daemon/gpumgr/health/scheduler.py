@@ -328,4 +328,4 @@ class HealthScheduler:
 
 def _shown(h: BackendHealth) -> tuple[object, ...]:
     """What the status shows of a backend's health (the failure streak is internal)."""
-    return (h.state, h.reason, h.pid, h.restarts, h.since)
+    return (h.state, h.reason, h.pid, h.restarts, h.since, h.consecutive_failures > 0)
