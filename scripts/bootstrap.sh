@@ -12,7 +12,8 @@ for candidate in python3.11 python3.12 python3.13 python3; do
   fi
 done
 [ -n "$PY" ] || { echo "gpumgr needs Python >= 3.11 (none found on PATH)" >&2; exit 1; }
-EXTRAS="${1:-test}"
+# $1: the extras to install ("test" when absent; "" installs only the runtime dependencies).
+EXTRAS="${1-test}"
 stamp="$VENV/.gpumgr-installed"
 want="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)-$EXTRAS"
 if [ ! -x "$VENV/bin/python" ]; then
@@ -22,6 +23,7 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing gpumgr and its dependencies into $VENV" >&2
   "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRAS]" >&2
+  if [ -n "$EXTRAS" ]; then spec="$ROOT[$EXTRAS]"; else spec="$ROOT"; fi
+  "$VENV/bin/python" -m pip install --quiet -e "$spec" >&2
   echo "$want" > "$stamp"
 fi

@@ -83,7 +83,7 @@ def test_transport_errors_are_redacted_before_they_are_shortened() -> None:
 
 def test_secrets_come_from_the_environment_then_systemd_credentials(tmp_path: Path) -> None:
     (tmp_path / "OLLAMA_CLOUD_API_KEY").write_text(KEY + "\n")
-    (tmp_path / "HF_TOKEN").write_text("hf_" + "t" * 30)
+    (tmp_path / "gpumgr_HF_TOKEN").write_text("hf_" + "t" * 30)  # the unit loads a directory
     (tmp_path / "EMPTY").write_text("\n")
     env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
     assert read_secret("OLLAMA_CLOUD_API_KEY", env) == KEY

@@ -4,7 +4,9 @@ A secret is named by an environment variable (a provider's ``env_var``, ``HF_TOK
 control token). Under systemd it may instead arrive as a credential: the unit says
 ``LoadCredential=HF_TOKEN:/etc/gpumgr/credentials/HF_TOKEN`` and systemd exposes the file as
 ``$CREDENTIALS_DIRECTORY/HF_TOKEN`` (readable only by the service; never in the environment,
-``/proc/<pid>/environ`` or ``systemctl show``). The credential's name is the variable's name.
+``/proc/<pid>/environ`` or ``systemctl show``). The credential's name is the variable's name, or
+``gpumgr_<NAME>`` for a file of the directory that gpumgr's unit loads whole
+(``LoadCredential=gpumgr:/etc/gpumgr/credentials``: systemd names each file ``gpumgr_<file>``).
 
 Precedence: a non-empty ``$NAME`` > ``$CREDENTIALS_DIRECTORY/NAME``. The file's first line,
 stripped, is the value; an empty or unreadable file counts as absent (``secret_source`` says
@@ -32,12 +34,20 @@ class Secret:
         return f"secret from {self.source}"
 
 
+CREDENTIAL_PREFIX = "gpumgr_"
+
+
 def credential_path(name: str, env: Mapping[str, str]) -> Path | None:
-    """``$CREDENTIALS_DIRECTORY/<name>`` when systemd passed credentials, else None."""
+    """``$CREDENTIALS_DIRECTORY/<name>`` (else ``gpumgr_<name>``) when systemd passed
+    credentials and one of them exists, else None."""
     directory = env.get(CREDENTIALS_ENV, "").strip()
     if not directory or not name or "/" in name or name in (".", ".."):
         return None
-    return Path(directory.split(":")[0]) / name
+    base = Path(directory.split(":")[0])
+    for candidate in (base / name, base / f"{CREDENTIAL_PREFIX}{name}"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _read_credential(path: Path) -> str | None:

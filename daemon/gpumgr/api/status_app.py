@@ -72,7 +72,7 @@ def create_status_app(
         "/v1/status",
         response_model=StatusDocument,
         summary="The status document",
-        description="The router's contract (DESIGN.md §5); the same JSON as status.json.",
+        description="The router's contract (docs/status.md, DESIGN.md §5); the same JSON as status.json.",
     )
     async def get_status() -> Response:
         return Response(publisher.document_json, media_type=JSON)
