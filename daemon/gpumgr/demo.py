@@ -33,6 +33,11 @@ from gpumgr.errors import GpumgrError
 from gpumgr.sim.ollama_process import SimOllamaProcess, start_sim_ollama
 
 SETTLED = {"up", "failed", "down", "auth_failed", "rate_limited", "disabled", "stopped"}
+SLEEP_PARTNER = "qwen-14b"
+"""In the demo's copy of the example, this provider gets its own port and ``swap_mode: sleep``."""
+SWAPS = (("qwen-7b", "qwen-14b", "a restart swap: the 7B is drained and stopped, the 14B starts"),
+         ("qwen-14b", "qwen-7b", "a sleep-mode swap: the 14B sleeps (weights to host RAM)"),
+         ("qwen-7b", "qwen-14b", "and back: the 14B is woken, same process, no cold start"))
 
 
 def free_port() -> int:
@@ -71,6 +76,7 @@ def prepare_workspace(example_dir: Path, root: Path, ollama_port: int) -> DemoWo
             shutil.copy(example_dir / name, cfg_dir / name)
     data = yaml.safe_load((example_dir / "providers.yaml").read_text())
     ports: dict[int, int] = {}
+    sleeper = data.get("providers", {}).get(SLEEP_PARTNER)
     for p in data.get("providers", {}).values():
         url = p.get("base_url") or ""
         if p.get("type") == "ollama":
@@ -79,6 +85,9 @@ def prepare_workspace(example_dir: Path, root: Path, ollama_port: int) -> DemoWo
             old = int(url.rsplit(":", 1)[1].split("/")[0])
             ports.setdefault(old, free_port())  # swap partners keep sharing one port
             p["base_url"] = f"http://127.0.0.1:{ports[old]}"
+    if sleeper is not None:  # to show a sleep-mode swap: its own port, so it can sleep beside
+        sleeper["base_url"] = f"http://127.0.0.1:{free_port()}"
+        sleeper["swap_mode"] = "sleep"
     (cfg_dir / "providers.yaml").write_text(
         "# Demo copy of the example registry, local ports moved to free ones.\n"
         + yaml.safe_dump(data, sort_keys=False)
@@ -157,12 +166,17 @@ def run_demo(example_dir: Path, *, workdir: Path | None, load_seconds: float, fo
             answer = sample_chat(doc)
             if answer:
                 console.print(f"request to [bold]{answer[0]}[/] answered: {answer[1]!r}")
+            swapped = run_swaps(ws, load_seconds, console, url, doc)
             console.print("stopping the daemon (SIGTERM: every engine is stopped, none left behind)")
         console.print(f"daemon exited with status {daemon.returncode}")
-        ok = daemon.returncode == 0 and all(
+        ok = daemon.returncode == 0 and swapped and all(
             b["available"] for b in doc["backends"] if b["managed"] and b["state"] != "stopped"
         )
         result = 0 if ok else 1
+        return result
+    except KeyboardInterrupt:  # Ctrl-C: everything above was stopped on the way out
+        console.print("interrupted: the daemon and its engines are stopped")
+        result = 0
         return result
     finally:
         ollama.stop()
@@ -171,6 +185,31 @@ def run_demo(example_dir: Path, *, workdir: Path | None, load_seconds: float, fo
                 shutil.rmtree(root, ignore_errors=True)
             else:
                 console.print(f"workspace kept for inspection: {root}")
+
+
+def run_swaps(ws: DemoWorkspace, load_seconds: float, console: Console, url: str,
+              doc: dict[str, Any]) -> bool:
+    """``gpumgr swap`` as an operator runs it, three times, with its progress; True if all
+    succeeded (skipped when the example has no such pair of providers)."""
+    names = {b["name"] for b in doc["backends"]}
+    if not {"qwen-7b", SLEEP_PARTNER} <= names:
+        return True
+    for old, new, what in SWAPS:
+        console.print(f"\n[bold]gpumgr swap {old} {new}[/]  ({what})")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gpumgr.cli", "swap", old, new, "--config-dir",
+             str(ws.config_dir)],
+            env=ws.env(load_seconds), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            console.print(f"  {line.rstrip()}", highlight=False)
+        if proc.wait() != 0:
+            return False
+        now = _status(url)
+        if now is not None:
+            console.print(render_table(now, console.width))
+    return True
 
 
 def _watch(url: str, daemon: subprocess.Popen[bytes], *, follow: bool, timeout_s: float,

@@ -261,20 +261,24 @@ class Operator:
             manager = self.manager
             if not manager.asleep(name):
                 raise OperationFailed(f"{name} is not asleep")
-            await self._check_wake_fits(name, frozenset())
+            await self._check_wake_fits(name, frozenset(), {})
             async with manager.locks.lease(manager.gpu_uuid_of(name), f"wake {name}") as lease:
                 took = await self._wake(name, lease, progress)
             return Outcome(f"{name} awake", {"wake": took})
 
-    async def _check_wake_fits(self, name: str, gone: frozenset[str]) -> None:
-        """A sleeper needs its whole slice back: refuse before touching anything otherwise."""
+    async def _check_wake_fits(
+        self, name: str, gone: frozenset[str], residual: dict[str, int]
+    ) -> None:
+        """A sleeper needs its whole slice back: refuse before touching anything otherwise.
+        ``gone`` leave the card first (asleep ones keeping their ``residual`` bytes)."""
         manager = self.manager
         needed = await manager.wake_needs_bytes(name)
-        free = await manager.free_bytes_after(name, gone, {g: self._residual_bytes() for g in gone})
+        free = await manager.free_bytes_after(name, gone, residual)
         if needed is not None and free < needed:
+            how = "sleeps" if residual else "stops"
             raise PlanInfeasible(
                 f"{name} cannot wake: it needs {needed // MIB} MiB more, "
-                f"{free // MIB} MiB would be free" + (f" once {', '.join(gone)} sleeps" if gone else "")
+                f"{free // MIB} MiB would be free" + (f" once {', '.join(gone)} {how}" if gone else "")
             )
 
     async def swap(
@@ -294,7 +298,7 @@ class Operator:
             sleeping = self._sleeps(old) and manager.provider(old).port != manager.provider(new).port
             residual = {old: self._residual_bytes()} if sleeping else {}
             if waking:
-                await self._check_wake_fits(new, frozenset({old}))
+                await self._check_wake_fits(new, frozenset({old}), residual)
             else:
                 await self._weights(new, progress)
                 same_port = manager.provider(old).port == manager.provider(new).port
