@@ -320,6 +320,9 @@ class BackendManager:
         from gpumgr.sim.hub import hub_endpoint
         from gpumgr.weights import WeightsContext
 
+        local = WeightsContext.from_config(self.config).local(provider)  # no hub needed
+        if local is not None:
+            return local
         with contextlib.ExitStack() as stack:
             endpoint = (
                 stack.enter_context(hub_endpoint(self.config.settings.simulate.hub_endpoint))
@@ -327,9 +330,6 @@ class BackendManager:
                 else None
             )
             weights = WeightsContext.from_config(self.config, endpoint=endpoint)
-            local = weights.local(provider)
-            if local is not None:
-                return local
             say(f"fetching {provider.hf_repo}")
             return weights.resolve(provider, progress=progress)
 

@@ -26,6 +26,7 @@ from gpumgr.engines.probe_result import (
 
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
+FINISHED = "vllm:request_success_total"
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # new name, pre-0.10 name
 
 
@@ -36,12 +37,15 @@ class VllmLoad:
     running: int
     waiting: int
     kv_cache_usage: float | None
+    finished: int | None = None
+    """Requests finished since the engine started (None when it does not say)."""
 
 
 def parse_metrics(text: str) -> VllmLoad | None:
     """Running/waiting requests and KV-cache usage (0–1) from Prometheus text; None if absent."""
     running = waiting = 0
     kv: float | None = None
+    finished: int | None = None
     seen = False
     try:
         for family in text_string_to_metric_families(text):
@@ -54,9 +58,11 @@ def parse_metrics(text: str) -> VllmLoad | None:
                     seen = True
                 elif sample.name in KV_USAGE:
                     kv = max(kv or 0.0, float(sample.value))
+                elif sample.name == FINISHED:
+                    finished = (finished or 0) + int(sample.value)
     except ValueError:
         return None
-    return VllmLoad(running, waiting, kv) if seen else None
+    return VllmLoad(running, waiting, kv, finished) if seen else None
 
 
 def served_model_ids(body: object) -> tuple[str, ...]:

@@ -244,6 +244,7 @@ class SimEngine:
         await asyncio.sleep(wake_s)
         self.register(self.knobs.context_mib + self.held_mib)
         log("INFO", "gpu_worker.py", f"It took {wake_s:.6f} seconds to wake up.")
+        self.event("woken", took_s=wake_s)
         return None
 
     def schedule_chaos(self, loop: asyncio.AbstractEventLoop) -> None:

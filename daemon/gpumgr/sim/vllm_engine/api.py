@@ -154,6 +154,8 @@ class EngineApi:
              "counter", self.prompt_tokens_total),
             ("vllm:generation_tokens_total", "Number of generation tokens processed.",
              "counter", self.generation_tokens_total),
+            ("vllm:request_success_total", "Count of successfully processed requests.",
+             "counter", self.success_total),
         ]  # fmt: skip
         out: list[str] = []
         for name, help_text, kind, value in gauges:
