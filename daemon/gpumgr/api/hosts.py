@@ -117,6 +117,9 @@ class AllowedHosts:
                 header = value.decode("latin-1")
                 break
         server = scope.get("server")
+        if server and server[1] is None:  # a unix socket: no browser can reach it, no rebinding
+            await self.app(scope, receive, send)
+            return
         local = str(server[0]) if server else None
         if self.policy.allows(header, local):
             await self.app(scope, receive, send)
