@@ -9,7 +9,8 @@ written beside the config (LiteLLM loads ``<config dir>/<module>.py`` first), re
 attempt the router makes — success or failure, with its ``api_base`` — so the test counts the
 requests that reach each backend, dead ports included, without changing how the router behaves.
 
-Skipped, with the reason, when litellm is not importable (``pip install -e '.[litellm]'``).
+The proxy runs from its own venv (``.venv-litellm``, or ``$GPUMGR_LITELLM_BIN``), as a router
+does; skipped, with the reason, when there is none.
 The swap scenario is added with ``gpumgr swap`` (issue 11).
 """
 
@@ -19,7 +20,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,10 +30,26 @@ from typing import Any
 import httpx2
 import pytest
 
-pytest.importorskip(
-    "litellm.proxy.proxy_server",
-    reason="litellm[proxy] is not installed (the 'litellm' extra: pip install -e '.[litellm]')",
-)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _litellm_bin() -> Path | None:
+    """The proxy's executable: ``$GPUMGR_LITELLM_BIN``, else ``.venv-litellm/bin/litellm``
+    (scripts/test.sh builds that venv: ``GPUMGR_VENV=.venv-litellm scripts/bootstrap.sh litellm``).
+    Its own venv, as a router has: litellm 1.108.7 pins huggingface_hub < 2, which would replace
+    the one gpumgr's venv needs."""
+    given = os.environ.get("GPUMGR_LITELLM_BIN")
+    path = Path(given) if given else REPO_ROOT / ".venv-litellm" / "bin" / "litellm"
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+LITELLM_BIN = _litellm_bin()
+if LITELLM_BIN is None:
+    pytest.skip(
+        "no LiteLLM proxy: set GPUMGR_LITELLM_BIN or build .venv-litellm "
+        "(GPUMGR_VENV=.venv-litellm bash scripts/bootstrap.sh litellm)",
+        allow_module_level=True,
+    )
 
 from daemon_harness import (  # noqa: E402
     FAST_HEALTH_YAML,
@@ -249,10 +265,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "E2E_ATTEMPTS_FILE": str(attempts_file), "NO_PROXY": "*",
             "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True",
         })
-        litellm_bin = Path(sys.executable).with_name("litellm")
+        assert LITELLM_BIN is not None
         with open(proxy_log, "wb") as out:
             proxy = subprocess.Popen(
-                [str(litellm_bin), "--config", str(proxy_dir / "config.yaml"),
+                [str(LITELLM_BIN), "--config", str(proxy_dir / "config.yaml"),
                  "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 cwd=proxy_dir,
