@@ -319,6 +319,26 @@ def test_stop_while_restarting_or_failed_ends_stopped(box: Box) -> None:
     box.run(body)
 
 
+def test_stop_while_waiting_to_restart_after_a_crash_ends_stopped(
+    box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (box.config_dir / "gpumgr.yaml").write_text(SETTINGS.replace("backoff_base_s: 0.1", "backoff_base_s: 30")
+                                                .replace("backoff_cap_s: 0.5", "backoff_cap_s: 60"))
+    config = box.write(provider_yaml("qwen", free_port(), QWEN))
+    monkeypatch.setenv("GPUMGR_SIM_CRASH_AFTER_S", "0.2")
+
+    async def body() -> None:
+        m = box.manager(config)
+        await m.begin(m._inventory.read())
+        await box.until(lambda: box.states.state("qwen") is S.RESTARTING, "restarting")
+        assert "restart #1 in 30 s" in box.states.reason("qwen")
+        await m.stop("qwen")
+        assert box.states.state("qwen") is S.STOPPED
+        assert box.states.health["qwen"].pid is None
+
+    box.run(body)
+
+
 def test_a_hung_engine_is_restarted_by_the_manager_after_the_configured_time(box: Box) -> None:
     a = free_port()
     settings = SETTINGS.replace("health:\n", "health:\n  restart_unresponsive_after_s: 0.3\n")

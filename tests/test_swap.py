@@ -350,3 +350,21 @@ def test_a_loading_engine_shows_elapsed_and_expected_time_from_its_last_start(
         assert d.wait_up("qwen-7b", 30)["eta_s"] is None
     finally:
         b.daemon.cleanup()
+
+
+def test_logs_show_the_engines_last_lines_and_a_missing_daemon_is_one_line_exit_1(
+    box: Box,
+) -> None:
+    d = box.daemon
+    d.wait_up("qwen-7b", 60)
+    logs = box.cli("logs", "qwen-coder", "-n", "5")  # by served name
+    assert logs.returncode == 0, logs.stderr
+    assert len(logs.stdout.splitlines()) == 5
+    assert "Application startup complete" in box.cli("logs", "qwen-7b", "-n", "200").stdout
+    unknown = box.cli("logs", "nope")
+    assert unknown.returncode == 2 and "no provider or served model is named 'nope'" in unknown.stderr
+    assert d.stop() == 0
+    gone = box.cli("swap", "qwen-7b", "qwen-14b")
+    assert gone.returncode == 1
+    assert gone.stderr.count("\n") == 1 and "gpumgr daemon is not running" in gone.stderr
+    assert "systemctl start gpumgr" in gone.stderr
