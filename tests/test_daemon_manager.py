@@ -246,3 +246,33 @@ def test_the_log_check_itself_catches_an_illegal_transition() -> None:
     with pytest.raises(AssertionError, match="1 defect"):
         assert_clean_daemon_log('{"event": "backend.illegal_transition", "backend": "x"}')
     assert_clean_daemon_log('{"event": "backend.state", "backend": "x"}')
+
+
+def test_with_default_health_settings_a_hung_engine_is_suspect_within_about_a_second(
+    tmp_path: Path,
+) -> None:
+    """What the router acts on (DESIGN §5: skip a suspect backend while another remains; an
+    unavailable one always). Measured here ~1 s; CI gets slack."""
+    daemon = DaemonHarness(tmp_path, "providers:" + provider("qwen", free_port(), QWEN),
+                           FAST_LIFECYCLE_YAML + "health:\n  restart_unresponsive_after_s: null\n")
+    try:
+        daemon.start()
+        pid = daemon.wait_up("qwen", 60)["pid"]
+        sse = daemon.sse()
+        time.sleep(0.3)
+        hung_at = time.monotonic()
+        os.killpg(pid, signal.SIGSTOP)
+        try:
+            found = sse.first(lambda f: f.get("name") == "qwen"
+                              and (f.get("suspect") or not f.get("available")),
+                              after=hung_at, timeout_s=10)
+        finally:
+            os.killpg(pid, signal.SIGCONT)
+        assert found is not None, sse.text()
+        took = found[0] - hung_at
+        print(f"hung engine flagged after {took:.2f} s")
+        assert took < 4.0
+        daemon.wait_backend("qwen", lambda b: b["available"] and not b["suspect"], 30)
+        assert daemon.stop() == 0
+    finally:
+        daemon.cleanup()

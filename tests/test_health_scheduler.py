@@ -50,15 +50,28 @@ async def wait_state(sched: HealthScheduler, name: str, state: S, timeout_s: flo
 
 
 def test_yaml_settings_win_over_the_registry_block_then_defaults() -> None:
-    vllm = Provider(name="q", type="vllm", base_url="http://127.0.0.1:8001")
+    ollama = Provider(name="o", type="ollama", base_url="http://127.0.0.1:11434")
     cloud = Provider(name="c", type="ollama_cloud", base_url="https://ollama.com")
     registry = HealthChecks(interval_seconds=5, timeout_seconds=2, retry_attempts=4)
-    assert timing_for(vllm, HealthSettings(), HealthChecks()) == ProbeTiming(2.0, 1.0, 3, 0.1)
-    assert timing_for(vllm, HealthSettings(), registry) == ProbeTiming(5, 2, 4, 0.1)
-    assert timing_for(vllm, HealthSettings(interval_s=3, retry_attempts=2), registry) == ProbeTiming(
+    assert timing_for(ollama, HealthSettings(), HealthChecks()) == ProbeTiming(2.0, 1.0, 3, 0.1)
+    assert timing_for(ollama, HealthSettings(), registry) == ProbeTiming(5, 2, 4, 0.1)
+    assert timing_for(ollama, HealthSettings(interval_s=3, retry_attempts=2), registry) == ProbeTiming(
         3, 2, 2, 0.1
     )
     assert timing_for(cloud, HealthSettings(), registry).interval_s == 60.0
+
+
+def test_the_engines_gpumgr_runs_are_probed_fast_unless_gpumgr_yaml_says_otherwise() -> None:
+    """A hung engine must be suspect (and skipped by the router) within about a second: the
+    registry's 2 s interval is for the other backends; gpumgr.yaml's ``health:`` still wins."""
+    vllm = Provider(name="q", type="vllm", base_url="http://127.0.0.1:8001")
+    registry = HealthChecks(interval_seconds=2, timeout_seconds=1, retry_attempts=3)
+    fast = timing_for(vllm, HealthSettings(), registry)
+    assert (fast.interval_s, fast.timeout_s, fast.retry_attempts) == (0.5, 0.5, 3)
+    assert fast.interval_s + fast.timeout_s + fast.jitter_s <= 1.5
+    assert timing_for(vllm, HealthSettings(interval_s=3, timeout_s=2), registry).interval_s == 3
+    standby = Provider(name="s", type="vllm", base_url="http://127.0.0.1:8002", status="disabled")
+    assert timing_for(standby, HealthSettings(), registry).interval_s == 2
 
 
 def test_sigstopped_backend_is_down_within_interval_times_attempts_plus_timeout_and_recovers(

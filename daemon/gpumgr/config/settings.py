@@ -25,6 +25,12 @@ class HealthSettings(_Section):
     timeout_s: float | None = Field(default=None, gt=0)
     retry_attempts: int | None = Field(default=None, ge=1)
     cloud_interval_s: float = Field(default=60.0, gt=0)
+    engine_interval_s: float = Field(default=0.5, gt=0)
+    """Probe interval of the vLLM engines gpumgr runs (loopback, cheap): a hung engine is
+    ``suspect`` (skipped by the router) within about interval + timeout. ``interval_s`` here
+    overrides it; the registry's ``health_checks`` applies to the other backends."""
+    engine_timeout_s: float = Field(default=0.5, gt=0)
+    """Probe timeout of the managed vLLM engines (``timeout_s`` here overrides it)."""
     starting_poll_s: float = Field(default=0.25, gt=0)
     busy_waiting_threshold: int = Field(default=4, ge=0)
     """``busy`` when vLLM's ``vllm:num_requests_waiting`` is above this."""

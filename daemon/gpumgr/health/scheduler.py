@@ -55,11 +55,19 @@ class ProbeTiming:
 
 def timing_for(provider: Provider, settings: HealthSettings, checks: HealthChecks) -> ProbeTiming:
     """gpumgr.yaml ``health:`` wins over the registry's ``health_checks:``, then the defaults
-    (2 s / 1 s / 3). The cloud has its own interval so that probes do not burn the quota."""
-    interval = settings.interval_s or checks.interval_seconds or DEFAULT_INTERVAL_S
+    (2 s / 1 s / 3). The engines gpumgr runs are on loopback and cheap to ask: unless
+    ``health.interval_s``/``timeout_s`` say otherwise they are probed every
+    ``engine_interval_s`` (0.5 s) with ``engine_timeout_s`` (0.5 s), so a hang is ``suspect``
+    within about a second. The cloud has its own interval so that probes do not burn the quota."""
+    managed = provider.is_vllm and provider.runs_here
+    interval = settings.interval_s or (
+        settings.engine_interval_s if managed else checks.interval_seconds or DEFAULT_INTERVAL_S
+    )
     if is_cloud(provider):
         interval = settings.cloud_interval_s
-    timeout = settings.timeout_s or checks.timeout_seconds or DEFAULT_TIMEOUT_S
+    timeout = settings.timeout_s or (
+        settings.engine_timeout_s if managed else checks.timeout_seconds or DEFAULT_TIMEOUT_S
+    )
     attempts = settings.retry_attempts or checks.retry_attempts or DEFAULT_RETRY_ATTEMPTS
     return ProbeTiming(interval, min(timeout, interval), attempts, min(settings.jitter_s, interval / 2))
 
