@@ -18,6 +18,7 @@ from daemon_harness import (
     FAST_HEALTH_YAML,
     FAST_LIFECYCLE_YAML,
     DaemonHarness,
+    alive,
     assert_clean_daemon_log,
     free_port,
     wait_for,
@@ -83,7 +84,7 @@ def test_sighup_starts_added_stops_removed_restarts_changed_and_leaves_a_descrip
         assert changed["pid"] != pids["changed"]
         assert added["pid"] not in pids.values()
         assert "removed" not in {b["name"] for b in doc["backends"]}
-        assert not _alive(pids["removed"]) and not _alive(pids["changed"])
+        assert not alive(pids["removed"]) and not alive(pids["changed"])
         desired = json.loads((tmp_path / "state" / "desired.json").read_text())
         assert sorted(desired["backends"]) == ["added", "changed", "kept"]
         assert daemon.stop() == 0
@@ -114,7 +115,7 @@ def test_a_second_daemon_on_the_same_state_directory_exits_naming_the_first_and_
         time.sleep(0.5)  # had it adopted and stopped the engine, it would be gone by now
         doc = first.status()
         assert first.backend("qwen", doc)["pid"] == pid and first.backend("qwen", doc)["available"]
-        assert _alive(pid)
+        assert alive(pid)
         assert first.stop() == 0
     finally:
         first.cleanup()
@@ -232,13 +233,6 @@ def test_an_engine_death_is_published_as_one_update_with_state_pid_and_restarts_
     finally:
         daemon.cleanup()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_the_log_check_itself_catches_an_illegal_transition() -> None:

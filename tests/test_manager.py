@@ -27,7 +27,7 @@ from gpumgr.sim.gpu import SimGpuState
 from gpumgr.supervisor import events as ev
 from gpumgr.supervisor.system import System
 
-from daemon_harness import free_port
+from daemon_harness import alive, free_port
 from state_fake import States
 
 pytestmark = pytest.mark.slow
@@ -208,7 +208,7 @@ def test_a_reload_restarts_exactly_what_changed_and_a_description_edit_restarts_
             ["qwen"], ["deepseek"], ["deepseek-b"], [])
         await box.up("qwen", "deepseek-b")
         assert box.pid(m, "qwen") == qwen_pid
-        assert not _alive(deepseek_pid)
+        assert not alive(deepseek_pid)
         b_pid = box.pid(m, "deepseek-b")
 
         # one launch setting changed: only that engine restarts
@@ -217,7 +217,7 @@ def test_a_reload_restarts_exactly_what_changed_and_a_description_edit_restarts_
         report = await m.reconcile(v3)
         assert (report.restarted, report.unchanged) == (["qwen"], ["deepseek-b"])
         await box.up("qwen")
-        assert box.pid(m, "qwen") != qwen_pid and not _alive(qwen_pid)
+        assert box.pid(m, "qwen") != qwen_pid and not alive(qwen_pid)
         assert box.pid(m, "deepseek-b") == b_pid
 
     box.run(body)
@@ -269,7 +269,7 @@ def test_an_adopted_engine_whose_configuration_changed_meanwhile_is_restarted(bo
         report = await second.begin(second._inventory.read())
         assert report.adopted == [] and report.restarted == ["qwen"]
         await box.up("qwen")
-        assert box.pid(second, "qwen") != pid and not _alive(pid)
+        assert box.pid(second, "qwen") != pid and not alive(pid)
 
     box.run(body)
 
@@ -357,7 +357,7 @@ def test_a_hung_engine_is_restarted_by_the_manager_after_the_configured_time(box
         assert m.check_unresponsive(time.time()) == []  # one restart in flight, not two
         await box.until(lambda: box.states.state("qwen") is S.UP and box.pid(m, "qwen") != pid,
                         "a new engine")
-        assert not _alive(pid)
+        assert not alive(pid)
         assert box.states.health["qwen"].restarts == 1
 
     box.run(body)
@@ -378,14 +378,3 @@ def test_an_engine_on_another_loopback_name_binds_there_and_comes_up(box: Box, h
 
     box.run(body)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

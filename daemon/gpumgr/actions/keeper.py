@@ -382,11 +382,12 @@ class BackendKeeper:
             try:
                 await self._weights()
                 return
-            except GpumgrError as exc:
+            except Exception as exc:  # noqa: BLE001 - the hub's own errors too: retried, not fatal
+                why = str(exc) if isinstance(exc, GpumgrError) else f"{type(exc).__name__}: {exc}"
                 attempt += 1
                 delay_s = self._policy.backoff_s(attempt)
-                log.warning("weights.retry", backend=self.backend, error=str(exc), delay_s=delay_s)
-                self._ctx.sink(BackendDown(self.backend, f"retrying in {delay_s:g} s: {exc}"))
+                log.warning("weights.retry", backend=self.backend, error=why, delay_s=delay_s)
+                self._ctx.sink(BackendDown(self.backend, f"retrying in {delay_s:g} s: {why}"))
                 await self._sleep(delay_s)
 
     async def _wait_for_port(self) -> None:
