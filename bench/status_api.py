@@ -1,15 +1,21 @@
-"""Benchmark of the status API: /v1/status throughput and latency, idle CPU and RSS.
+"""Benchmark of the status API: /v1/status throughput and latency against a bare uvicorn app
+serving the same bytes, idle CPU and RSS.
 
 Not a test. Starts the status publisher and its uvicorn server, with 8 synthetic backends whose
 probe timings refresh every 2 s (what a daemon does when nothing happens), in a subprocess;
 loads ``GET /v1/status`` from this (separate) process with httpx2 at a fixed concurrency;
-then measures the server's idle CPU and RSS with psutil. Prints a table and writes
+then measures the server's idle CPU and RSS with psutil. Then the baseline: a bare ASGI app (no
+FastAPI, no middleware, no publisher) on plain ``uvicorn.Server`` in the same kind of
+subprocess, same event loop (asyncio's default, as the daemon's) and HTTP implementation,
+returning the bytes gpumgr's ``/v1/status`` answered, under the same load. The ratio says what
+gpumgr's app costs over the cheapest server of the same document. Prints a table and writes
 ``bench/results/status_api.json``.
 
     .venv/bin/python bench/status_api.py [--duration-s 5] [--concurrency 16] [--idle-s 5]
 
 The load generator is Python too, so on a small machine the client may saturate before the
-server: the JSON records both processes' CPU time during the load for that reason.
+server (then both servers show about the same req/s): the JSON records both processes' CPU time
+during the load, and the server CPU per request is the comparison that survives that.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +36,7 @@ from typing import Any
 import httpx2
 import psutil
 import structlog
+import uvicorn
 from _report import header, print_rows, results_path, write_result
 
 from gpumgr.api.server import ApiServer
@@ -103,6 +111,32 @@ async def serve(runtime_dir: Path) -> None:
     await server.stop()
 
 
+async def serve_bare(body_path: Path) -> None:
+    """Baseline server: a bare ASGI app answering every request with the bytes in ``body_path``
+    (what gpumgr's ``/v1/status`` returned) on plain uvicorn; prints the port, runs until
+    SIGTERM."""
+    body = body_path.read_bytes()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    # proto=IPPROTO_TCP as gpumgr's ApiServer binds: asyncio sets TCP_NODELAY only then.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", ws="none")
+    server = uvicorn.Server(config)
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGTERM, lambda: setattr(server, "should_exit", True))
+    print(sock.getsockname()[1], flush=True)
+    await server.serve(sockets=[sock])
+
+
 async def load(base: str, duration_s: float, concurrency: int) -> tuple[list[float], int]:
     """Closed-loop load: ``concurrency`` workers, each issuing the next request on an answer."""
     latencies_s: list[float] = []
@@ -133,64 +167,92 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="gpumgr-bench-") as runtime_dir:
-        server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", "--runtime-dir", runtime_dir],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert server.stdout is not None
-            port = int(server.stdout.readline())
-            proc = psutil.Process(server.pid)
-            me = psutil.Process()
-            server_cpu0, my_cpu0 = proc.cpu_times(), me.cpu_times()
-            t0 = time.perf_counter()
-            latencies_s, errors = asyncio.run(
-                load(f"http://127.0.0.1:{port}", args.duration_s, args.concurrency)
-            )
-            wall_s = time.perf_counter() - t0
-            server_cpu1, my_cpu1 = proc.cpu_times(), me.cpu_times()
-            rss_after_load_mib = proc.memory_info().rss / 2**20
+def cpu_s(times: Any) -> float:
+    return float(times.user + times.system)
 
+
+def measure_server(argv: list[str], args: argparse.Namespace, *, idle: bool,
+                   body_out: Path | None = None) -> dict[str, Any]:
+    """Start the server ``argv`` (it prints its port), load it, optionally measure it idle;
+    ``body_out``: save one ``/v1/status`` answer there first."""
+    server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        base = f"http://127.0.0.1:{port}"
+        if body_out is not None:
+            body_out.write_bytes(httpx2.get(base + "/v1/status", timeout=10).content)
+        proc, me = psutil.Process(server.pid), psutil.Process()
+        server_cpu0, my_cpu0 = cpu_s(proc.cpu_times()), cpu_s(me.cpu_times())
+        t0 = time.perf_counter()
+        latencies_s, errors = asyncio.run(load(base, args.duration_s, args.concurrency))
+        wall_s = time.perf_counter() - t0
+        server_cpu1, my_cpu1 = cpu_s(proc.cpu_times()), cpu_s(me.cpu_times())
+        measured: dict[str, Any] = {"rss_after_load_mib": round(proc.memory_info().rss / 2**20, 1)}
+        if idle:
             time.sleep(1.0)  # let the load's connections close before measuring idle
             proc.cpu_percent(None)
             time.sleep(args.idle_s)
-            idle_cpu_percent = proc.cpu_percent(None)
-            idle_rss_mib = proc.memory_info().rss / 2**20
-        finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-
+            measured["idle_cpu_percent"] = round(proc.cpu_percent(None), 2)
+            measured["idle_rss_mib"] = round(proc.memory_info().rss / 2**20, 1)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
     latencies_s.sort()
     n = len(latencies_s)
     return {
-        **header("status_api"),
-        "backends": BACKENDS,
-        "concurrency": args.concurrency,
-        "duration_s": args.duration_s,
         "requests": n,
         "errors": errors,
         "requests_per_s": round(n / args.duration_s, 1),
         "latency_p50_ms": round(percentile(latencies_s, 0.50) * 1000, 2) if n else None,
         "latency_p99_ms": round(percentile(latencies_s, 0.99) * 1000, 2) if n else None,
         "latency_max_ms": round(latencies_s[-1] * 1000, 2) if n else None,
-        "server_cpu_s_during_load": round(
-            (server_cpu1.user + server_cpu1.system) - (server_cpu0.user + server_cpu0.system), 2
-        ),
-        "client_cpu_s_during_load": round(
-            (my_cpu1.user + my_cpu1.system) - (my_cpu0.user + my_cpu0.system), 2
-        ),
+        "server_cpu_s_during_load": round(server_cpu1 - server_cpu0, 2),
+        "server_cpu_ms_per_request": round((server_cpu1 - server_cpu0) / n * 1000, 3) if n else None,
+        "client_cpu_s_during_load": round(my_cpu1 - my_cpu0, 2),
         "load_wall_s": round(wall_s, 2),
-        "server_rss_after_load_mib": round(rss_after_load_mib, 1),
+        **measured,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="gpumgr-bench-") as runtime_dir:
+        body = Path(runtime_dir) / "status-body.json"
+        gpumgr = measure_server(
+            [sys.executable, __file__, "--serve", "--runtime-dir", runtime_dir], args, idle=True,
+            body_out=body,
+        )
+        bare = measure_server(
+            [sys.executable, __file__, "--serve-bare", "--body", str(body)], args, idle=False
+        )
+        body_bytes = body.stat().st_size
+    ratio = (gpumgr["requests_per_s"] / bare["requests_per_s"]) if bare["requests_per_s"] else None
+    return {
+        **header("status_api"),
+        "backends": BACKENDS,
+        "body_bytes": body_bytes,
+        "concurrency": args.concurrency,
+        "duration_s": args.duration_s,
+        "requests": gpumgr["requests"],
+        "errors": gpumgr["errors"],
+        "requests_per_s": gpumgr["requests_per_s"],
+        "latency_p50_ms": gpumgr["latency_p50_ms"],
+        "latency_p99_ms": gpumgr["latency_p99_ms"],
+        "latency_max_ms": gpumgr["latency_max_ms"],
+        "server_cpu_s_during_load": gpumgr["server_cpu_s_during_load"],
+        "server_cpu_ms_per_request": gpumgr["server_cpu_ms_per_request"],
+        "client_cpu_s_during_load": gpumgr["client_cpu_s_during_load"],
+        "load_wall_s": gpumgr["load_wall_s"],
+        "server_rss_after_load_mib": gpumgr["rss_after_load_mib"],
         "idle_s": args.idle_s,
-        "server_idle_cpu_percent": round(idle_cpu_percent, 2),
-        "server_idle_rss_mib": round(idle_rss_mib, 1),
+        "server_idle_cpu_percent": gpumgr["idle_cpu_percent"],
+        "server_idle_rss_mib": gpumgr["idle_rss_mib"],
+        "bare_uvicorn": bare,
+        "gpumgr_to_bare_throughput": round(ratio, 3) if ratio is not None else None,
     }
 
 
@@ -206,6 +268,12 @@ def print_table(result: dict[str, Any]) -> None:
         ("client CPU s under load", result["client_cpu_s_during_load"]),
         ("server idle CPU (%)", result["server_idle_cpu_percent"]),
         ("server idle RSS (MiB)", result["server_idle_rss_mib"]),
+        ("bare uvicorn req/s (same bytes)", result["bare_uvicorn"]["requests_per_s"]),
+        ("bare uvicorn p50 / p99 (ms)",
+         f'{result["bare_uvicorn"]["latency_p50_ms"]} / {result["bare_uvicorn"]["latency_p99_ms"]}'),
+        ("server CPU ms / request", result["server_cpu_ms_per_request"]),
+        ("bare uvicorn CPU ms / request", result["bare_uvicorn"]["server_cpu_ms_per_request"]),
+        ("gpumgr / bare throughput", result["gpumgr_to_bare_throughput"]),
     ]
     print(f"status API benchmark ({result['machine']['cpus']} CPUs)")
     print_rows(rows, indent="  ")
@@ -219,9 +287,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--runtime-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--body", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(serve(args.runtime_dir))
+        return
+    if args.serve_bare:
+        asyncio.run(serve_bare(args.body))
         return
     result = run(args)
     print_table(result)
