@@ -6,14 +6,17 @@ a subprocess, once per health profile, and repeats N times (default 10):
 - SIGKILL the engine -> time until (a) an SSE event on ``/v1/events`` says ``available: false``,
   (b) ``status.json`` shows it, (c) ``GET /v1/status`` shows it. A dead process is seen by the
   supervisor's exit watch (pidfd), not by a probe, so this does not depend on the profile.
-- SIGSTOP the engine's process group (a hang) -> time until ``/v1/status`` says ``down``; this
-  is the probe arithmetic: up to interval x retry_attempts + timeout (+ jitter). The hang
+- SIGSTOP the engine's process group (a hang) -> time until ``/v1/status`` flags it
+  ``suspect`` (one failed probe: the router's callback skips it from then on) and until it says
+  ``down``; this is the probe arithmetic: up to interval x retry_attempts + timeout (+ jitter). The hang
   starts at a random phase of the probe interval.
 
-Profiles: ``default`` is the daemon's defaults when nothing is configured (2 s / 1 s / 3 attempts,
-jitter 0.1 s); ``fast`` is the tests' (0.2 s / 0.2 s / 2 attempts, jitter 0.05 s). The
-unresponsive-restart is off in both so that a hang stays a hang. Prints a table (min / p50 / max)
-and writes ``bench/results/detection.json``.
+Profiles: ``default`` writes no ``health:`` settings at all, so it measures what the daemon does
+out of the box for the engines it runs (``health.engine_interval_s`` / ``engine_timeout_s``, 3
+attempts, jitter; the effective timing is read back from the daemon's own ``timing_for`` and
+recorded); the default unresponsive-restart (30 s) is left on, far beyond the hang's detection.
+``fast`` is the tests' (0.2 s / 0.2 s / 2 attempts, jitter 0.05 s, unresponsive-restart off).
+Prints a table (min / p50 / max) and writes ``bench/results/detection.json``.
 
     .venv/bin/python bench/detection.py [--repeats 10] [--profiles fast,default]
 """
@@ -34,6 +37,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the subprocess-daemon harness lives with the tests
 
 from _report import header, results_path, write_result  # noqa: E402
+
+from gpumgr.config import load_config  # noqa: E402
+from gpumgr.health.scheduler import timing_for  # noqa: E402
 from daemon_harness import (  # noqa: E402
     FAST_LIFECYCLE_YAML,
     DaemonHarness,
@@ -47,16 +53,26 @@ ENGINE = "qwen-7b"
 POLL_S = 0.005
 """How often this process re-reads ``/v1/status`` and ``status.json`` while it waits."""
 
-PROFILES: dict[str, dict[str, float]] = {
-    "default": {"interval_s": 2.0, "timeout_s": 1.0, "retry_attempts": 3, "jitter_s": 0.1},
+PROFILES: dict[str, dict[str, float] | None] = {
+    "default": None,  # no health settings: the daemon's own defaults
     "fast": {"interval_s": 0.2, "timeout_s": 0.2, "retry_attempts": 2, "jitter_s": 0.05},
 }
 
 
-def settings_yaml(profile: dict[str, float]) -> str:
+def settings_yaml(profile: dict[str, float] | None) -> str:
+    if profile is None:
+        return FAST_LIFECYCLE_YAML  # engine start/restart speed only; nothing of health
     lines = ["health:"] + [f"  {k}: {v:g}" for k, v in profile.items()]
     lines += ["  starting_poll_s: 0.1", "  restart_unresponsive_after_s: null"]
     return "\n".join(lines) + "\n" + FAST_LIFECYCLE_YAML
+
+
+def effective_timing(h: DaemonHarness) -> dict[str, float]:
+    """The probe timing the daemon will use for the engine, from the daemon's own code."""
+    cfg = load_config(h.config_dir, env=h.env, simulate=True)
+    t = timing_for(cfg.provider(ENGINE), cfg.settings.health, cfg.providers_file.health_checks)
+    return {"interval_s": t.interval_s, "timeout_s": t.timeout_s,
+            "retry_attempts": t.retry_attempts, "jitter_s": t.jitter_s}
 
 
 def _engine_unavailable(doc: dict[str, Any] | None) -> bool:
@@ -92,16 +108,29 @@ def measure_kill(h: DaemonHarness, sse: Any) -> dict[str, float]:
     return seen
 
 
-def measure_hang(h: DaemonHarness, interval_s: float) -> float:
+def measure_hang(h: DaemonHarness, interval_s: float) -> dict[str, float]:
+    """SIGSTOP the engine's group: seconds until ``/v1/status`` flags it ``suspect`` (what the
+    router's callback skips) and until it is ``down``."""
     pid = ready_engine(h)
     # The scheduler probes one interval after the ``up`` transition; hanging at a random phase
     # (instead of right after ``up``, which always gives the worst case) samples the spread.
     time.sleep(random.uniform(0, interval_s))
     stopped_at = time.monotonic()
     os.killpg(pid, signal.SIGSTOP)
+    seen: dict[str, float] = {}
     try:
-        wait_for(lambda: h.backend(ENGINE)["state"] == "down", 60, "down", poll_s=POLL_S)
-        return time.monotonic() - stopped_at
+        def down() -> bool:
+            b = h.backend(ENGINE)
+            now = time.monotonic() - stopped_at
+            if "hang_suspect_s" not in seen and (b.get("suspect") or b["state"] != "up"):
+                seen["hang_suspect_s"] = now
+            if b["state"] == "down":
+                seen["hang_down_s"] = now
+                return True
+            return False
+
+        wait_for(down, 60, "down", poll_s=POLL_S)
+        return seen
     finally:
         os.killpg(pid, signal.SIGCONT)
 
@@ -111,15 +140,17 @@ def run_profile(name: str, repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"gpumgr-detection-{name}-") as tmp:
         h = DaemonHarness(Path(tmp), "providers:" + vllm_provider_yaml(ENGINE, free_port()),
                           settings_yaml(profile))  # fmt: skip
+        timing = effective_timing(h)
         samples: dict[str, list[float]] = {"sse_s": [], "status_file_s": [], "api_s": [],
-                                           "hang_down_s": []}  # fmt: skip
+                                           "hang_suspect_s": [], "hang_down_s": []}  # fmt: skip
         try:
             h.start()
             sse = h.sse()
             for i in range(repeats):
                 for key, value in measure_kill(h, sse).items():
                     samples[key].append(value)
-                samples["hang_down_s"].append(measure_hang(h, profile["interval_s"]))
+                for key, value in measure_hang(h, timing["interval_s"]).items():
+                    samples[key].append(value)
                 print(f"  {name} #{i + 1}: kill->sse {samples['sse_s'][-1] * 1000:.0f} ms, "
                       f"hang->down {samples['hang_down_s'][-1]:.2f} s", flush=True)  # fmt: skip
             rc = h.stop()
@@ -127,9 +158,10 @@ def run_profile(name: str, repeats: int) -> dict[str, Any]:
                 raise RuntimeError(f"daemon exited {rc}")
         finally:
             h.cleanup()
-    bound_s = profile["interval_s"] * profile["retry_attempts"] + profile["timeout_s"]
+    bound_s = timing["interval_s"] * timing["retry_attempts"] + timing["timeout_s"]
     return {
-        "health": profile,
+        "health_settings": profile if profile is not None else "none (defaults)",
+        "health": timing,
         "hang_bound_s": bound_s,
         "samples_s": {k: [round(v, 4) for v in vs] for k, vs in samples.items()},
         "summary_s": {k: summary(vs) for k, vs in samples.items()},
@@ -147,6 +179,7 @@ LABELS = {
     "sse_s": "SIGKILL -> SSE available:false",
     "status_file_s": "SIGKILL -> status.json",
     "api_s": "SIGKILL -> /v1/status",
+    "hang_suspect_s": "SIGSTOP -> suspect",
     "hang_down_s": "SIGSTOP -> down",
 }
 
