@@ -26,7 +26,7 @@ import statistics
 import time
 from typing import Any
 
-from _report import print_rows, results_path, write_result
+from _report import header, print_rows, results_path, write_result
 
 from gpumgr.plan import InstanceRequest, OllamaModel, PlanRequest, VramPlan, estimate, plan_slices
 
@@ -108,9 +108,10 @@ def run(n: int, seed: int) -> dict[str, Any]:
         xs = sorted(xs)
         return {"n": len(xs), "mean": round(statistics.fmean(xs), 4),
                 "median": round(statistics.median(xs), 4), "p5": round(xs[len(xs) // 20], 4),
-                "min": round(xs[0], 4)}
+                "min": round(xs[0], 4), "max": round(xs[-1], 4)}
 
     return {
+        **header("plan_efficiency"),
         "scenarios": n, "seed": seed, "feasible": feasible, "infeasible": infeasible,
         "infeasible_without_provider_and_shortfall": unexplained,
         "instance_starts": starts,
@@ -128,7 +129,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3)
     args = ap.parse_args()
     result = run(args.scenarios, args.seed)
-    print_rows([("metric", "value"), *((k, json.dumps(v)) for k, v in result.items())])
+    print_rows([("metric", "value"), *((k, json.dumps(v)) for k, v in result.items()
+                                       if k not in ("benchmark", "measured_at", "machine"))])
     write_result(result, results_path("plan_efficiency"))
 
 
