@@ -1,0 +1,351 @@
+"""Render ``docs/benchmarks.md`` from one run of ``bench/run_all.py`` (its steps and results).
+
+Every benchmark gets what it measures and how (its script's own docstring, so the report cannot
+drift from the code), the command that produced the numbers, and one table:
+measure | median | p99 (the max where n < 100) | spread (min–max) | n. A benchmark whose JSON
+this module has no table for (a new one) is shown as its numeric fields.
+"""
+
+from __future__ import annotations
+
+import ast
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+P99_MIN_N = 100
+"""Below this many samples the p99 column shows the max (a p99 of 10 samples is the max anyway)."""
+
+Row = tuple[str, str, str, str, str]
+"""measure, median, p99 or max, spread, n (all formatted)."""
+
+DASH = "–"
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits, no exponent for ordinary magnitudes."""
+    if x is None:
+        return DASH
+    if x == 0:
+        return "0"
+    if abs(x) >= 10 ** digits:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}" if abs(x) >= 1e-3 else f"{x:.2e}"
+
+
+def stats_row(measure: str, values: Sequence[float], scale: float = 1.0) -> Row:
+    """median | p99 (max when n is small) | min–max | n of ``values`` times ``scale``."""
+    xs = sorted(v * scale for v in values)
+    if not xs:
+        return (measure, DASH, DASH, DASH, "0")
+    n = len(xs)
+    if n >= P99_MIN_N:
+        tail = f"{num(xs[min(n - 1, round(0.99 * (n - 1)))])}"
+    else:
+        tail = f"{num(xs[-1])} (max)"
+    return (measure, num(statistics.median(xs)), tail, f"{num(xs[0])}–{num(xs[-1])}", str(n))
+
+
+def single_row(measure: str, value: float | str | None, n: str = "1 run") -> Row:
+    shown = value if isinstance(value, str) else num(value)
+    return (measure, shown, DASH, DASH, n)
+
+
+def table(rows: Iterable[Row]) -> str:
+    head = "| measure | median | p99 (max where n < 100) | spread (min–max) | n |\n|---|---:|---:|---:|---:|"
+    return head + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+def docstring(name: str) -> str:
+    """The benchmark script's docstring without its usage lines (indented command lines)."""
+    path = BENCH_DIR / f"{name}.py"
+    if not path.exists():
+        return ""
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    lines = [ln for ln in doc.splitlines() if not ln.startswith("    ") and
+             not ln.lower().startswith("usage:")]
+    return "\n".join(lines).strip()
+
+
+# -- one table per benchmark ---------------------------------------------------------------------
+
+
+def plan_efficiency_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for key, label in (("share_of_usable_memory_handed_out", "share of usable memory handed out"),
+                       ("share_where_none_capped_or_pinned",
+                        "… where no instance is pinned or KV-capped")):
+        s = r[key]
+        rows.append((f"{label} (p5 {num(s['p5'])})", num(s["median"]), f"{num(s['max'])} (max)",
+                     f"{num(s['min'])}–{num(s['max'])}", str(s["n"])))
+    rows += [
+        single_row("feasible / infeasible plans", f"{r['feasible']} / {r['infeasible']}",
+                   f"{r['scenarios']} scenarios"),
+        single_row("infeasible without provider and shortfall",
+                   str(r["infeasible_without_provider_and_shortfall"]), f"{r['infeasible']} plans"),
+        single_row("starts vLLM would refuse (planned context / 500 MiB context)",
+                   f"{r['refused_starts_planned_context']} / "
+                   f"{r['refused_starts_sim_context_500mib']}", f"{r['instance_starts']} starts"),
+        single_row("plans per second", r["plans_per_second"]),
+    ]
+    return rows
+
+
+def detection_rows(r: dict[str, Any]) -> list[Row]:
+    labels = {"sse_s": "SIGKILL → SSE `available: false`", "status_file_s": "SIGKILL → status.json",
+              "api_s": "SIGKILL → `/v1/status`", "hang_suspect_s": "SIGSTOP → `suspect`",
+              "hang_down_s": "SIGSTOP → `down`"}
+    rows = []
+    for profile, p in r["profiles"].items():
+        h = p["health"]
+        where = (f"{profile} ({h['interval_s']:g} s / {h['timeout_s']:g} s / "
+                 f"{h['retry_attempts']:g}, jitter {h['jitter_s']:g} s)")
+        for key, label in labels.items():
+            if key in p["samples_s"]:
+                rows.append(stats_row(f"{where}: {label}, ms", p["samples_s"][key], 1000))
+    return rows
+
+
+def status_api_rows(r: dict[str, Any]) -> list[Row]:
+    bare = r["bare_uvicorn"]
+    rows = []
+    for who, m in (("gpumgr", r), ("bare uvicorn", bare)):
+        rows.append((f"{who}: `/v1/status` latency, ms", num(m["latency_p50_ms"]),
+                     num(m["latency_p99_ms"]),
+                     f"{num(m.get('latency_min_ms'))}–{num(m['latency_max_ms'])}",
+                     f"{m['requests']} requests"))
+    for who, m in (("gpumgr", r), ("bare uvicorn", bare)):
+        rows.append(single_row(f"{who}: requests/s ({r['concurrency']} connections, "
+                               f"{r['duration_s']:g} s; errors {m['errors']})",
+                               m["requests_per_s"]))
+    for who, m in (("gpumgr", r), ("bare uvicorn", bare)):
+        rows.append(single_row(f"{who}: server CPU per request, ms",
+                               m.get("server_cpu_ms_per_request"), f"{m['requests']} requests"))
+    rows += [
+        single_row("gpumgr / bare throughput", r["gpumgr_to_bare_throughput"]),
+        single_row(f"load generator CPU during gpumgr's load, s (of {r['duration_s']:g} s × "
+                   f"{r['machine']['cpus']} CPUs)", r["client_cpu_s_during_load"]),
+        single_row(f"gpumgr status server idle CPU, % of one core (over {r['idle_s']:g} s)",
+                   r["server_idle_cpu_percent"]),
+        single_row("gpumgr status server idle RSS, MiB", r["server_idle_rss_mib"]),
+    ]
+    return rows
+
+
+def swap_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    ways = list(dict.fromkeys(s["mode"] for s in r["swaps"]))
+    for way in ways:
+        mine = [s for s in r["swaps"] if s["mode"] == way]
+        rows.append(stats_row(f"{way}: swap overhead (wall − new engine's load), s",
+                              [s["overhead_s"] for s in mine]))
+        rows.append(stats_row(f"{way}: swap wall time, s", [s["wall_s"] for s in mine]))
+    for way in ways:
+        m = r["summary"][way]
+        rows.append(single_row(f"{way}: requests failed / fell back / hung during swaps",
+                               f"{m['failed']} / {m['fallback']} / {m['hung']}",
+                               f"{m['requests']} requests"))
+    return rows
+
+
+def litellm_filter_rows(r: dict[str, Any]) -> list[Row]:
+    return [single_row(f"{case}, µs per pick (best of 3 runs' mean)", us, f"3 × {r['picks']} picks")
+            for case, us in r["per_pick_us"].items()]
+
+
+def idle_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for name, g in r["groups"].items():
+        for key, unit in (("cpu_percent_of_one_core", "CPU, % of one core"), ("rss_mib", "RSS, MiB")):
+            s = g[key]
+            rows.append((f"{name}: {unit} (mean {num(s['mean'])})", num(s["median"]), f"{num(s['max'])} (max)",
+                         f"{num(s['min'])}–{num(s['max'])}", f"{g['n']} × {r['sample_s']:g} s"))
+    return rows
+
+
+def suite_rows(r: dict[str, Any]) -> list[Row]:
+    return [single_row("`bash scripts/test.sh -q` wall time, s", r["duration_s"]),
+            single_row("pytest's summary", r.get("summary") or DASH)]
+
+
+def generic_rows(r: dict[str, Any]) -> list[Row]:
+    """Every numeric leaf of a result this module has no table for (at most 40)."""
+    rows: list[Row] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if prefix == "" and k in ("benchmark", "measured_at", "machine"):
+                    continue
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append(single_row(prefix, value))
+
+    walk("", r)
+    return rows[:40]
+
+
+TABLES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "plan_efficiency": plan_efficiency_rows,
+    "detection": detection_rows,
+    "status_api": status_api_rows,
+    "swap": swap_rows,
+    "litellm_filter": litellm_filter_rows,
+    "idle": idle_rows,
+    "suite": suite_rows,
+}
+
+TITLES = {
+    "plan_efficiency": "Plan efficiency (VRAM planner)",
+    "litellm_filter": "LiteLLM callback: cost per pick",
+    "status_api": "Status API throughput against a bare uvicorn app",
+    "idle": "Daemon idle CPU and RSS",
+    "detection": "Failure detection latency",
+    "swap": "Swap overhead and failed requests: gpumgr against the old script",
+    "router": "Router: LiteLLM with and without the callback over an outage",
+    "suite": "The test suite's own duration",
+}
+
+READING = {
+    "plan_efficiency": "A share below 1.0 where nothing is pinned or capped is the rounding of each "
+    "slice down to 0.01 of the card; the low tail of the overall share is plans where a pin or the "
+    "KV cap (no more cache than max_num_seqs × max_model_len needs) leaves memory unused on purpose. "
+    "Refused starts must be 0.",
+    "litellm_filter": "Added to every pick LiteLLM makes; compare with a request's milliseconds.",
+    "status_api": "On this 2-core machine the Python load generator shares the CPUs with the "
+    "server and saturates first, so both servers show similar requests/s; the server CPU per "
+    "request is the comparison that survives that.",
+    "idle": "Idle cost is mostly probing (the engine every 0.5 s, Ollama every 2 s) and the 2 s "
+    "status heartbeat. A 1 s window measures CPU in 10 ms ticks, so single samples read 0, 1, 2 … %; "
+    "the median over 30 windows is the figure to quote.",
+    "detection": "A dead engine is seen by the supervisor's exit watch (pidfd), independent of "
+    "the probe settings; a hung one only by probes: `suspect` (skipped by the router's callback) "
+    "after one failed probe, `down` after retry_attempts failures.",
+    "swap": "`failed` reached an engine and got an error or no answer; `fell back` found no model "
+    "up (a router sends those down the fallback chain instead of failing them); `hung` took over "
+    "5 s. `gpumgr restart (direct)` is a client that ignores the status and sends to the port "
+    "all along.",
+    "suite": "The whole CI suite including the real-LiteLLM-proxy and fault tests, on the same "
+    "shared machine.",
+}
+
+
+def section(step: dict[str, Any]) -> str:
+    name = step["name"]
+    out = [f"## {TITLES.get(name, name)}", ""]
+    doc = docstring(name) if step["kind"] == "benchmark" else ""
+    if step["status"] == "missing":
+        out += [f"**Missing**: `bench/{name}.py` did not exist when this report was generated."
+                if not step.get("note") else f"**Missing**: {step['note']}.", ""]
+        return "\n".join(out)
+    if doc:
+        out += ["What and how (the script's docstring):", "",
+                *(f"> {ln}" if ln else ">" for ln in doc.splitlines()), ""]
+    if step["kind"] == "suite":
+        out += [READING["suite"], ""]
+    measured = (step.get("result") or {}).get("measured_at")
+    how = f"`{step.get('command', '?')}`"
+    if step.get("wall_s") is not None:
+        how += f", {step['wall_s']:g} s"
+    if step.get("loadavg_before"):
+        how += (f", load average {step['loadavg_before'][0]:g} before and "
+                f"{step.get('loadavg_after', ['?'])[0]:g} after")
+    if step.get("reused"):
+        how += f" (reused from the run of {measured})"
+    out += [f"Run: {how}.", ""]
+    if step["status"] != "ok":
+        out += [f"**Failed** (exit status {step.get('rc')}); the end of its output:", "", "```",
+                step.get("output_tail", "").rstrip(), "```", ""]
+        return "\n".join(out)
+    result = step["result"]
+    out += [table(TABLES.get(name, generic_rows)(result)), ""]
+    if name in READING and name != "suite":
+        out += [READING[name], ""]
+    out += [f"Raw: [`docs/benchmarks/{name}.json`](benchmarks/{name}.json).", ""]
+    return "\n".join(out)
+
+
+def headline(steps: dict[str, dict[str, Any]]) -> list[str]:
+    """A few numbers an operator asks for first, each from its section's result."""
+    lines = []
+
+    def result(name: str) -> dict[str, Any] | None:
+        s = steps.get(name)
+        return s.get("result") if s and s["status"] == "ok" else None
+
+    if r := result("detection"):
+        for profile, p in r["profiles"].items():
+            s = p["samples_s"]
+            lines.append(f"- Detection ({profile}): a killed engine is off the status in "
+                         f"{num(statistics.median(s['api_s']) * 1000)} ms (median), a hung one "
+                         f"`suspect` in {num(statistics.median(s.get('hang_suspect_s') or [0]))} s "
+                         f"and `down` in {num(statistics.median(s['hang_down_s']))} s.")
+    if r := result("swap"):
+        parts = [f"{way}: overhead {num(m['overhead_s_median'])} s, {m['failed']} of "
+                 f"{m['requests']} requests failed" for way, m in r["summary"].items()]
+        lines.append("- Swap (median overhead; failed requests): " + "; ".join(parts) + ".")
+    if r := result("status_api"):
+        lines.append(f"- Status API: {num(r['requests_per_s'])} req/s against a bare uvicorn "
+                     f"app's {num(r['bare_uvicorn']['requests_per_s'])} (client-bound); "
+                     f"{num(r['server_cpu_ms_per_request'])} against "
+                     f"{num(r['bare_uvicorn']['server_cpu_ms_per_request'])} ms of server CPU per "
+                     "request.")
+    if r := result("idle"):
+        d = r["groups"]["daemon"]
+        cpu = d["cpu_percent_of_one_core"]
+        lines.append(f"- Idle daemon: {num(cpu['median'])} % of one core (median of 1 s windows; "
+                     f"mean {num(cpu['mean'])} %), RSS {num(d['rss_mib']['median'])} MiB.")
+    if r := result("plan_efficiency"):
+        lines.append(f"- Planner: hands out {num(r['share_where_none_capped_or_pinned']['median'])} "
+                     "of usable memory where nothing is pinned or capped; "
+                     f"{r['refused_starts_planned_context']} starts vLLM would refuse.")
+    if r := result("litellm_filter"):
+        lines.append(f"- LiteLLM callback: {num(min(r['per_pick_us'].values()))}–"
+                     f"{num(max(r['per_pick_us'].values()))} µs per pick.")
+    if r := result("suite"):
+        lines.append(f"- Test suite: {num(r['duration_s'])} s ({r.get('summary') or r['source']}).")
+    return lines
+
+
+def render(run: dict[str, Any]) -> str:
+    m = run["machine"]
+    steps = {s["name"]: s for s in run["steps"]}
+    missing = [s["name"] for s in run["steps"] if s["status"] != "ok"]
+    out = [
+        "# Benchmarks",
+        "",
+        "Generated by `.venv/bin/python bench/run_all.py` (one command: every benchmark in `bench/` "
+        "with the parameters shown, then the test suite); do not edit by hand. The raw results "
+        "are in [`docs/benchmarks/`](benchmarks/), one JSON per benchmark plus `run.json` (the "
+        "machine, the commands, their exit status and the load average around each). "
+        "`bench/run_all.py --render-only` regenerates this page from them.",
+        "",
+        "Everything here runs on the simulated GPU, engine, Ollama and hub of `gpumgr.sim` "
+        "(real processes speaking the real protocols); the real-GPU check is separate: see "
+        "[gpu-check.md](gpu-check.md) for its table (NVML inventory, attribution and memory "
+        "release measured on an H200).",
+        "",
+        "## Machine",
+        "",
+        f"- {m.get('cpus')} CPUs ({m.get('cpu_model') or 'model unknown'}), "
+        f"{m.get('memory_gib', '?')} GiB memory; Python {m.get('python')}; {m.get('platform')}.",
+        f"- Run from {run['started_at']} to {run.get('finished_at', '?')}; benchmarks "
+        f"{run.get('benchmarks_wall_s', '?')} s of it.",
+        f"- Load average (1, 5, 15 min) at the start {run['loadavg_start']}, at the end "
+        f"{run.get('loadavg_end')}. **The machine is shared**: other engineers were building and "
+        "running tests on it at the same time, so latencies and throughput here are pessimistic "
+        "and noisier than on an idle box; each section gives the load average around its run.",
+        "",
+        "## Headline",
+        "",
+        *headline(steps),
+    ]
+    if missing:
+        out += ["", "Not measured in this run: " + ", ".join(
+            f"{name} ({steps[name]['status']})" for name in missing) + "."]
+    out.append("")
+    for step in run["steps"]:
+        out.append(section(step))
+    return "\n".join(out).rstrip() + "\n"
