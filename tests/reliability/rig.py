@@ -56,8 +56,11 @@ def settings(restart_unresponsive_after_s: float = 600, extra: str = "") -> str:
 
 def vllm(name: str, port: int, repo: str, *, status: str = "active", served: str = "",
          max_model_len: int = 2048, env: dict[str, str] | None = None,
-         description: str = "") -> str:
-    """One vLLM provider; ``env`` rigs its engine (the simulated engine's chaos switches)."""
+         description: str = "", fraction: float | None = None) -> str:
+    """One vLLM provider; ``env`` rigs its engine (the simulated engine's chaos switches);
+    ``fraction`` pins its slice (two active engines whose weights arrive in either order: see
+    test_fault_planning.py for why an unpinned pair may not both start)."""
+    pin = f"    gpu_memory_utilization: {fraction}\n" if fraction is not None else ""
     env_yaml = "".join(f"      {k}: \"{v}\"\n" for k, v in (env or {}).items())
     return f"""
   {name}:
@@ -67,7 +70,7 @@ def vllm(name: str, port: int, repo: str, *, status: str = "active", served: str
     description: "{description or name}"
     max_model_len: {max_model_len}
     max_num_seqs: 4
-    models:
+{pin}    models:
       - name: {served or name + "-served"}
         hf_repo: {repo}
 """ + (f"    env:\n{env_yaml}" if env else "")

@@ -37,7 +37,7 @@ KILLED, KEPT = "qwen-7b", "deepseek"
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Rig, Load]]:
     tmp = tmp_path_factory.mktemp("fault-kills")
     p1, p2 = free_port(), free_port()
-    r = Rig(tmp, vllm(KILLED, p1, QWEN_7B, served="qwen") + vllm(KEPT, p2, DEEPSEEK, served="ds"),
+    r = Rig(tmp, vllm(KILLED, p1, QWEN_7B, served="qwen", fraction=0.42) + vllm(KEPT, p2, DEEPSEEK, served="ds", fraction=0.45),
             settings())
     load = Load({KILLED: (p1, "qwen"), KEPT: (p2, "ds")})
     try:
