@@ -172,10 +172,10 @@ class StatusWiring:
         self.publisher.update_backend(backend, weights_commit=snapshot.commit)
 
     def gpus_read(self, inventory: GpuInventory) -> None:
-        self.publisher.set_gpus(
-            [GpuStatus.model_validate(g.to_dict()) for g in inventory.gpus]
-            if inventory.available else []
-        )
+        if inventory.available:
+            self.publisher.set_gpus([GpuStatus.model_validate(g.to_dict()) for g in inventory.gpus])
+        else:
+            self.publisher.set_gpus([], error=f"GPU unavailable: {inventory.error or 'unknown'}")
 
     def reload(self, config: Config) -> None:
         """A valid new configuration, before the manager applies it: added backends appear,

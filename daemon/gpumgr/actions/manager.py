@@ -448,6 +448,7 @@ class BackendManager:
         """Launch ``name`` with its first attempt under ``lease`` and wait for it to serve; the
         startup seconds. On failure (crash, out of memory, plan, timeout) the attempt's engine
         is stopped, the keeper removed, and the error raised."""
+        await self._drop_dead_keeper(name, lease)
         if name in self.keepers:
             raise RuntimeError(f"{name} already has a keeper")
         first = FirstAttempt(lease)
@@ -459,6 +460,20 @@ class BackendManager:
                 log.warning("start.timeout", backend=name, timeout_s=timeout_s)
             await self.stop_under(name, lease)
             raise
+
+    def has_live_keeper(self, name: str) -> bool:
+        """A keeper whose loop runs (or whose engine sleeps): ``name`` is being kept running.
+        A keeper whose loop ended (``failed``: crash loop, no plan) no longer keeps anything."""
+        keeper = self.keepers.get(name)
+        return keeper is not None and (keeper.running or keeper.asleep)
+
+    async def _drop_dead_keeper(self, name: str, lease: GpuLease) -> None:
+        """Clear a keeper whose loop ended (whatever it left is stopped) before a new start."""
+        keeper = self.keepers.get(name)
+        if keeper is not None and not keeper.running and not keeper.asleep:
+            await keeper.stop(lease)
+            del self.keepers[name]
+            self._identity.pop(name, None)
 
     async def stop_under(
         self, name: str, lease: GpuLease, drain: Drain | None = None

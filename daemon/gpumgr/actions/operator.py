@@ -204,7 +204,7 @@ class Operator:
         name = self.resolve(name)
         async with self._mutating(f"start {name}"):
             manager = self.manager
-            if name in manager.keepers:
+            if manager.has_live_keeper(name):
                 return Outcome(f"{name} is already running (or being kept running)")
             await self._weights(name, progress)
             plan = await manager.fit(name)
@@ -289,10 +289,10 @@ class Operator:
             raise OperationFailed(f"{old} and {new} are the same provider")
         async with self._mutating(f"swap {old} → {new}"):
             manager = self.manager
-            if old not in manager.keepers or manager.asleep(old):
+            if not manager.has_live_keeper(old) or manager.asleep(old):
                 raise OperationFailed(f"{old} is not running: use `gpumgr start {new}`")
             waking = manager.asleep(new)
-            if new in manager.keepers and not waking:
+            if manager.has_live_keeper(new) and not waking:
                 raise OperationFailed(f"{new} is already running: use `gpumgr stop {old}`")
             uuid = manager.gpu_uuid_of(new)
             sleeping = self._sleeps(old) and manager.provider(old).port != manager.provider(new).port

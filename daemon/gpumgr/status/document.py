@@ -166,6 +166,9 @@ class StatusDocument(_Contract):
     """The stated maximum age (see ``MAX_AGE_S``)."""
     daemon: DaemonInfo
     gpus: list[GpuStatus] = Field(default_factory=list)
+    gpu_error: str | None = None
+    """Why the GPUs cannot be read now (no driver, NVML failing): ``gpus`` is then empty for
+    that reason, not because the host has no card (an addition to §5)."""
     backends: list[BackendStatus] = Field(default_factory=list)
     models: dict[str, ModelStatus] = Field(default_factory=dict)
 
@@ -182,10 +185,12 @@ class StatusDocument(_Contract):
         seq: int = 0,
         adoption_done: bool = False,
         first_probe_round_done: bool = False,
+        gpu_error: str | None = None,
     ) -> StatusDocument:
         """A document whose ``models`` map is derived from ``backends``."""
         return cls(
             generated_at=generated_at,
+            gpu_error=gpu_error,
             seq=seq,
             adoption_done=adoption_done,
             first_probe_round_done=first_probe_round_done,

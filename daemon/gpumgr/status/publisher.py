@@ -173,6 +173,7 @@ class StatusPublisher:
         self._seq = 0
         self._adoption_done = False
         self._first_probe_round_done = False
+        self._gpu_error: str | None = None
         self._subscribers: set[Subscription] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -261,13 +262,16 @@ class StatusPublisher:
             self._commit([])
         self.metrics.forget_backend(name)
 
-    def set_gpus(self, gpus: Sequence[GpuStatus]) -> None:
-        """Replace the GPU inventory (memory and processes); no SSE event, the file is rewritten."""
+    def set_gpus(self, gpus: Sequence[GpuStatus], error: str | None = None) -> None:
+        """Replace the GPU inventory (memory and processes) and why it could not be read, if
+        it could not; no SSE event, the file is rewritten."""
         with self._lock:
             new = list(gpus)
-            if new == self._gpus:
+            if new == self._gpus and error == self._gpu_error:
                 return
-            self._gpus = new
+            if error != self._gpu_error:
+                log.warning("gpu.unreadable" if error else "gpu.readable", error=error)
+            self._gpus, self._gpu_error = new, error
             self._commit([])
 
     def mark_adoption_done(self) -> None:
@@ -347,6 +351,7 @@ class StatusPublisher:
             seq=self._seq,
             adoption_done=self._adoption_done,
             first_probe_round_done=self._first_probe_round_done,
+            gpu_error=self._gpu_error,
         )
         return doc, doc.to_json_bytes()
 

@@ -83,9 +83,17 @@ class ChildRecords:
         self._store(records)
 
     def remove(self, backend: str) -> None:
+        """Forget ``backend``'s record. A write that fails (disk full, read-only) is logged, not
+        raised: a stale record is harmless (the next daemon finds its pid gone or reused and
+        forgets it), while an exception here would end the caller's stop or restart half-way."""
         records = self.load()
-        if records.pop(backend, None) is not None:
+        if records.pop(backend, None) is None:
+            return
+        try:
             self._store(records)
+        except OSError as exc:
+            log.error("supervisor.record_remove_failed", backend=backend, path=str(self.path),
+                      error=str(exc))
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
