@@ -84,9 +84,12 @@ class Verdict(enum.IntEnum):
     ``unknown``): the router decides as it would without gpumgr."""
     OK = 1
     DEGRADED = 2
-    """Available but ``busy`` or ``suspect``: used only when nothing better remains."""
+    """Available but ``busy``: used only when nothing better remains (a queue still answers)."""
     OUT = 3
-    """Not available (down, loading, swapped out, not pulled, rate-limited …)."""
+    """Not available (down, loading, swapped out, not pulled, rate-limited …), or ``suspect``: a
+    probe of it just failed, so a request sent to it is likely to hang until the router's
+    ``request_timeout``. Dropped even when it is the last of its group, so the fallbacks take
+    over within one probe rather than once ``retry_attempts`` probes have called it ``down``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +170,9 @@ def verdict(
         return Verdict.KEEP
     if not b.available or (model is not None and model in b.unavailable_models):
         return Verdict.OUT
-    if b.busy or b.suspect:
+    if b.suspect:
+        return Verdict.OUT
+    if b.busy:
         return Verdict.DEGRADED
     return Verdict.OK
 
