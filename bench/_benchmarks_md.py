@@ -166,7 +166,7 @@ def idle_rows(r: dict[str, Any]) -> list[Row]:
 
 
 def suite_rows(r: dict[str, Any]) -> list[Row]:
-    return [single_row("`bash scripts/test.sh -q` wall time, s", r["duration_s"]),
+    return [single_row(f"`{r.get('command') or 'bash scripts/test.sh'}` wall time, s", r["duration_s"]),
             single_row("pytest's summary", r.get("summary") or DASH)]
 
 
@@ -255,6 +255,14 @@ def section(step: dict[str, Any]) -> str:
     if step.get("reused"):
         how += f" (reused from the run of {measured})"
     out += [f"Run: {how}.", ""]
+    if step["kind"] == "suite" and step.get("result"):
+        r = step["result"]
+        out += [table(suite_rows(r)), ""]
+        if r.get("failed_tests"):
+            out += [f"**{len(r['failed_tests'])} test(s) failed** in this run (exit status "
+                    f"{r.get('rc')}): " + ", ".join(f"`{t}`" for t in r["failed_tests"]) + ".", ""]
+        out += [f"Raw: [`docs/benchmarks/{name}.json`](benchmarks/{name}.json).", ""]
+        return "\n".join(out)
     if step["status"] != "ok":
         out += [f"**Failed** (exit status {step.get('rc')}); the end of its output:", "", "```",
                 step.get("output_tail", "").rstrip(), "```", ""]
@@ -304,7 +312,7 @@ def headline(steps: dict[str, dict[str, Any]]) -> list[str]:
     if r := result("litellm_filter"):
         lines.append(f"- LiteLLM callback: {num(min(r['per_pick_us'].values()))}–"
                      f"{num(max(r['per_pick_us'].values()))} µs per pick.")
-    if r := result("suite"):
+    if (s := steps.get("suite")) and (r := s.get("result")):
         lines.append(f"- Test suite: {num(r['duration_s'])} s ({r.get('summary') or r['source']}).")
     return lines
 
@@ -312,7 +320,7 @@ def headline(steps: dict[str, dict[str, Any]]) -> list[str]:
 def render(run: dict[str, Any]) -> str:
     m = run["machine"]
     steps = {s["name"]: s for s in run["steps"]}
-    missing = [s["name"] for s in run["steps"] if s["status"] != "ok"]
+    missing = [s["name"] for s in run["steps"] if s["status"] != "ok" and not s.get("result")]
     out = [
         "# Benchmarks",
         "",
