@@ -198,3 +198,42 @@ def test_ollamas_resident_model_is_unloaded_to_make_room_unless_the_policy_says_
             assert loaded() == []
     finally:
         ollama.stop()
+
+
+@pytest.mark.parametrize("policy", ["never", "unload_idle"])
+def test_the_fit_check_before_a_swap_agrees_with_the_start_and_unloads_nothing(
+    tmp_path: Path, policy: str
+) -> None:
+    """The swap's check says "fits" exactly when the start would make it fit (by unloading the
+    Ollama model the policy allows), and the check itself leaves Ollama's model loaded."""
+    import httpx2
+
+    from gpumgr.actions.ollama_room import OllamaRoom
+    from gpumgr.config.settings import OllamaSettings
+    from gpumgr.sim.ollama_process import start_sim_ollama
+
+    state_path = tmp_path / "sim-gpu.json"
+    spec = SimGpuSpec(index=0, uuid=sim_uuid(0))
+    SimGpuState(state_path).ensure([spec])
+    ollama = start_sim_ollama(
+        ["llama3.1:latest"], loaded=["llama3.1:latest"], sizes_mib={"llama3.1:latest": 6000},
+        env={"GPUMGR_SIM_GPU_STATE": str(state_path), "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        providers = [
+            Provider(name="ollama", type="ollama", base_url=ollama.base_url,
+                     models=[{"name": "llama3.1:latest"}]),
+            Provider(name="qwen-14b", type="vllm", base_url="http://127.0.0.1:8001",
+                     max_model_len=8192, max_num_seqs=4, models=[{"name": "qwen-coder-14b"}]),
+        ]  # fmt: skip
+        planner = LaunchPlanner(
+            settings=Settings(ollama=OllamaSettings(eviction=policy)),  # type: ignore[arg-type]
+            inventory=SimulatedBackend(SimGpuState(state_path), [spec]),
+            command=SIM_COMMAND, base_env={}, ollama=OllamaRoom(providers),
+        )  # fmt: skip
+        plan = planner.fit(providers[1], view([], {"qwen-14b": _snapshot(tmp_path, "q14", QWEN_14B, 9.3)}))
+        assert plan.feasible is (policy != "never")
+        loaded = httpx2.get(f"{ollama.base_url}/api/ps", timeout=2).json()["models"]
+        assert [m["name"] for m in loaded] == ["llama3.1:latest"]  # the check unloaded nothing
+    finally:
+        ollama.stop()

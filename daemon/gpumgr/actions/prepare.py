@@ -22,7 +22,7 @@ from gpumgr.config.registry import Provider
 from gpumgr.config.settings import Settings
 from gpumgr.engines.vllm import GpuFacts, VllmLaunch, build_vllm_launch
 from gpumgr.errors import PlanInfeasible
-from gpumgr.gpu import MIB, GpuBackend, GpuInfo, GpuProcess
+from gpumgr.gpu import MIB, OWNER_OLLAMA, GpuBackend, GpuInfo, GpuProcess
 from gpumgr.gpu.attribution import attribute
 from gpumgr.modelfiles import read_model_dims, weights_bytes
 from gpumgr.plan import (
@@ -223,14 +223,25 @@ class LaunchPlanner:
     ) -> VramPlan:
         """Would ``provider`` fit now, with the backends in ``gone`` stopped (or asleep, still
         holding ``residual`` bytes: their CUDA context) and their memory back? The engines that
-        stay keep their running slices. Changes nothing (no Ollama model is unloaded: the plan
-        names what to unload instead)."""
+        stay keep their running slices. Changes nothing: when ``ollama.eviction`` would unload
+        Ollama models at the start, the plan is made as if they were unloaded (the start that
+        follows does it), so the check and the start agree."""
         gpu = without_owners(self.read_gpu(provider.gpu, view), gone, residual or {})
         together = [p for p in view.providers if p.gpu == provider.gpu and p.name not in gone]
         if provider.name not in {p.name for p in together}:
             together.append(provider)
         loaded = self.ollama.loaded() if self.ollama else None
-        return self._plan(gpu, together, provider.name, view, loaded)
+        policy = self.settings.ollama.eviction
+        if loaded and policy == "unload_all":
+            return self._plan(_after_unload(gpu, loaded), together, provider.name, view, [])
+        plan = self._plan(gpu, together, provider.name, view, loaded)
+        if plan.feasible or not loaded or policy == "never":
+            return plan
+        victims = ollama_unload_set(plan.request, max(p.shortfall_bytes for p in plan.problems))
+        if not victims:
+            return plan
+        left = [m for m in loaded if m not in victims]
+        return self._plan(_after_unload(gpu, victims), together, provider.name, view, left)
 
     def launch_spec(self, provider: Provider, hint: PrepareHint, view: PlanView) -> LaunchSpec:
         gpu, plan = self.plan_for(provider, hint, view)
@@ -291,4 +302,26 @@ def without_owners(gpu: GpuInfo, owners: frozenset[str], residual: Mapping[str, 
         processes=tuple(kept),
         memory_free_bytes=gpu.memory_free_bytes + leaving,
         memory_used_bytes=max(0, gpu.memory_used_bytes - leaving),
+    )
+
+
+def _after_unload(gpu: GpuInfo, models: Sequence[OllamaModel]) -> GpuInfo:
+    """``gpu`` as it will be once Ollama unloaded ``models`` (their VRAM back, taken off what
+    Ollama's processes hold)."""
+    freed = sum(m.vram_bytes for m in models)
+    left = freed
+    processes: list[GpuProcess] = []
+    for p in gpu.processes:
+        if p.owner == OWNER_OLLAMA and left > 0 and p.used_bytes:
+            take = min(left, p.used_bytes)
+            left -= take
+            if p.used_bytes - take:
+                processes.append(replace(p, used_bytes=p.used_bytes - take))
+            continue
+        processes.append(p)
+    return replace(
+        gpu,
+        processes=tuple(processes),
+        memory_free_bytes=gpu.memory_free_bytes + freed,
+        memory_used_bytes=max(0, gpu.memory_used_bytes - freed),
     )
