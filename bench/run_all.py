@@ -59,7 +59,8 @@ class Benchmark:
 BENCHMARKS = (
     Benchmark("plan_efficiency", ("--scenarios", "2000"), 120),
     Benchmark("litellm_filter", ("--picks", "20000"), 180),
-    Benchmark("status_api", ("--duration-s", "5", "--concurrency", "16", "--idle-s", "5"), 180),
+    Benchmark("status_api", ("--duration-s", "5", "--concurrency", "16", "--idle-s", "5",
+                                 "--rounds", "3"), 240),
     Benchmark("idle", ("--duration-s", "30", "--sample-s", "1", "--settle-s", "5"), 300),
     Benchmark("detection", ("--repeats", "10"), 420),
     Benchmark("swap", ("--repeats", "4", "--rate", "50", "--load-seconds", "2"), 480),

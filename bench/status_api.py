@@ -7,11 +7,12 @@ loads ``GET /v1/status`` from this (separate) process with httpx2 at a fixed con
 then measures the server's idle CPU and RSS with psutil. Then the baseline: a bare ASGI app (no
 FastAPI, no middleware, no publisher) on plain ``uvicorn.Server`` in the same kind of
 subprocess, same event loop (asyncio's default, as the daemon's) and HTTP implementation,
-returning the bytes gpumgr's ``/v1/status`` answered, under the same load. The ratio says what
-gpumgr's app costs over the cheapest server of the same document. Prints a table and writes
+returning the bytes gpumgr's ``/v1/status`` answered, under the same load. The two alternate for
+``--rounds`` rounds (the numbers are the medians over the rounds, each round in the JSON). The
+ratio says what gpumgr's app costs over the cheapest server of the same document. Prints a table and writes
 ``bench/results/status_api.json``.
 
-    .venv/bin/python bench/status_api.py [--duration-s 5] [--concurrency 16] [--idle-s 5]
+    .venv/bin/python bench/status_api.py [--duration-s 5] [--concurrency 16] [--idle-s 5] [--rounds 3]
 
 The load generator is Python too, so on a small machine the client may saturate before the
 server (then both servers show about the same req/s): the JSON records both processes' CPU time
@@ -25,6 +26,7 @@ import asyncio
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -220,41 +222,59 @@ def measure_server(argv: list[str], args: argparse.Namespace, *, idle: bool,
     }
 
 
+def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per key, the median over the rounds (keys every round has a number for)."""
+    keys = [k for k in rounds[0] if all(isinstance(r.get(k), (int, float)) for r in rounds)]
+    return {k: round(statistics.median(r[k] for r in rounds), 3) for k in keys}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """``--rounds`` rounds, each gpumgr then the bare app (alternating, so that a change in the
+    shared machine's load hits both); idle is measured after gpumgr's first round."""
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gpumgr-bench-") as runtime_dir:
         body = Path(runtime_dir) / "status-body.json"
-        gpumgr = measure_server(
-            [sys.executable, __file__, "--serve", "--runtime-dir", runtime_dir], args, idle=True,
-            body_out=body,
-        )
-        bare = measure_server(
-            [sys.executable, __file__, "--serve-bare", "--body", str(body)], args, idle=False
-        )
+        for i in range(args.rounds):
+            gpumgr = measure_server(
+                [sys.executable, __file__, "--serve", "--runtime-dir", runtime_dir], args,
+                idle=i == 0, body_out=body,
+            )
+            bare = measure_server(
+                [sys.executable, __file__, "--serve-bare", "--body", str(body)], args, idle=False
+            )
+            ratio = gpumgr["requests_per_s"] / bare["requests_per_s"] if bare["requests_per_s"] else 0
+            rounds.append({"gpumgr": gpumgr, "bare_uvicorn": bare,
+                           "gpumgr_to_bare_throughput": round(ratio, 3)})
         body_bytes = body.stat().st_size
-    ratio = (gpumgr["requests_per_s"] / bare["requests_per_s"]) if bare["requests_per_s"] else None
+    gpumgr = median_of([r["gpumgr"] for r in rounds])
+    first = rounds[0]["gpumgr"]
     return {
         **header("status_api"),
         "backends": BACKENDS,
         "body_bytes": body_bytes,
         "concurrency": args.concurrency,
         "duration_s": args.duration_s,
+        "rounds": args.rounds,
+        "aggregate": "median over the rounds (idle: after the first round)",
         "requests": gpumgr["requests"],
-        "errors": gpumgr["errors"],
+        "errors": sum(r["gpumgr"]["errors"] for r in rounds),
         "requests_per_s": gpumgr["requests_per_s"],
         "latency_p50_ms": gpumgr["latency_p50_ms"],
         "latency_p99_ms": gpumgr["latency_p99_ms"],
-        "latency_max_ms": gpumgr["latency_max_ms"],
-        "latency_min_ms": gpumgr["latency_min_ms"],
+        "latency_max_ms": max(r["gpumgr"]["latency_max_ms"] for r in rounds),
+        "latency_min_ms": min(r["gpumgr"]["latency_min_ms"] for r in rounds),
         "server_cpu_s_during_load": gpumgr["server_cpu_s_during_load"],
         "server_cpu_ms_per_request": gpumgr["server_cpu_ms_per_request"],
         "client_cpu_s_during_load": gpumgr["client_cpu_s_during_load"],
         "load_wall_s": gpumgr["load_wall_s"],
         "server_rss_after_load_mib": gpumgr["rss_after_load_mib"],
         "idle_s": args.idle_s,
-        "server_idle_cpu_percent": gpumgr["idle_cpu_percent"],
-        "server_idle_rss_mib": gpumgr["idle_rss_mib"],
-        "bare_uvicorn": bare,
-        "gpumgr_to_bare_throughput": round(ratio, 3) if ratio is not None else None,
+        "server_idle_cpu_percent": first["idle_cpu_percent"],
+        "server_idle_rss_mib": first["idle_rss_mib"],
+        "bare_uvicorn": {**median_of([r["bare_uvicorn"] for r in rounds]),
+                         "errors": sum(r["bare_uvicorn"]["errors"] for r in rounds)},
+        "gpumgr_to_bare_throughput": median_of(rounds)["gpumgr_to_bare_throughput"],
+        "per_round": rounds,
     }
 
 
@@ -277,7 +297,8 @@ def print_table(result: dict[str, Any]) -> None:
         ("bare uvicorn CPU ms / request", result["bare_uvicorn"]["server_cpu_ms_per_request"]),
         ("gpumgr / bare throughput", result["gpumgr_to_bare_throughput"]),
     ]
-    print(f"status API benchmark ({result['machine']['cpus']} CPUs)")
+    print(f"status API benchmark ({result['machine']['cpus']} CPUs), median of "
+          f"{result['rounds']} rounds")
     print_rows(rows, indent="  ")
 
 
@@ -286,6 +307,7 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--idle-s", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3, help="gpumgr/bare pairs, alternating")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--runtime-dir", type=Path, help=argparse.SUPPRESS)
