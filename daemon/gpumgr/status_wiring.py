@@ -39,7 +39,7 @@ from gpumgr.sd_notify import Notifier
 from gpumgr.status.document import BackendStatus, DaemonInfo, GpuStatus
 from gpumgr.status.publisher import BackendChanges, StatusPublisher
 from gpumgr.status.seed import initial_backend, initial_backends
-from gpumgr.supervisor.events import ChildStarted, SupervisorEvent
+from gpumgr.supervisor.events import ChildStarted, OllamaEvicted, SupervisorEvent
 from gpumgr.weights import Snapshot
 
 log = structlog.get_logger(__name__)
@@ -101,6 +101,10 @@ class StatusWiring:
         self._dirty: dict[str, BackendChanges] = {}
         self._flush_scheduled = False
         self._probed: set[str] = set()
+        self._probe_unavailable: dict[str, dict[str, str]] = {}
+        """Backend → the models its last probe said cannot be served (e.g. not pulled)."""
+        self._evicted: dict[str, tuple[str, str]] = {}
+        """Ollama model → (the engine it was unloaded for, why), until that start is over."""
         self._progress_task: asyncio.Task[None] | None = None
         self.expected_startup_s: Callable[[str], float | None] = lambda _name: None
         """The expected seconds from spawn to serving of a backend (its last measured start)."""
@@ -160,6 +164,10 @@ class StatusWiring:
     def supervisor_sink(self, event: SupervisorEvent) -> None:
         """Supervisor events move the state machine at once; a start also brings its port and
         slice, published in the same update as the new state and pid."""
+        if isinstance(event, OllamaEvicted):
+            why = f"unloaded to make room for {event.backend}; back once that start is over"
+            self._evicted.update({m: (event.backend, why) for m in event.models})
+            self._publish_unavailable()
         if isinstance(event, ChildStarted):
             extra = self._dirty.setdefault(event.backend, {})
             extra["port"] = event.port
@@ -248,7 +256,21 @@ class StatusWiring:
             }
             self.publisher.update_backend(name, **changes)
 
+    def _publish_unavailable(self) -> None:
+        """Each backend's unavailable models: what its probe found, plus the Ollama models
+        unloaded for an engine that is still starting (a request would load them again)."""
+        for b in self.publisher.document.backends:
+            merged = dict(self._probe_unavailable.get(b.name, {}))
+            merged.update({m: why for m, (_, why) in self._evicted.items() if m in b.models})
+            if merged != b.unavailable_models:
+                self.publisher.update_backend(b.name, unavailable_models=merged)
+
     def _on_transition(self, t: Transition) -> None:
+        if t.new is not BackendState.STARTING and any(
+            owner == t.backend for owner, _ in self._evicted.values()
+        ):
+            self._evicted = {m: v for m, v in self._evicted.items() if v[0] != t.backend}
+            self._publish_unavailable()
         for hook in self.on_state_change:
             hook(t)
         healths = self.scheduler.healths().values()
@@ -258,6 +280,10 @@ class StatusWiring:
 
     def _on_probe(self, name: str, result: ProbeResult, health: BackendHealth) -> None:
         unavailable = {m.name: m.reason or "unavailable" for m in result.models if not m.available}
+        self._probe_unavailable[name] = unavailable
+        models = self.publisher.backend(name)
+        unavailable = {**unavailable, **{m: why for m, (_, why) in self._evicted.items()
+                                         if models is not None and m in models.models}}
         changes: BackendChanges = {
             "last_check": datetime.now(UTC), "latency_ms": result.latency_ms,
             "busy": bool(result.busy), "unavailable_models": unavailable,

@@ -34,7 +34,7 @@ from gpumgr.supervisor import process
 from gpumgr.modelfiles import weights_bytes
 from gpumgr.plan import VramPlan
 from gpumgr.secrets import read_secret
-from gpumgr.supervisor.events import BackendFailed, Downloading, EventSink
+from gpumgr.supervisor.events import BackendFailed, Downloading, EventSink, OllamaEvicted
 from gpumgr.supervisor.logs import log_path, tail_lines
 from gpumgr.supervisor.records import ChildRecord, ChildRecords
 from gpumgr.supervisor.restart import RestartPolicy
@@ -287,6 +287,8 @@ class BackendManager:
 
         async def prepare(hint: PrepareHint) -> LaunchSpec:
             spec = await plan(hint)
+            if spec.ollama_evicted:
+                self._sink(OllamaEvicted(provider.name, spec.ollama_evicted))
             return replace(spec, identity=identity)
 
         return prepare

@@ -26,6 +26,7 @@ from gpumgr.supervisor.events import (
     ChildStopping,
     Downloading,
     Draining,
+    OllamaEvicted,
     Restarting,
     Sleeping,
     SupervisorEvent,
@@ -96,6 +97,8 @@ def apply_supervisor_event(sched: StateOwner, event: SupervisorEvent) -> Transit
             return sched.lifecycle(
                 name, S.SLEEPING, event.detail or f"pid {event.pid} asleep", pid=event.pid
             )
+        if isinstance(event, OllamaEvicted):
+            return None  # no state of its own: the status shows those Ollama models unavailable
         if isinstance(event, Woken):
             return sched.lifecycle(name, S.STARTING, f"pid {event.pid} woken", pid=event.pid)
     except IllegalTransition as exc:

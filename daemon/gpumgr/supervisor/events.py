@@ -124,6 +124,15 @@ class Woken:
     pid: int
 
 
+@dataclass(frozen=True)
+class OllamaEvicted:
+    """Ollama models were unloaded to make room for ``backend``'s start; they should get no
+    requests (which would load them again) until that start is over."""
+
+    backend: str
+    models: tuple[str, ...]
+
+
 SupervisorEvent = (
     ChildStarted
     | ChildReady
@@ -138,6 +147,7 @@ SupervisorEvent = (
     | Draining
     | Sleeping
     | Woken
+    | OllamaEvicted
 )
 EventSink = Callable[[SupervisorEvent], None]
 
