@@ -96,13 +96,11 @@ health:
 """
 """No ``interval_s``/``timeout_s``/``retry_attempts``: the engines get the daemon's defaults
 (0.5 s / 0.5 s / 3). Restarting a hung engine is pushed out of the tests' way."""
-CARD_MIB = 24576
-"""A 24 GiB card: the 14B fits beside the local Ollama's loaded model (the 7B's first fallback,
-so loaded whenever the engines are out, a swap included). On a 16 GiB card the swap needs
-Ollama's room, which does not work with this chain (reported with issue 12): the swap's check
-counts a loaded Ollama model as immovable and refuses; when it is not loaded at the check, the
-model unloaded for the 14B is loaded again by the fallback traffic before the 14B starts, which
-then finds too little free memory, and the swap rolls back."""
+CARD_MIB = 16384
+"""The reference box's 16 GiB card: the 14B needs the room of the local Ollama's loaded model
+(the 7B's first fallback, so loaded whenever the engines are out, a swap included). The swap's
+check counts that model as unloadable (``ollama.eviction: unload_idle``), and the status marks
+it unavailable before it is unloaded, so the fallback traffic does not load it straight back."""
 LIFECYCLE_YAML = FAST_LIFECYCLE_YAML.replace(
     "simulate:\n", f"simulate:\n  gpus: [{{memory_total_mib: {CARD_MIB}}}]\n")
 OTHER_BACKENDS_HEALTH_YAML = """

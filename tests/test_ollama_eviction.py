@@ -47,7 +47,7 @@ def test_an_ollama_model_unloaded_for_a_start_is_unavailable_until_the_engine_se
         evicted = daemon.wait_backend(
             "ollama", lambda b: "llama3.1:latest" in (b.get("unavailable_models") or {}), 60)
         assert "unloaded to make room for qwen-14b" in evicted["unavailable_models"]["llama3.1:latest"]
-        assert daemon.backend("qwen-14b")["state"] in ("starting", "up")
+        assert daemon.backend("qwen-14b")["state"] in ("downloading", "starting", "up")
         daemon.wait_up("qwen-14b", 60)
         daemon.wait_backend("ollama", lambda b: not b.get("unavailable_models"), 30)
         assert daemon.status()["models"]["llama3.1:latest"]["available"]

@@ -53,6 +53,9 @@ from .stop import Drain, StopTiming, stop_engine
 
 log = structlog.get_logger(__name__)
 
+EVICTION_NOTICE_S = 0.3
+"""How long the router is given to see that Ollama models are about to be unloaded (it follows
+the status's events; a few milliseconds locally) before they are."""
 UNRESPONSIVE_CHECK_S = 1.0
 """How often the manager looks for engines that are down while their process lives."""
 
@@ -106,6 +109,7 @@ class BackendManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._hang_restarts: set[str] = set()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._apply_settings(config)
 
     # -- configuration -----------------------------------------------------------------------
@@ -136,6 +140,7 @@ class BackendManager:
             command=self._command,
             withheld_env={p.env_var for p in config.providers.values() if p.env_var},
             ollama=OllamaRoom(list(config.providers.values())),
+            announce_eviction=self._announce_eviction,
         )
 
     def _provider(self, name: str) -> Provider:
@@ -167,6 +172,22 @@ class BackendManager:
             running_fractions=self.running_fractions(),
         )
 
+    def _announce_eviction(self, backend: str, models: tuple[str, ...]) -> None:
+        """From the planner's worker thread: publish (on the loop) that ``models`` are being
+        unloaded for ``backend`` and give the router a moment to see it, before they are."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        async def announce() -> None:
+            self._sink(OllamaEvicted(backend, models))
+            await asyncio.sleep(EVICTION_NOTICE_S)
+
+        try:
+            asyncio.run_coroutine_threadsafe(announce(), loop).result(timeout=5)
+        except (TimeoutError, RuntimeError) as exc:
+            log.warning("ollama.eviction_notice_failed", backend=backend, error=type(exc).__name__)
+
     def _asleep(self, name: str) -> bool:
         """A sleeping engine is not planned: what it still holds (its CUDA context) is simply
         taken, like any other process's memory."""
@@ -187,6 +208,7 @@ class BackendManager:
 
         Without a readable GPU (no driver, or a driver/library mismatch after an upgrade)
         nothing new can be planned or started, but serving engines are adopted and kept."""
+        self._loop = asyncio.get_running_loop()
         self._read_gpus(first_read)
         self.desired = desired_for(self.config, await asyncio.to_thread(self.store.load))
         await self._save_desired()
@@ -287,8 +309,6 @@ class BackendManager:
 
         async def prepare(hint: PrepareHint) -> LaunchSpec:
             spec = await plan(hint)
-            if spec.ollama_evicted:
-                self._sink(OllamaEvicted(provider.name, spec.ollama_evicted))
             return replace(spec, identity=identity)
 
         return prepare

@@ -114,6 +114,10 @@ class LaunchPlanner:
     """Variables never passed to a vLLM child: every provider's ``env_var`` (secrets)."""
     ollama: OllamaRoom | None = None
     """The local Ollama, whose models may be unloaded to make room (``ollama.eviction``)."""
+    announce_eviction: Callable[[str, tuple[str, ...]], None] | None = None
+    """Told (from this worker thread, blocking until it is published) which Ollama models are
+    about to be unloaded for which provider, so the router stops sending them requests first:
+    one would load a model straight back into the memory the engine is about to take."""
 
     def _request(self, provider: Provider, view: PlanView) -> InstanceRequest:
         snap = view.snapshots[provider.name]
@@ -156,63 +160,62 @@ class LaunchPlanner:
 
     def _plan_with_room(
         self, provider: Provider, together: Sequence[Provider], view: PlanView
-    ) -> tuple[GpuInfo, VramPlan, tuple[str, ...]]:
+    ) -> tuple[GpuInfo, VramPlan]:
         """The plan on the GPU as it is, after unloading Ollama models if the policy allows
-        and the plan needs it (see ``gpumgr.actions.ollama_room``); and the models unloaded."""
+        and the plan needs it (see ``gpumgr.actions.ollama_room``)."""
         gpu = self.read_gpu(provider.gpu, view)
         policy = self.settings.ollama.eviction
         loaded = self.ollama.loaded() if self.ollama else None
-        evicted: tuple[str, ...] = ()
         if self.ollama and loaded and policy == "unload_all":
-            gpu, evicted = self._unload_and_wait(provider, gpu, loaded, view)
+            gpu = self._unload_and_wait(provider, gpu, loaded, view)
             loaded = self.ollama.loaded()
         plan = self._plan(gpu, together, provider.name, view, loaded)
         if plan.feasible or not (self.ollama and loaded) or policy == "never":
-            return gpu, plan, evicted
+            return gpu, plan
         shortfall = max(p.shortfall_bytes for p in plan.problems)
         victims = ollama_unload_set(plan.request, shortfall)
         if not victims:
-            return gpu, plan, evicted
-        gpu, more = self._unload_and_wait(provider, gpu, victims, view)
-        plan = self._plan(gpu, together, provider.name, view, self.ollama.loaded())
-        return gpu, plan, evicted + more
+            return gpu, plan
+        gpu = self._unload_and_wait(provider, gpu, victims, view)
+        return gpu, self._plan(gpu, together, provider.name, view, self.ollama.loaded())
 
     def _unload_and_wait(
         self, provider: Provider, gpu: GpuInfo, models: Sequence[OllamaModel], view: PlanView
-    ) -> tuple[GpuInfo, tuple[str, ...]]:
-        """Unload ``models`` and wait (bounded) until the GPU shows most of their memory back;
-        the GPU then and the models Ollama agreed to unload."""
+    ) -> GpuInfo:
+        """Announce, unload ``models`` and wait (bounded) until the GPU shows most of their
+        memory back."""
         assert self.ollama is not None
-        done = tuple(self.ollama.unload(models, f"room for {provider.name}"))
-        if not done:
-            return gpu, done
+        if self.announce_eviction is not None:
+            self.announce_eviction(provider.name, tuple(m.name for m in models))
+        if not self.ollama.unload(models, f"room for {provider.name}"):
+            return gpu
         expected = gpu.memory_free_bytes + int(0.9 * sum(m.vram_bytes for m in models))
         deadline = time.monotonic() + OLLAMA_UNLOAD_WAIT_S
         while True:
             now = self.read_gpu(provider.gpu, view)
             if now.memory_free_bytes >= expected or time.monotonic() >= deadline:
-                return now, done
+                return now
             time.sleep(0.1)
 
     def plan_for(
         self, provider: Provider, hint: PrepareHint, view: PlanView
-    ) -> tuple[GpuInfo, VramPlan, tuple[str, ...]]:
+    ) -> tuple[GpuInfo, VramPlan]:
         """The plan that decides ``provider``'s slice now (see the module doc). After an
         out-of-memory exit, a slice that would repeat it is refused: the joint plan first, then
         the provider alone on what is free now, else ``PlanInfeasible``."""
         together = [p for p in view.providers if p.gpu == provider.gpu]
         if provider.name not in {p.name for p in together}:
             together.append(provider)
-        gpu, plan, evicted = self._plan_with_room(provider, together, view)
+        gpu, plan = self._plan_with_room(provider, together, view)
         if hint.after_oom_fraction is None:
             if not plan.feasible:
                 raise PlanInfeasible("; ".join(p.message for p in plan.problems))
-            return gpu, plan, evicted
+            return gpu, plan
         if plan.feasible and not hint.refuses(plan.instance(provider.name).fraction):
-            return gpu, plan, evicted
+            return gpu, plan
         alone = self._plan(gpu, [provider], provider.name, view)
         if alone.feasible and not hint.refuses(alone.instance(provider.name).fraction):
-            return gpu, alone, evicted
+            return gpu, alone
         why = "; ".join(p.message for p in (alone.problems or plan.problems))
         way = "larger" if hint.needs_larger else "smaller"
         raise PlanInfeasible(
@@ -248,7 +251,7 @@ class LaunchPlanner:
         return self._plan(_after_unload(gpu, victims), together, provider.name, view, left)
 
     def launch_spec(self, provider: Provider, hint: PrepareHint, view: PlanView) -> LaunchSpec:
-        gpu, plan, evicted = self.plan_for(provider, hint, view)
+        gpu, plan = self.plan_for(provider, hint, view)
         inst = plan.instance(provider.name)
         snap = view.snapshots[provider.name]
         launch = launch_for_budget(
@@ -273,7 +276,6 @@ class LaunchPlanner:
             gpu_uuid=gpu.uuid,
             fraction=inst.fraction,
             health_url=engine_health_url(provider),
-            ollama_evicted=evicted,
         )
 
     def preparer(self, provider: Provider, view: Callable[[], PlanView]) -> Prepare:

@@ -51,9 +51,6 @@ class LaunchSpec:
     gpu_uuid: str
     fraction: float
     health_url: str = ""
-    ollama_evicted: tuple[str, ...] = ()
-    """Ollama models unloaded to make room for this start (the router should not send them
-    requests, which would load them again, until this engine serves)."""
     identity: dict[str, object] | None = None
     """The provider's launch identity (``actions.desired``), kept in the child's record so the
     next daemon knows whether an adopted engine is the one the configuration asks for."""
