@@ -83,6 +83,7 @@ class Operator:
     def __init__(self, manager: BackendManager) -> None:
         self.manager = manager
         self.mutation: Mutation | None = None
+        self._claimed: Mutation | None = None
 
     # -- the one-mutation rule ---------------------------------------------------------------
     def check_idle(self) -> None:
@@ -90,10 +91,28 @@ class Operator:
         if self.mutation is not None:
             raise Busy(f"busy: {self.mutation.describe()}")
 
+    def claim(self, what: str) -> Mutation:
+        """Take the one-mutation slot now, for an operation that will start in a moment (the
+        control API claims before it answers, so a second request is refused at once, never
+        accepted and then refused). The operation named ``what`` takes the claim over;
+        ``release`` gives it back if it never does."""
+        self.check_idle()
+        self.mutation = self._claimed = Mutation(what, time.time())
+        return self._claimed
+
+    def release(self, claim: Mutation) -> None:
+        if self._claimed is claim:
+            self._claimed = None
+            self.mutation = None
+
     @asynccontextmanager
     async def _mutating(self, what: str) -> AsyncIterator[Mutation]:
-        self.check_idle()
-        self.mutation = Mutation(what, time.time())
+        if self._claimed is not None and self._claimed.what == what:
+            self._claimed = None  # taken over: the slot stays held, now by this operation
+        else:
+            self.check_idle()
+            self.mutation = Mutation(what, time.time())
+        assert self.mutation is not None
         log.info("operation.begin", what=what)
         try:
             yield self.mutation

@@ -101,15 +101,14 @@ def _refusal(exc: GpumgrError) -> HTTPException:
 
 
 def _run_streamed(
-    operator: Operator, names: list[str],
+    operator: Operator, what: Callable[[list[str]], str], names: list[str],
     work: Callable[[Callable[[str], None]], Awaitable[Outcome]],
 ) -> StreamingResponse:
-    """Refuse at once what cannot start; else run ``work`` in its own task and stream its
+    """Refuse at once what cannot start (a bad name, another mutation running); else claim the
+    one-mutation slot as ``what(resolved names)``, run ``work`` in its own task and stream its
     progress and its outcome."""
     try:
-        operator.check_idle()
-        for n in names:
-            operator.resolve(n)
+        claim = operator.claim(what([operator.resolve(n) for n in names]))
     except GpumgrError as exc:
         raise _refusal(exc) from None
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -134,6 +133,7 @@ def _run_streamed(
                                     "error": f"gpumgr internal error: {type(exc).__name__}",
                                     "log_tail": []}))
         finally:
+            operator.release(claim)  # if the operation never took it over (failed before)
             queue.put_nowait(None)
 
     task = asyncio.get_running_loop().create_task(run(), name="operation")
@@ -162,30 +162,35 @@ def add_control_routes(
 
     @router.post("/start", response_class=StreamingResponse)
     async def start(body: StartBody) -> StreamingResponse:
-        return _run_streamed(operator, [body.name], lambda p: operator.start(
-            body.name, p, timeout_s=body.timeout_s, evict_ollama=body.evict_ollama))
+        return _run_streamed(
+            operator, lambda n: f"start {n[0]}", [body.name],
+            lambda p: operator.start(body.name, p, timeout_s=body.timeout_s,
+                                     evict_ollama=body.evict_ollama))
 
     @router.post("/stop", response_class=StreamingResponse)
     async def stop(body: NameBody) -> StreamingResponse:
-        return _run_streamed(operator, [body.name], lambda p: operator.stop(body.name, p))
+        return _run_streamed(operator, lambda n: f"stop {n[0]}", [body.name],
+                             lambda p: operator.stop(body.name, p))
 
     @router.post("/restart", response_class=StreamingResponse)
     async def restart(body: NameBody) -> StreamingResponse:
-        return _run_streamed(operator, [body.name], lambda p: operator.restart(
-            body.name, p, timeout_s=body.timeout_s))
+        return _run_streamed(operator, lambda n: f"restart {n[0]}", [body.name],
+                             lambda p: operator.restart(body.name, p, timeout_s=body.timeout_s))
 
     @router.post("/sleep", response_class=StreamingResponse)
     async def sleep(body: NameBody) -> StreamingResponse:
-        return _run_streamed(operator, [body.name], lambda p: operator.sleep(body.name, p))
+        return _run_streamed(operator, lambda n: f"sleep {n[0]}", [body.name],
+                             lambda p: operator.sleep(body.name, p))
 
     @router.post("/wake", response_class=StreamingResponse)
     async def wake(body: NameBody) -> StreamingResponse:
-        return _run_streamed(operator, [body.name], lambda p: operator.wake(body.name, p))
+        return _run_streamed(operator, lambda n: f"wake {n[0]}", [body.name],
+                             lambda p: operator.wake(body.name, p))
 
     @router.post("/swap", response_class=StreamingResponse)
     async def swap(body: SwapBody) -> StreamingResponse:
-        return _run_streamed(operator, [body.old, body.new], lambda p: operator.swap(
-            body.old, body.new, p, timeout_s=body.timeout_s))
+        return _run_streamed(operator, lambda n: f"swap {n[0]} → {n[1]}", [body.old, body.new],
+                             lambda p: operator.swap(body.old, body.new, p, timeout_s=body.timeout_s))
 
     @router.post("/reload")
     async def reload_config() -> dict[str, Any]:
