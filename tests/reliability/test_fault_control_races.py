@@ -143,7 +143,7 @@ def test_100_concurrent_control_calls_run_one_mutation_at_a_time_and_answer_ever
     # The slot is claimed when a request is accepted, so every other call is refused at once
     # (409), never accepted and then refused in its stream.
     busy = [x for x in results if x[0] == 409]
-    assert len(ran) == 1 and len(ran) + len(busy) == CALLS, results
+    assert len(ran) >= 1 and len(ran) + len(busy) == CALLS, results  # >1 only if one ended first
     slowest_refusal = max(took for s, _, took in results if s == 409)
     assert slowest_refusal < 5, f"a refusal waited {slowest_refusal:.2f} s"
     # the mutations that ran never overlapped (from the daemon's own log)
