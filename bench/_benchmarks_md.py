@@ -168,6 +168,21 @@ def idle_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def router_rows(r: dict[str, Any]) -> list[Row]:
+    """Per phase of the outage script, each router: latency (p50 as the median), failed and
+    slow requests."""
+    rows = []
+    modes = r["modes"]
+    phases = ["all", *next(iter(modes.values()))["phases"]]
+    for phase in phases:
+        for mode, res in modes.items():
+            x = res["all"] if phase == "all" else res["phases"][phase]
+            rows.append((f"{phase}, {mode}: latency, ms ({x['failed']} failed, {x['over_1s']} over "
+                         f"{r.get('slow_s', 1):g} s)", num(x["p50_ms"]), num(x["p99_ms"]),
+                         f"≤ {num(x['max_ms'])}", f"{x['requests']} requests"))
+    return rows
+
+
 def suite_rows(r: dict[str, Any]) -> list[Row]:
     return [single_row(f"`{r.get('command') or 'bash scripts/test.sh'}` wall time, s", r["duration_s"]),
             single_row("pytest's summary", r.get("summary") or DASH)]
@@ -198,6 +213,7 @@ TABLES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "litellm_filter": litellm_filter_rows,
     "idle": idle_rows,
     "suite": suite_rows,
+    "router": router_rows,
 }
 
 TITLES = {
@@ -230,6 +246,9 @@ READING = {
     "up (a router sends those down the fallback chain instead of failing them); `hung` took over "
     "5 s. `gpumgr restart (direct)` is a client that ignores the status and sends to the port "
     "all along.",
+    "router": "`failed`: not HTTP 200 or no answer; the spread column has only the maximum (the "
+    "benchmark records no minimum). The callback's own cost per pick is the LiteLLM callback "
+    "section's.",
     "suite": "The whole CI suite including the real-LiteLLM-proxy and fault tests, on the same "
     "shared machine.",
 }
@@ -313,6 +332,11 @@ def headline(steps: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(f"- Planner: hands out {num(r['share_where_none_capped_or_pinned']['median'])} "
                      "of usable memory where nothing is pinned or capped; "
                      f"{r['refused_starts_planned_context']} starts vLLM would refuse.")
+    if r := result("router"):
+        parts = [f"{mode}: {res['all']['failed']} failed and {res['all']['over_1s']} over 1 s of "
+                 f"{res['all']['requests']} requests, p50 {num(res['all']['p50_ms'])} ms"
+                 for mode, res in r["modes"].items()]
+        lines.append("- Router through the outage script: " + "; ".join(parts) + ".")
     if r := result("litellm_filter"):
         lines.append(f"- LiteLLM callback: {num(min(r['per_pick_us'].values()))}–"
                      f"{num(max(r['per_pick_us'].values()))} µs per pick.")

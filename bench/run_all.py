@@ -11,8 +11,8 @@ files by ``bench/_benchmarks_md.py``.
 
     .venv/bin/python bench/run_all.py [--suite-duration SECONDS] [--reuse NAME,...] [--render-only]
 
-``--reuse`` takes the named benchmarks from the previous run's ``docs/benchmarks/`` instead of
-running them (the report says when each was measured); ``--render-only`` re-renders the report
+``--reuse`` takes the named benchmarks (or ``suite``) from the previous run's ``docs/benchmarks/``
+instead of running them (the report says when each was measured); ``--render-only`` re-renders the report
 from ``docs/benchmarks/`` without running anything. A benchmark that fails or is absent (the
 router benchmark is optional) is listed as such in the report; nothing else stops the run.
 """
@@ -172,7 +172,8 @@ def reused(name: str) -> dict[str, Any]:
                 "note": f"--reuse, but {path.relative_to(REPO_ROOT)} does not exist"}
     previous = json.loads((DOCS_JSON_DIR / "run.json").read_text()) if (
         DOCS_JSON_DIR / "run.json").exists() else {"steps": []}
-    step = next((s for s in previous["steps"] if s["name"] == name), {"name": name})
+    step = next((s for s in previous["steps"] if s["name"] == name),
+                {"name": name, "kind": "suite" if name == "suite" else "benchmark"})
     return {**step, "status": "ok", "reused": True, "result": json.loads(path.read_text())}
 
 
@@ -219,7 +220,7 @@ def main() -> None:
         print(f"wrote {REPORT.relative_to(REPO_ROOT)}")
         return
     reuse = {n.strip() for n in args.reuse.split(",") if n.strip()}
-    unknown = reuse - {b.name for b in BENCHMARKS}
+    unknown = reuse - {b.name for b in BENCHMARKS} - {"suite"}
     if unknown:
         ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -234,7 +235,7 @@ def main() -> None:
         run["steps"].append(reused(b.name) if b.name in reuse else run_benchmark(b))
         run["steps"][-1]["optional"] = b.optional
     run["benchmarks_wall_s"] = round(time.monotonic() - t0, 1)
-    run["steps"].append(run_suite(args.suite_duration))
+    run["steps"].append(reused("suite") if "suite" in reuse else run_suite(args.suite_duration))
     run["loadavg_end"] = loadavg()
     run["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     save(run)
