@@ -234,8 +234,9 @@ READING = {
     "Refused starts must be 0.",
     "litellm_filter": "Added to every pick LiteLLM makes; compare with a request's milliseconds.",
     "status_api": "On this 2-core machine the Python load generator shares the CPUs with the "
-    "server and saturates first, so both servers show similar requests/s; the server CPU per "
-    "request is the comparison that survives that.",
+    "server (it burns more CPU than either server), so requests/s measures the pair and moves "
+    "with the shared machine's load (see the spread over rounds); the server CPU per request is "
+    "the steadier comparison of gpumgr's app against the bare one.",
     "idle": "Idle cost is mostly probing (the engine every 0.5 s, Ollama every 2 s) and the 2 s "
     "status heartbeat. A 1 s window measures CPU in 10 ms ticks, so single samples read 0, 1, 2 … %; "
     "the median over 30 windows is the figure to quote.",
@@ -275,7 +276,7 @@ def section(step: dict[str, Any]) -> str:
         how += (f", load average {step['loadavg_before'][0]:g} before and "
                 f"{step.get('loadavg_after', ['?'])[0]:g} after")
     if step.get("reused"):
-        how += f" (reused from the run of {measured})"
+        how += f" (reused: measured {measured})"
     out += [f"Run: {how}.", ""]
     if step["kind"] == "suite" and step.get("result"):
         r = step["result"]
@@ -319,7 +320,7 @@ def headline(steps: dict[str, dict[str, Any]]) -> list[str]:
     if r := result("status_api"):
         lines.append(f"- Status API: {num(r['requests_per_s'])} req/s against a bare uvicorn "
                      f"app's {num(r['bare_uvicorn']['requests_per_s'])} serving the same bytes "
-                     f"(medians of {r.get('rounds', 1)} rounds; the Python client saturates first); "
+                     f"(medians of {r.get('rounds', 1)} rounds, client-bound on 2 CPUs); "
                      f"{num(r['server_cpu_ms_per_request'])} against "
                      f"{num(r['bare_uvicorn']['server_cpu_ms_per_request'])} ms of server CPU per "
                      "request.")
@@ -369,6 +370,9 @@ def render(run: dict[str, Any]) -> str:
         f"{m.get('memory_gib', '?')} GiB memory; Python {m.get('python')}; {m.get('platform')}.",
         f"- Run from {run['started_at']} to {run.get('finished_at', '?')}; benchmarks "
         f"{run.get('benchmarks_wall_s', '?')} s of it.",
+        *([f"- Reused from an earlier run (`--reuse`, measured when each section says): "
+           + ", ".join(s["name"] for s in run["steps"] if s.get("reused")) + "."]
+          if any(s.get("reused") for s in run["steps"]) else []),
         f"- Load average (1, 5, 15 min) at the start {run['loadavg_start']}, at the end "
         f"{run.get('loadavg_end')}. **The machine is shared**: other engineers were building and "
         "running tests on it at the same time, so latencies and throughput here are pessimistic "
