@@ -16,11 +16,6 @@ from reliability.rig import DEEPSEEK, QWEN_7B, WAIT_S, Rig, settings, vllm
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the launch plan of the first backend whose weights are ready is made without the backends "
-    "still downloading (BackendManager.plan_view, actions/manager.py:157, keeps only providers "
-    "in self._snapshots): deepseek takes 0.55 of the card alone and qwen-7b then ends `failed` "
-    "('does not fit: short by 925 MiB') although `gpumgr plan` fits both (0.42 + 0.48)"))
 def test_two_engines_that_fit_together_both_start_when_one_has_its_weights_first(
     tmp_path: Path,
 ) -> None:

@@ -31,7 +31,7 @@ from gpumgr.gpu import MIB, GpuBackend, GpuInventory
 from gpumgr.health.machine import BackendHealth
 from gpumgr.sim import SIM_ENGINE_COMMAND
 from gpumgr.supervisor import process
-from gpumgr.modelfiles import weights_bytes
+from gpumgr.modelfiles import model_dims, weights_bytes
 from gpumgr.plan import VramPlan
 from gpumgr.secrets import read_secret
 from gpumgr.supervisor.events import BackendFailed, Downloading, EventSink, OllamaEvicted
@@ -39,20 +39,22 @@ from gpumgr.supervisor.logs import log_path, tail_lines
 from gpumgr.supervisor.records import ChildRecord, ChildRecords
 from gpumgr.supervisor.restart import RestartPolicy
 from gpumgr.supervisor.system import REAL, System
-from gpumgr.weights import DownloadProgress, Snapshot
+from gpumgr.weights import DownloadProgress, Snapshot, WeightsContext
 
 from .adopt import Adoption, adopt_recorded
 from .desired import DesiredState, DesiredStore, Identity, desired_for, launch_identity, managed_providers
 from .keeper import BackendKeeper, FirstAttempt
 from .lease import GpuLease, GpuLocks
 from .ollama_room import OllamaRoom
-from .prepare import LaunchPlanner, PlanView, without_owners, engine_health_url
+from .prepare import LaunchPlanner, PlanFacts, PlanView, engine_health_url, without_owners
 from .start import LaunchSpec, Prepare, PrepareHint, StartContext, StartTiming
 from .startup_times import StartupTimes
 from .stop import Drain, StopTiming, stop_engine
 
 log = structlog.get_logger(__name__)
 
+FACTS_WAIT_S = 10.0
+"""How long a start waits for the hub's planning facts of another backend on its card."""
 EVICTION_NOTICE_S = 0.3
 """How long the router is given to see that Ollama models are about to be unloaded (it follows
 the status's events; a few milliseconds locally) before they are."""
@@ -104,6 +106,11 @@ class BackendManager:
         self._identity: dict[str, Identity] = {}
         """Backend → the launch identity its keeper runs with."""
         self._snapshots: dict[str, Path] = {}
+        self._facts: dict[str, PlanFacts] = {}
+        """Planning facts of the models whose weights are still coming (from the hub)."""
+        self._facts_known: dict[str, asyncio.Event] = {}
+        """Set once a backend's planning facts are known (or cannot be): a start on the same
+        card waits for them (metadata, seconds), never for another's download."""
         self._gpus: dict[int, str] = {}
         self._gpu_error: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -165,9 +172,11 @@ class BackendManager:
         return PlanView(
             providers=tuple(
                 p for n, p in managed.items()
-                if n in self.desired.running and n in self._snapshots and not self._asleep(n)
+                if n in self.desired.running and (n in self._snapshots or n in self._facts)
+                and not self._asleep(n)
             ),
             snapshots=dict(self._snapshots),
+            facts={n: f for n, f in self._facts.items() if n not in self._snapshots},
             managed_pids=self.managed_pids(),
             running_fractions=self.running_fractions(),
         )
@@ -274,6 +283,8 @@ class BackendManager:
         provider = self._provider(name)
         identity = self.desired.running.get(name) or launch_identity(provider, self.config.settings.vllm)
         self._identity[name] = identity
+        if adopted is None and name not in self._snapshots:  # its weights are looked up first
+            self._facts_known.setdefault(name, asyncio.Event())
         uuid = gpu_uuid or self._gpus.get(provider.gpu)
         if adopted is None and self._gpu_error is not None:
             self._sink(BackendFailed(name, self._gpu_error))
@@ -308,10 +319,27 @@ class BackendManager:
         plan = (planner or self.planner).preparer(provider, self.plan_view)
 
         async def prepare(hint: PrepareHint) -> LaunchSpec:
+            await self._await_facts(provider)
             spec = await plan(hint)
             return replace(spec, identity=identity)
 
         return prepare
+
+    async def _await_facts(self, provider: Provider) -> None:
+        """Before planning ``provider``: the planning facts of every other backend that should
+        run on the same card (bounded by ``FACTS_WAIT_S``; the hub's metadata, not a download)."""
+        waits = [
+            ev.wait() for n, ev in self._facts_known.items()
+            if n != provider.name and n in self.desired.running and not ev.is_set()
+            and self.has_live_keeper(n)
+            and self._provider_or_none(n) is not None and self._provider(n).gpu == provider.gpu
+        ]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), FACTS_WAIT_S)
+
+    def _provider_or_none(self, name: str) -> Provider | None:
+        return managed_providers(self.config).get(name)
 
     # -- weights -------------------------------------------------------------------------------
     async def _ensure_weights(self, provider: Provider) -> None:
@@ -327,7 +355,21 @@ class BackendManager:
         def progress(ev: DownloadProgress) -> None:
             say(ev.detail())
 
-        snap = await run_in_daemon_thread(self._resolve_weights, provider, say, progress)
+        known = self._facts_known.setdefault(name, asyncio.Event())
+
+        def facts(found: PlanFacts | None) -> None:
+            def store() -> None:
+                if found is not None:
+                    self._facts[name] = found
+                known.set()
+
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(store)
+
+        try:
+            snap = await run_in_daemon_thread(self._resolve_weights, provider, say, progress, facts)
+        finally:
+            known.set()  # known or not knowable: nobody waits any longer
         self._snapshots[name] = snap.path
         if self._on_weights is not None:
             self._on_weights(name, snap)
@@ -338,12 +380,14 @@ class BackendManager:
         provider: Provider,
         say: Callable[[str], None],
         progress: Callable[[DownloadProgress], None],
+        facts: Callable[[PlanFacts | None], None],
     ) -> Snapshot:
         from gpumgr.sim.hub import hub_endpoint
         from gpumgr.weights import WeightsContext
 
         local = WeightsContext.from_config(self.config).local(provider)  # no hub needed
         if local is not None:
+            facts(None)
             return local
         with contextlib.ExitStack() as stack:
             endpoint = (
@@ -353,6 +397,7 @@ class BackendManager:
             )
             weights = WeightsContext.from_config(self.config, endpoint=endpoint)
             say(f"fetching {provider.hf_repo}")
+            facts(_plan_facts(weights, provider))
             return weights.resolve(provider, progress=progress)
 
     # -- actions -------------------------------------------------------------------------------
@@ -620,3 +665,16 @@ class BackendManager:
         await asyncio.gather(*(stop_gpu(u, ks) for u, ks in by_gpu.items()))
         log.info("manager.stopped", backends=list(self.keepers))
         self.keepers.clear()
+
+
+def _plan_facts(weights: WeightsContext, provider: Provider) -> PlanFacts | None:
+    """The hub's word on a model before its download: dimensions and weights' size (None when
+    the hub cannot say; the download that follows reports why)."""
+    try:
+        plan = weights.plan(provider)
+        if plan.model_config is None:
+            return None
+        return PlanFacts(model_dims(plan.model_config), weights.tensor_bytes(provider, plan.commit))
+    except Exception as exc:  # noqa: BLE001 - only a planning hint: the download will say more
+        log.info("weights.facts_unknown", backend=provider.name, error=type(exc).__name__)
+        return None

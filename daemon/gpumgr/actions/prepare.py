@@ -13,7 +13,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -24,7 +24,7 @@ from gpumgr.engines.vllm import GpuFacts, VllmLaunch, build_vllm_launch
 from gpumgr.errors import PlanInfeasible
 from gpumgr.gpu import MIB, OWNER_OLLAMA, GpuBackend, GpuInfo, GpuProcess
 from gpumgr.gpu.attribution import attribute
-from gpumgr.modelfiles import read_model_dims, weights_bytes
+from gpumgr.modelfiles import ModelDims, read_model_dims, weights_bytes
 from gpumgr.plan import (
     InstanceBudget,
     InstanceRequest,
@@ -55,6 +55,15 @@ def engine_health_url(provider: Provider) -> str:
 
 
 @dataclass(frozen=True)
+class PlanFacts:
+    """What the planner needs of a model whose weights are still coming: its ``config.json``
+    dimensions and its weights' size, from the hub's listing."""
+
+    dims: ModelDims
+    weights_bytes: int
+
+
+@dataclass(frozen=True)
 class PlanView:
     """What the planner needs to know of the daemon, taken on the event loop just before a
     start and handed to the worker thread that plans: nothing there calls back into the daemon.
@@ -69,6 +78,9 @@ class PlanView:
     running_fractions: Mapping[str, float]
     """Backend → the slice its live engine runs with. A running engine keeps its slice while
     another one starts (it is not restarted), so the plan holds it at that slice."""
+    facts: Mapping[str, PlanFacts] = field(default_factory=dict)
+    """provider → planning facts of a model still downloading: it is planned with the others
+    (so the first engine to start does not take the room of one whose weights come later)."""
 
 
 def launch_for_budget(
@@ -120,11 +132,14 @@ class LaunchPlanner:
     one would load a model straight back into the memory the engine is about to take."""
 
     def _request(self, provider: Provider, view: PlanView) -> InstanceRequest:
-        snap = view.snapshots[provider.name]
+        constants = PlannerConstants.from_settings(self.settings.planner)
+        snap = view.snapshots.get(provider.name)
+        if snap is None:
+            facts = view.facts[provider.name]
+            return instance_request(provider, facts.dims, constants=constants,
+                                    hub_weights_bytes=facts.weights_bytes)
         return instance_request(
-            provider,
-            read_model_dims(snap),
-            constants=PlannerConstants.from_settings(self.settings.planner),
+            provider, read_model_dims(snap), constants=constants,
             snapshot_weights_bytes=weights_bytes(snap),
         )
 

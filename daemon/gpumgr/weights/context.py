@@ -59,5 +59,17 @@ class WeightsContext:
         return plan_pull(provider, self.access, self.hub_dir, free_bytes=self.free_bytes,
                          margin_bytes=self.margin_bytes)
 
+    def tensor_bytes(self, provider: Provider | WeightsSpec, commit: str) -> int:
+        """The weights' size on the card before download: the tensors the safetensors headers
+        declare, read from the hub with range requests (huggingface_hub's own reader)."""
+        from huggingface_hub import HfApi
+
+        spec = WeightsSpec.of(provider)
+        meta = HfApi(endpoint=self.access.endpoint).get_safetensors_metadata(
+            spec.repo, revision=commit, token=self.access.token_arg, timeout=self.access.timeout_s
+        )
+        return sum(t.data_offsets[1] - t.data_offsets[0]
+                   for f in meta.files_metadata.values() for t in f.tensors.values())
+
     def local(self, provider: Provider | WeightsSpec) -> Snapshot | None:
         return local_snapshot(provider, self.hub_dir)

@@ -117,6 +117,14 @@ class PullPlan:
     free_bytes: int
     margin_bytes: int
     quant_method: str | None
+    model_config: dict[str, Any] | None = None
+    """The checkpoint's ``config.json`` (its dimensions plan the KV cache before the weights
+    are here)."""
+
+    @property
+    def weights_bytes(self) -> int:
+        """The safetensors files' total: the weights' size on the card, before download."""
+        return sum(f.size_bytes for f in self.files if f.path.endswith(".safetensors"))
 
     @property
     def total_bytes(self) -> int:
@@ -148,9 +156,11 @@ def preflight(
         raise WeightsInputError(f"{spec.repo}: no config.json at {spec.revision!r}: not a model vLLM can load")
     if not any(f.path.endswith(".safetensors") for f in files):
         raise WeightsInputError(f"{spec.repo}: no *.safetensors weights at {spec.revision!r}")
-    method = check_quantization(spec, fetch_json(spec.repo, listing.commit, "config.json", access))
+    config = fetch_json(spec.repo, listing.commit, "config.json", access)
+    method = check_quantization(spec, config)
     snap = snapshot_dir(hub_dir, spec.repo, listing.commit)
     planned = tuple(PlannedFile(f.path, f.size_bytes, f.etag, _cached(snap, f)) for f in files)
-    plan = PullPlan(spec, listing.commit, planned, free_bytes(hub_dir), margin_bytes, method)
+    plan = PullPlan(spec, listing.commit, planned, free_bytes(hub_dir), margin_bytes, method,
+                    config if isinstance(config, dict) else None)
     check_disk(spec, plan.needed_bytes, plan.free_bytes, margin_bytes, hub_dir)
     return plan
