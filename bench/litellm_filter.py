@@ -10,7 +10,7 @@ cases that matter: every deployment kept, one dropped, a group emptied, mapping 
 
 Prints a table and writes ``bench/results/litellm_filter.json``. The end-to-end comparison with a
 real proxy (failed requests, requests over 1 s, p50/p99) is tests/test_litellm_proxy.py's job
-for now; ``bench/router.py`` is still to come.
+for now; ``bench/router.py`` is bench/router.py.
 """
 
 from __future__ import annotations
