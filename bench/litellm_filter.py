@@ -9,8 +9,8 @@ cases that matter: every deployment kept, one dropped, a group emptied, mapping 
     python bench/litellm_filter.py [--picks N] [--out FILE]
 
 Prints a table and writes ``bench/results/litellm_filter.json``. The end-to-end comparison with a
-real proxy (failed requests, requests over 1 s, p50/p99) is tests/test_litellm_proxy.py's job
-for now; ``bench/router.py`` is bench/router.py.
+real proxy (failed requests, requests over 1 s, p50/p99, with and without the callback) is
+``bench/router.py``.
 """
 
 from __future__ import annotations
