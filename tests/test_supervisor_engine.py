@@ -287,13 +287,16 @@ def test_two_providers_started_together_never_initialise_at_the_same_time(harnes
         lines = [json.loads(x) for x in h.engine_events.read_text().splitlines()]
         inits = [(x["pid"], x["event"]) for x in lines if x["event"] in ("init_start", "init_end")]
         assert a.child is not None and b.child is not None
+        first, second = (inits[0][0], inits[2][0])  # whichever got the card first
+        assert {first, second} == {a.child.pid, b.child.pid}
         assert inits == [
-            (a.child.pid, "init_start"), (a.child.pid, "init_end"),
-            (b.child.pid, "init_start"), (b.child.pid, "init_end"),
+            (first, "init_start"), (first, "init_end"),
+            (second, "init_start"), (second, "init_end"),
         ]  # fmt: skip
-        (ready_a, _), = h.of(ev.ChildReady, "qwen-7b")
-        (started_b, _), = h.of(ev.ChildStarted, "deepseek-6.7b")
-        assert started_b >= ready_a  # the lock is held until /health answered 200
+        names = {a.child.pid: "qwen-7b", b.child.pid: "deepseek-6.7b"}
+        (ready_first, _), = h.of(ev.ChildReady, names[first])
+        (started_second, _), = h.of(ev.ChildStarted, names[second])
+        assert started_second >= ready_first  # the lease is held until /health answered 200
 
     run(h, body)
 

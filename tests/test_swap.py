@@ -339,7 +339,9 @@ def test_a_loading_engine_shows_elapsed_and_expected_time_from_its_last_start(
         assert first["eta_s"] is None  # never started here before: no expectation yet
         d.wait_up("qwen-7b", 60)
         assert d.backend("qwen-7b")["progress"] is None
-        measured = json.loads((d.tmp / "state" / "startup.json").read_text())["qwen-7b"]
+        startup = d.tmp / "state" / "startup.json"
+        wait_for(startup.exists, 30, "the measured start")  # a probe may see it up a bit first
+        measured = json.loads(startup.read_text())["qwen-7b"]
         assert 2.5 <= measured < 30
         restart = b.popen("restart", "qwen-7b")
         loading = d.wait_backend(
