@@ -52,8 +52,13 @@ async def test_seq_in_the_document_is_the_id_of_the_event_that_carries_the_chang
     pub.update_backend("qwen-7b", state=BackendState.DOWN)
     event = await _next(sub)
     assert event.seq == _doc(pub)["seq"] == before + 1
-    # A snapshot (what a new subscriber reads first) carries the current seq as well.
-    assert {e.seq for e in pub.snapshot_events()} == {event.seq}
+    # A snapshot (what a new subscriber reads first) carries the current seq as well, and each of
+    # its frames its own id, so Last-Event-ID names one frame.
+    snapshot = pub.snapshot_events()
+    assert {e.seq for e in snapshot} == {event.seq}
+    ids = [e.event_id for e in snapshot]
+    assert len(set(ids)) == len(ids) and all(i.startswith(f"{event.seq}-") for i in ids)
+    assert event.event_id == str(event.seq)
     pub.close()
 
 

@@ -44,9 +44,10 @@ class Healthz(BaseModel):
 
 
 def sse_frame(event: BackendEvent) -> bytes:
-    """One SSE message: ``event: backend``, the change's sequence number as ``id``, the JSON."""
+    """One SSE message: ``event: backend``, its own ``id`` (the change's sequence number, or
+    ``seq-part`` for a snapshot frame), the JSON."""
     # The JSON is compact (no newlines), so a single data line carries it.
-    return b"event: backend\nid: %d\ndata: %s\n\n" % (event.seq, event.data)
+    return b"event: backend\nid: %s\ndata: %s\n\n" % (event.event_id.encode(), event.data)
 
 
 HEARTBEAT_FRAME = b": heartbeat\n\n"

@@ -82,6 +82,13 @@ class BackendEvent:
     seq: int
     backend: BackendStatus
     data: bytes
+    part: int = 0
+    """0 for a change; 1..K for the K backends of a snapshot (all of document ``seq``), so that
+    every SSE frame has its own id: ``seq`` for a change, ``seq-part`` for a snapshot frame."""
+
+    @property
+    def event_id(self) -> str:
+        return str(self.seq) if self.part == 0 else f"{self.seq}-{self.part}"
 
 
 class _Marker:
@@ -311,7 +318,8 @@ class StatusPublisher:
         with self._lock:
             seq = self._seq
             backends = list(self._backends.values())
-        return [BackendEvent(seq, b, b.model_dump_json().encode()) for b in backends]
+        return [BackendEvent(seq, b, b.model_dump_json().encode(), part=i)
+                for i, b in enumerate(backends, start=1)]
 
     # -- lifecycle --------------------------------------------------------------------------
     def flush(self, timeout_s: float = 5.0) -> bool:

@@ -127,7 +127,8 @@ class StatusFollower:
                     if field == "event":
                         event = value
                     elif field == "id":
-                        seq = int(value) if value.isdigit() else None
+                        head = value.split("-", 1)[0]  # "N" or a snapshot frame's "N-part"
+                        seq = int(head) if head.isdigit() else None
                     elif field == "data":
                         data.append(value)
         except (httpx2.HTTPError, OSError) as exc:
