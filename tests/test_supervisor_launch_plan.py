@@ -6,19 +6,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2
 import pytest
 
+from gpumgr.actions.ollama_room import OllamaRoom
 from gpumgr.actions.prepare import LaunchPlanner, PlanView
 from gpumgr.actions.start import LaunchSpec, PrepareHint
 from gpumgr.config.registry import Provider
-from gpumgr.config.settings import Settings
+from gpumgr.config.settings import OllamaSettings, Settings
 from gpumgr.engines.vllm_log import OomKind
 from gpumgr.errors import PlanInfeasible
 from gpumgr.gpu.simulated import SimulatedBackend
 from gpumgr.modelfiles import header_only_safetensors
 from gpumgr.sim.gpu import SimGpuSpec, SimGpuState, sim_uuid
+from gpumgr.sim.ollama_process import SimOllamaProcess, start_sim_ollama
 
 GIB = 1024**3
 SIM_COMMAND = [sys.executable, "-m", "gpumgr.sim.vllm"]
@@ -155,18 +160,33 @@ def test_a_running_engine_keeps_its_slice_in_the_plan_of_the_next_start(tmp_path
         engine.wait()
 
 
-@pytest.mark.parametrize("policy", ["never", "unload_idle"])
-def test_ollamas_resident_model_is_unloaded_to_make_room_unless_the_policy_says_never(
-    tmp_path: Path, policy: str
-) -> None:
-    """A 6000 MiB Ollama model leaves too little for the 14B; gpumgr sees both and, by policy,
-    unloads it through Ollama's API (keep_alive 0) before the start instead of failing."""
-    import httpx2
+@dataclass
+class OllamaBox:
+    """A simulated card whose Ollama holds a 6000 MiB model, and a 14B that needs its room."""
 
-    from gpumgr.actions.ollama_room import OllamaRoom
-    from gpumgr.config.settings import OllamaSettings
-    from gpumgr.sim.ollama_process import start_sim_ollama
+    tmp: Path
+    ollama: SimOllamaProcess
+    providers: list[Provider]
+    state_path: Path
+    spec: SimGpuSpec
 
+    def planner(self, policy: str) -> LaunchPlanner:
+        return LaunchPlanner(
+            settings=Settings(ollama=OllamaSettings(eviction=policy)),  # type: ignore[arg-type]
+            inventory=SimulatedBackend(SimGpuState(self.state_path), [self.spec]),
+            command=SIM_COMMAND, base_env={}, ollama=OllamaRoom(self.providers),
+        )  # fmt: skip
+
+    def view(self) -> PlanView:
+        return view([], {"qwen-14b": _snapshot(self.tmp, "qwen14b", QWEN_14B, 9.3)})
+
+    def loaded(self) -> list[str]:
+        return [m["name"] for m in
+                httpx2.get(f"{self.ollama.base_url}/api/ps", timeout=2).json()["models"]]
+
+
+@pytest.fixture
+def ollama_box(tmp_path: Path) -> Iterator[OllamaBox]:
     state_path = tmp_path / "sim-gpu.json"
     spec = SimGpuSpec(index=0, uuid=sim_uuid(0))
     SimGpuState(state_path).ensure([spec])
@@ -181,59 +201,37 @@ def test_ollamas_resident_model_is_unloaded_to_make_room_unless_the_policy_says_
             Provider(name="qwen-14b", type="vllm", base_url="http://127.0.0.1:8001",
                      max_model_len=8192, max_num_seqs=4, models=[{"name": "qwen-coder-14b"}]),
         ]  # fmt: skip
-        planner = Planner(LaunchPlanner(
-            settings=Settings(ollama=OllamaSettings(eviction=policy)),  # type: ignore[arg-type]
-            inventory=SimulatedBackend(SimGpuState(state_path), [spec]),
-            command=SIM_COMMAND, base_env={},
-            ollama=OllamaRoom(providers),
-        ), view([providers[1]], {"qwen-14b": _snapshot(tmp_path, "qwen14b", QWEN_14B, 9.3)}))  # fmt: skip
-        loaded = lambda: httpx2.get(f"{ollama.base_url}/api/ps", timeout=2).json()["models"]  # noqa: E731
-        if policy == "never":
-            with pytest.raises(PlanInfeasible, match="unload Ollama model llama3.1:latest"):
-                planner.launch_spec(providers[1], PrepareHint())
-            assert len(loaded()) == 1
-        else:
-            launch = planner.launch_spec(providers[1], PrepareHint())
-            assert launch.fraction > 0.6
-            assert loaded() == []
+        yield OllamaBox(tmp_path, ollama, providers, state_path, spec)
     finally:
         ollama.stop()
+
+
+@pytest.mark.parametrize("policy", ["never", "unload_idle"])
+def test_ollamas_resident_model_is_unloaded_to_make_room_unless_the_policy_says_never(
+    ollama_box: OllamaBox, policy: str
+) -> None:
+    """A 6000 MiB Ollama model leaves too little for the 14B; gpumgr sees both and, by policy,
+    unloads it through Ollama's API (keep_alive 0) before the start instead of failing."""
+    b = ollama_box
+    planner = b.planner(policy)
+    qwen = b.providers[1]
+    if policy == "never":
+        with pytest.raises(PlanInfeasible, match="unload Ollama model llama3.1:latest"):
+            planner.launch_spec(qwen, PrepareHint(), b.view())
+        assert b.loaded() == ["llama3.1:latest"]
+    else:
+        launch = planner.launch_spec(qwen, PrepareHint(), b.view())
+        assert launch.fraction > 0.6
+        assert b.loaded() == []
 
 
 @pytest.mark.parametrize("policy", ["never", "unload_idle"])
 def test_the_fit_check_before_a_swap_agrees_with_the_start_and_unloads_nothing(
-    tmp_path: Path, policy: str
+    ollama_box: OllamaBox, policy: str
 ) -> None:
     """The swap's check says "fits" exactly when the start would make it fit (by unloading the
     Ollama model the policy allows), and the check itself leaves Ollama's model loaded."""
-    import httpx2
-
-    from gpumgr.actions.ollama_room import OllamaRoom
-    from gpumgr.config.settings import OllamaSettings
-    from gpumgr.sim.ollama_process import start_sim_ollama
-
-    state_path = tmp_path / "sim-gpu.json"
-    spec = SimGpuSpec(index=0, uuid=sim_uuid(0))
-    SimGpuState(state_path).ensure([spec])
-    ollama = start_sim_ollama(
-        ["llama3.1:latest"], loaded=["llama3.1:latest"], sizes_mib={"llama3.1:latest": 6000},
-        env={"GPUMGR_SIM_GPU_STATE": str(state_path), "PATH": "/usr/bin:/bin"},
-    )
-    try:
-        providers = [
-            Provider(name="ollama", type="ollama", base_url=ollama.base_url,
-                     models=[{"name": "llama3.1:latest"}]),
-            Provider(name="qwen-14b", type="vllm", base_url="http://127.0.0.1:8001",
-                     max_model_len=8192, max_num_seqs=4, models=[{"name": "qwen-coder-14b"}]),
-        ]  # fmt: skip
-        planner = LaunchPlanner(
-            settings=Settings(ollama=OllamaSettings(eviction=policy)),  # type: ignore[arg-type]
-            inventory=SimulatedBackend(SimGpuState(state_path), [spec]),
-            command=SIM_COMMAND, base_env={}, ollama=OllamaRoom(providers),
-        )  # fmt: skip
-        plan = planner.fit(providers[1], view([], {"qwen-14b": _snapshot(tmp_path, "q14", QWEN_14B, 9.3)}))
-        assert plan.feasible is (policy != "never")
-        loaded = httpx2.get(f"{ollama.base_url}/api/ps", timeout=2).json()["models"]
-        assert [m["name"] for m in loaded] == ["llama3.1:latest"]  # the check unloaded nothing
-    finally:
-        ollama.stop()
+    b = ollama_box
+    plan = b.planner(policy).fit(b.providers[1], b.view())
+    assert plan.feasible is (policy != "never")
+    assert b.loaded() == ["llama3.1:latest"]  # the check unloaded nothing
