@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -60,7 +61,7 @@ def _load_progress(h: BackendHealth, expected_s: float | None) -> BackendChanges
     return {
         "detail": f"loading {elapsed:.0f} s of ~{expected_s:.0f} s",
         "progress": round(min(0.99, elapsed / expected_s), 2),
-        "eta_s": round(max(0.0, expected_s - elapsed), 1),
+        "eta_s": math.floor(max(0.0, expected_s - elapsed) * 10) / 10,  # never past expected
     }
 
 
