@@ -388,4 +388,38 @@ def render(run: dict[str, Any]) -> str:
     out.append("")
     for step in run["steps"]:
         out.append(section(step))
+    out += gpu_check_tables()
     return "\n".join(out).rstrip() + "\n"
+
+
+GPU_CHECK = BENCH_DIR.parent / "docs" / "gpu-check.md"
+GPU_SECTIONS = ("## Expected against observed", "## gpu-selfcheck")
+"""The sections of docs/gpu-check.md whose first table this page repeats (the real-GPU runs)."""
+
+
+def gpu_check_tables() -> list[str]:
+    """The real-GPU tables, taken from docs/gpu-check.md as they are (measured on a lent H200
+    by ``scripts/gpu-check.sh`` and ``scripts/gpu-selfcheck.sh``), so this page has every
+    number in one place without a second copy to keep in step by hand."""
+    try:
+        lines = GPU_CHECK.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    out = ["", "## Real GPU (from docs/gpu-check.md)", "",
+           "Measured on a lent NVIDIA H200 (driver 580.159.04); how and what it means: "
+           "[gpu-check.md](gpu-check.md).", ""]
+    for heading in GPU_SECTIONS:
+        start = next((i for i, x in enumerate(lines) if x.startswith(heading)), None)
+        if start is None:
+            continue
+        out += [f"### {lines[start].lstrip('#').strip()}", ""]
+        rows = []
+        for x in lines[start + 1:]:
+            if x.startswith("## "):
+                break
+            if x.startswith("|"):
+                rows.append(x)
+            elif rows:
+                break
+        out += rows + [""]
+    return out
