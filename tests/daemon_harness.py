@@ -285,6 +285,21 @@ class DaemonHarness:
         if check_log:
             assert_clean_daemon_log(self.log_text())
 
+    # -- the CLI, as an operator runs it against this daemon ---------------------------------
+    def cli(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+        """``gpumgr ARGS --config-dir …`` with this daemon's environment; waits for it."""
+        return subprocess.run(
+            [sys.executable, "-m", "gpumgr.cli", *args, "--config-dir", str(self.config_dir)],
+            env=self.env, capture_output=True, text=True, timeout=timeout_s,
+        )
+
+    def cli_popen(self, *args: str) -> subprocess.Popen[str]:
+        """The same, started and not waited for (its stdout and stderr piped)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "gpumgr.cli", *args, "--config-dir", str(self.config_dir)],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
     # -- reading ---------------------------------------------------------------------------
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import datetime
@@ -70,16 +69,10 @@ class Box:
                                     env={"GPUMGR_SIM_EVENTS_FILE": str(self.events_file)})
 
     def cli(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "gpumgr.cli", *args, "--config-dir", str(self.daemon.config_dir)],
-            env=self.daemon.env, capture_output=True, text=True, timeout=timeout_s,
-        )
+        return self.daemon.cli(*args, timeout_s=timeout_s)
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gpumgr.cli", *args, "--config-dir", str(self.daemon.config_dir)],
-            env=self.daemon.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        return self.daemon.cli_popen(*args)
 
     def engine_events(self) -> list[dict[str, Any]]:
         if not self.events_file.exists():

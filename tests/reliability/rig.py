@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -149,16 +148,10 @@ class Rig:
             return r.status_code, lines
 
     def cli(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "gpumgr.cli", *args, "--config-dir", str(self.daemon.config_dir)],
-            env=self.daemon.env, capture_output=True, text=True, timeout=timeout_s,
-        )
+        return self.daemon.cli(*args, timeout_s=timeout_s)
 
     def popen_cli(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gpumgr.cli", *args, "--config-dir", str(self.daemon.config_dir)],
-            env=self.daemon.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        return self.daemon.cli_popen(*args)
 
 
 def group_gone(pgid: int) -> bool:
