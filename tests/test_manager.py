@@ -18,10 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from gpumgr.actions.manager import BackendManager
+from gpumgr.actions.hang import HangWatcher
+from gpumgr.actions.manager import BackendManager, ReconcileReport
+from gpumgr.actions.operator import Operator
+from gpumgr.actions.reconciler import Reconciler
 from gpumgr.backend_state import BackendState as S
 from gpumgr.config import Config, load_config
-from gpumgr.daemon import open_inventory
+from gpumgr.daemon import _simulated_parts, open_inventory
 from gpumgr.health.supervisor_events import apply_supervisor_event
 from gpumgr.sim.gpu import SimGpuState
 from gpumgr.supervisor import events as ev
@@ -69,6 +72,38 @@ QWEN = "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ"
 DEEPSEEK = "TheBloke/deepseek-coder-6.7B-instruct-AWQ"
 
 
+class Rig:
+    """One daemon's actions in-process: the manager, the reconciler every change goes through,
+    the operator's commands and the hang watcher, as the daemon wires them."""
+
+    def __init__(self, manager: BackendManager, health: Callable[[], object]) -> None:
+        self.manager = manager
+        self.reconciler = Reconciler(manager)
+        self.operator = Operator(self.reconciler)
+        self.hang = HangWatcher(self.reconciler, health)  # type: ignore[arg-type]
+        self._inventory = manager._inventory
+        self.keepers = manager.keepers
+
+    async def begin(self, first_read: object) -> ReconcileReport:
+        return await self.reconciler.boot(first_read)  # type: ignore[arg-type]
+
+    async def start(self, name: str) -> None:
+        await self.operator.start(name)
+
+    async def stop(self, name: str) -> None:
+        await self.operator.stop(name)
+
+    async def reconcile(self, config: Config) -> ReconcileReport:
+        async with self.reconciler.turn("reload"):
+            return await self.reconciler.reload(config)
+
+    def check_unresponsive(self, now: float) -> list[str]:
+        return self.hang.check(now)
+
+    async def shutdown(self) -> None:
+        await self.reconciler.shutdown()
+
+
 class Box:
     """A config directory, the simulated card, and the managers run on it."""
 
@@ -84,7 +119,7 @@ class Box:
         self.monkeypatch = monkeypatch
         self.states = States()
         self.events: list[ev.SupervisorEvent] = []
-        self.managers: list[BackendManager] = []
+        self.managers: list[Rig] = []
 
     def write(self, *providers: str) -> Config:
         (self.config_dir / "providers.yaml").write_text("providers:" + "".join(providers))
@@ -94,14 +129,15 @@ class Box:
         self.events.append(event)
         apply_supervisor_event(self.states, event)
 
-    def manager(self, config: Config, system: System | None = None) -> BackendManager:
+    def manager(self, config: Config, system: System | None = None) -> Rig:
         inventory = open_inventory(config)
         m = BackendManager(config, inventory, self.sink, health=self.states.healths,
-                           **({"system": system} if system else {}))
-        self.managers.append(m)
-        return m
+                           **({"system": system} if system else {}), **_simulated_parts(config))
+        rig = Rig(m, self.states.healths)
+        self.managers.append(rig)
+        return rig
 
-    def crash(self, manager: BackendManager) -> None:
+    def crash(self, manager: Rig) -> None:
         """The daemon dies: its keepers end, its engines do not; the next one starts afresh."""
         for keeper in manager.keepers.values():
             assert keeper._task is not None
@@ -113,7 +149,7 @@ class Box:
     def gpu(self) -> SimGpuState:
         return SimGpuState(self.tmp / "runtime" / "sim-gpu.json")
 
-    def pid(self, manager: BackendManager, name: str) -> int:
+    def pid(self, manager: Rig, name: str) -> int:
         child = manager.keepers[name].child
         assert child is not None
         return child.pid

@@ -3,7 +3,9 @@
 - ``InstanceLock``: one daemon per state directory, taken before anything else is touched;
 - ``StatusWiring``: health states, the status document and the read-only status API;
 - ``GpuPoller``: the GPU's memory and processes, into the document;
-- ``BackendManager``: what runs (adoption, starts, restarts, stops, reloads);
+- ``BackendManager``: the keepers and the primitives that start, stop, sleep and wake engines;
+- ``Reconciler``: the one writer of what runs: boot adoption, operator commands, reloads (SIGHUP
+  and the API alike), hung-engine restarts and the shutdown take turns through it;
 - systemd: READY once the API is bound and the GPU read (not when every model has loaded),
   STATUS lines on each transition, WATCHDOG pings from the event loop.
 
@@ -23,13 +25,17 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
 
+from gpumgr.actions.hang import HangWatcher
 from gpumgr.actions.manager import BackendManager, ReconcileReport
 from gpumgr.actions.operator import Operator
+from gpumgr.actions.reconciler import Reconciler
 from gpumgr.aio import spawn_task
 from gpumgr.api.control_app import add_control_routes
 from gpumgr.api.server import ApiServer
@@ -128,9 +134,10 @@ class Daemon:
         self.status: StatusWiring | None = None
         self.poller: GpuPoller | None = None
         self.manager: BackendManager | None = None
+        self.reconciler: Reconciler | None = None
         self.operator: Operator | None = None
         self.control: ApiServer | None = None
-        self._reloading: asyncio.Task[None] | None = None
+        self._reloads: set[asyncio.Task[None]] = set()
 
     def emit(self, event: SupervisorEvent) -> None:
         _log_event(event)
@@ -151,11 +158,13 @@ class Daemon:
         self.manager = manager = BackendManager(
             self.config, inventory, self.emit, health=status.healths,
             on_weights=status.weights_ready, system=self._system,
+            **_simulated_parts(self.config),
         )
         status.expected_startup_s = manager.startup_times.expected_s
         self.poller = poller = GpuPoller(inventory, manager.managed_pids, status.gpus_read)
         status.on_state_change.append(lambda _t: poller.refresh_soon())
-        self.operator = operator = Operator(manager)
+        self.reconciler = reconciler = Reconciler(manager)
+        self.operator = operator = Operator(reconciler)
         token = control_token(self.config)
 
         def control(app: FastAPI, token: str | None = None) -> None:
@@ -176,7 +185,9 @@ class Daemon:
         gpus = f"{len(first_read.gpus)} GPU(s)" if first_read.available else "no GPU"
         self._notifier.ready(f"listening on {status.listen_address}; {gpus}")
         log.info("daemon.ready", listen=status.listen_address, gpus=gpus)
-        await manager.begin(first_read)
+        await reconciler.boot(first_read)
+        if self.config.settings.health.restart_unresponsive_after_s is not None:
+            spawn_task(self._tasks, HangWatcher(reconciler, status.healths).run(), "hang-watcher")
         status.adoption_done()
         log.info("daemon.started", backends=list(manager.keepers), simulated=self.config.simulate)
 
@@ -189,8 +200,8 @@ class Daemon:
         if self.control is not None:
             await self.control.stop()
             self.config.paths.control_socket.unlink(missing_ok=True)
-        if self.manager is not None:
-            await self.manager.shutdown()
+        if self.reconciler is not None:
+            await self.reconciler.shutdown()
         if self.poller is not None:
             await self.poller.stop()
         if self.status is not None:
@@ -217,10 +228,9 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError):
                     await starting
         finally:
-            if self._reloading is not None:
-                self._reloading.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._reloading
+            for task in list(self._reloads):
+                task.cancel()
+            await asyncio.gather(*self._reloads, return_exceptions=True)
             await self.shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -228,43 +238,65 @@ class Daemon:
 
     # -- reload ----------------------------------------------------------------------------
     def request_reload(self) -> None:
-        """SIGHUP: reload after the reload in flight (if any); never two at once."""
-        previous = self._reloading
+        """SIGHUP: a reload command; it waits its turn behind the command in flight (a swap,
+        say) and the one before it, and is applied after them."""
+        async def reload() -> None:
+            with contextlib.suppress(GpumgrError):  # shutting down: the reload is moot
+                await self.reload()
 
-        async def chained() -> None:
-            if previous is not None and not previous.done():
-                with contextlib.suppress(Exception):
-                    await previous
-            await self.reload()
+        spawn_task(self._reloads, reload(), "reload")
 
-        self._reloading = asyncio.ensure_future(chained())
-
-    async def reload(self) -> ReconcileReport | None:
-        """Re-read the three files; apply them when valid (start added providers, stop removed
-        ones, restart exactly those whose launch identity changed). An invalid file keeps
-        everything running as it is and logs every error with file:line."""
-        try:
-            config = await asyncio.to_thread(
-                load_config, self.config.config_dir, simulate=self.config.simulate
-            )
-        except ConfigError as exc:
-            for issue in exc.issues:
-                log.error("config.reload_invalid", issue=str(issue))
-            self._notifier.status(f"reload refused: {len(exc.issues)} configuration error(s)")
-            return None
-        if self.manager is None or self.status is None:
-            return None
-        _log_warnings(config)
-        self.config = config
-        self.status.reload(config)
-        report = await self.manager.reconcile(config)
-        self.status.prune()
+    async def reload(self) -> ReloadOutcome:
+        """Re-read the three files in the reconciler's turn (after the operation in flight) and
+        apply them when valid: start added providers, stop removed ones, restart exactly those
+        whose launch identity changed. An invalid file keeps everything running as it is; the
+        outcome names every error with file:line."""
+        reconciler = self.reconciler
+        if reconciler is None or self.status is None:
+            return ReloadOutcome(False, errors=["the daemon is not running yet"])
+        async with reconciler.turn("reload"):
+            try:
+                config = await asyncio.to_thread(
+                    load_config, self.config.config_dir, simulate=self.config.simulate
+                )
+            except ConfigError as exc:
+                for issue in exc.issues:
+                    log.error("config.reload_invalid", issue=str(issue))
+                self._notifier.status(f"reload refused: {len(exc.issues)} configuration error(s)")
+                return ReloadOutcome(False, errors=[str(i) for i in exc.issues])
+            _log_warnings(config)
+            self.config = config
+            self.status.reload(config)
+            report = await reconciler.reload(config)
+            self.status.prune()
         self._notifier.status(
             f"reloaded: {len(report.started)} started, {len(report.stopped)} stopped, "
             f"{len(report.restarted)} restarted"
         )
         log.info("config.reloaded", **vars(report))
-        return report
+        return ReloadOutcome(True, report=report, warnings=[str(w) for w in config.warnings])
+
+
+@dataclass
+class ReloadOutcome:
+    """What a reload did: applied (with what it changed), or refused with every error."""
+
+    applied: bool
+    report: ReconcileReport | None = None
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _simulated_parts(config: Config) -> dict[str, Any]:
+    """With simulation on: the simulated engine's command and hub, for the manager (the only
+    place outside the CLI that knows the simulation exists)."""
+    if not config.simulate:
+        return {}
+    from gpumgr.sim import SIM_ENGINE_COMMAND
+    from gpumgr.sim.hub import hub_endpoint
+
+    configured = config.settings.simulate.hub_endpoint
+    return {"command": SIM_ENGINE_COMMAND, "hub": lambda: hub_endpoint(configured)}
 
 
 def run_daemon(config: Config, *, sink: EventSink | None = None) -> int:

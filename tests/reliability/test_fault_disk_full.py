@@ -26,7 +26,8 @@ from daemon_harness import free_port
 from gpumgr.actions.manager import BackendManager
 from gpumgr.backend_state import BackendState as S
 from gpumgr.config import load_config
-from gpumgr.daemon import open_inventory
+from gpumgr.daemon import _simulated_parts, open_inventory
+from test_manager import Rig
 from gpumgr.health.supervisor_events import apply_supervisor_event
 from gpumgr.supervisor import events as ev
 from gpumgr.supervisor.system import System
@@ -254,8 +255,8 @@ def test_in_process_full_desired_and_startup_files_are_logged_and_the_engines_st
             await asyncio.sleep(0.02)
 
     async def body() -> None:
-        m = BackendManager(config, open_inventory(config), sink, health=states.healths,
-                           system=system)
+        m = Rig(BackendManager(config, open_inventory(config), sink, health=states.healths,
+                               system=system, **_simulated_parts(config)), states.healths)
         try:
             await m.begin(m._inventory.read())
             await until(lambda: states.state("a") is S.UP, "a up")

@@ -15,8 +15,9 @@ the engines whose identity changed.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,21 @@ def managed_providers(config: Config) -> dict[str, Provider]:
 
 
 @dataclass(frozen=True)
+class Intent:
+    """An operation under way, written down before it acts: what it is, and the state to go
+    back to. A daemon that dies mid-operation finds it at boot and converges to the target
+    (the desired state it was written with) or back to ``previous``, never to nothing."""
+
+    operation: str
+    since: float
+    previous: DesiredState
+
+    def to_data(self) -> dict[str, Any]:
+        return {"operation": self.operation, "since": self.since,
+                "previous": self.previous.backends_data()}
+
+
+@dataclass(frozen=True)
 class DesiredState:
     """What should run: backend → the launch identity it runs (or should run) with, plus the
     registry's ``active`` set this was last reconciled against."""
@@ -76,6 +92,8 @@ class DesiredState:
     sleeping: frozenset[str] = frozenset()
     """Of ``running``, the engines kept asleep (vLLM sleep mode): adopted as they are after a
     daemon restart, never started afresh."""
+    intent: Intent | None = None
+    """The operation under way (None between operations)."""
 
     @property
     def names(self) -> frozenset[str]:
@@ -83,21 +101,30 @@ class DesiredState:
 
     def with_running(self, name: str, identity: Identity, asleep: bool = False) -> DesiredState:
         sleeping = self.sleeping | {name} if asleep else self.sleeping - {name}
-        return DesiredState({**self.running, name: identity}, self.registry_active, sleeping)
+        return replace(self, running={**self.running, name: identity}, sleeping=sleeping)
 
     def without(self, name: str) -> DesiredState:
-        return DesiredState(
-            {n: i for n, i in self.running.items() if n != name}, self.registry_active,
-            self.sleeping - {name},
-        )
+        return replace(self, running={n: i for n, i in self.running.items() if n != name},
+                       sleeping=self.sleeping - {name})
+
+    def with_intent(self, intent: Intent | None) -> DesiredState:
+        return replace(self, intent=intent)
+
+    def same_targets(self, other: DesiredState) -> bool:
+        """The same engines, identities and sleepers (intent and registry set aside)."""
+        return dict(self.running) == dict(other.running) and self.sleeping == other.sleeping
+
+    def backends_data(self) -> dict[str, Any]:
+        return {n: {"identity": i, "asleep": n in self.sleeping} for n, i in self.running.items()}
 
     def to_json(self) -> bytes:
-        data = {
+        data: dict[str, Any] = {
             "version": DESIRED_VERSION,
             "registry_active": sorted(self.registry_active),
-            "backends": {n: {"identity": i, "asleep": n in self.sleeping}
-                         for n, i in self.running.items()},
+            "backends": self.backends_data(),
         }
+        if self.intent is not None:
+            data["intent"] = self.intent.to_data()
         return json.dumps(data, indent=2, sort_keys=True).encode()
 
 
@@ -121,7 +148,13 @@ def desired_for(config: Config, stored: DesiredState | None) -> DesiredState:
         )
     running = {n: launch_identity(p, vllm) for n, p in providers.items() if n in names}
     asleep = frozenset(stored.sleeping & running.keys()) if stored is not None else frozenset()
-    return DesiredState(running, active, asleep)
+    intent = None
+    if stored is not None and stored.intent is not None:
+        previous = stored.intent.previous
+        kept = {n: launch_identity(p, vllm) for n, p in providers.items() if n in previous.running}
+        intent = replace(stored.intent, previous=DesiredState(
+            kept, active, frozenset(previous.sleeping & kept.keys())))
+    return DesiredState(running, active, asleep, intent)
 
 
 class DesiredStore:
@@ -145,9 +178,15 @@ class DesiredStore:
             return None
         if raw.get("version") != DESIRED_VERSION:
             log.warning("desired.version", path=str(self.path), version=raw.get("version"))
+        running, sleeping = self._backends(raw["backends"])
+        active = raw.get("registry_active")
+        names = frozenset(a for a in active if isinstance(a, str)) if isinstance(active, list) else frozenset()
+        return DesiredState(running, names, sleeping, self._intent(raw.get("intent"), names))
+
+    def _backends(self, raw: dict[Any, Any]) -> tuple[dict[str, Identity], frozenset[str]]:
         running: dict[str, Identity] = {}
         sleeping: set[str] = set()
-        for name, entry in raw["backends"].items():
+        for name, entry in raw.items():
             identity = entry.get("identity") if isinstance(entry, dict) else None
             if isinstance(name, str) and isinstance(identity, dict):
                 running[name] = identity
@@ -155,9 +194,20 @@ class DesiredStore:
                     sleeping.add(name)
             else:
                 log.warning("desired.entry_ignored", path=str(self.path), backend=str(name)[:80])
-        active = raw.get("registry_active")
-        names = frozenset(a for a in active if isinstance(a, str)) if isinstance(active, list) else frozenset()
-        return DesiredState(running, names, frozenset(sleeping))
+        return running, frozenset(sleeping)
+
+    def _intent(self, raw: object, active: frozenset[str]) -> Intent | None:
+        if raw is None:
+            return None
+        since = raw.get("since") if isinstance(raw, dict) else None
+        previous = raw.get("previous") if isinstance(raw, dict) else None
+        if (not isinstance(raw, dict) or not isinstance(raw.get("operation"), str)
+                or not isinstance(since, (int, float)) or not math.isfinite(since)
+                or not isinstance(previous, dict)):
+            log.warning("desired.intent_ignored", path=str(self.path))
+            return None
+        running, sleeping = self._backends(previous)
+        return Intent(raw["operation"][:200], float(since), DesiredState(running, active, sleeping))
 
     def save(self, state: DesiredState) -> None:
         """Raises ``OSError`` (disk full, read-only): the caller decides what that means."""

@@ -120,6 +120,9 @@ class BackendKeeper:
         self._task: asyncio.Task[None] | None = None
         self._adopted_fraction: float | None = None
         self._first: FirstAttempt | None = None
+        self.settled = asyncio.Event()
+        """Set once the keeper knows what it holds: an adopted engine answered (awake or asleep)
+        or was given up; at once for a keeper that starts its own."""
 
     # -- public ----------------------------------------------------------------------------
     def launch(
@@ -221,7 +224,10 @@ class BackendKeeper:
     ) -> None:
         history = CrashHistory()
         hint = PrepareHint()
-        taken = adopted is not None and await self._take_over(adopted, adopted_fraction)
+        try:
+            taken = adopted is not None and await self._take_over(adopted, adopted_fraction)
+        finally:
+            self.settled.set()
         child = adopted if taken else None
         while True:
             pid: int | None

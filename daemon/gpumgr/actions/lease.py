@@ -10,8 +10,9 @@ and refuse one that is not held or is for another card, so no caller can forget 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -22,18 +23,24 @@ class LeaseError(RuntimeError):
 
 @dataclass
 class GpuLease:
-    """Proof that the holder owns ``gpu_uuid``'s lock until the ``async with`` block ends."""
+    """Proof that the holder owns the locks of ``gpu_uuids`` until the ``async with`` block
+    ends (one card for most work; both cards for a swap between two)."""
 
-    gpu_uuid: str
+    gpu_uuids: frozenset[str]
     purpose: str
     since: float
     """``time.time()`` when it was taken (for "busy: … since 12:01:07")."""
     held: bool = True
 
+    @property
+    def gpu_uuid(self) -> str:
+        """The cards covered, for messages."""
+        return ", ".join(sorted(self.gpu_uuids))
+
     def require(self, gpu_uuid: str) -> None:
         if not self.held:
             raise LeaseError(f"the lease on {self.gpu_uuid} ({self.purpose}) was already released")
-        if gpu_uuid != self.gpu_uuid:
+        if gpu_uuid not in self.gpu_uuids:
             raise LeaseError(f"a lease on {self.gpu_uuid} does not cover {gpu_uuid}")
 
 
@@ -46,15 +53,26 @@ class GpuLocks:
 
     @asynccontextmanager
     async def lease(self, gpu_uuid: str, purpose: str = "") -> AsyncIterator[GpuLease]:
-        lock = self._locks.setdefault(gpu_uuid, asyncio.Lock())
-        async with lock:
-            lease = GpuLease(gpu_uuid, purpose, time.time())
-            self._holders[gpu_uuid] = lease
+        async with self.leases([gpu_uuid], purpose) as lease:
+            yield lease
+
+    @asynccontextmanager
+    async def leases(self, gpu_uuids: Iterable[str], purpose: str = "") -> AsyncIterator[GpuLease]:
+        """One lease over several cards, their locks taken in a fixed (sorted) order so two
+        holders of overlapping sets never wait for each other crosswise."""
+        uuids = sorted(set(gpu_uuids))
+        async with contextlib.AsyncExitStack() as stack:
+            for uuid in uuids:
+                await stack.enter_async_context(self._locks.setdefault(uuid, asyncio.Lock()))
+            lease = GpuLease(frozenset(uuids), purpose, time.time())
+            for uuid in uuids:
+                self._holders[uuid] = lease
             try:
                 yield lease
             finally:
                 lease.held = False
-                self._holders.pop(gpu_uuid, None)
+                for uuid in uuids:
+                    self._holders.pop(uuid, None)
 
     def holder(self, gpu_uuid: str) -> GpuLease | None:
         """The lease held on ``gpu_uuid`` now, if any."""

@@ -1,11 +1,11 @@
-"""The backend manager: the one place that decides what runs.
+"""The backend manager: the keepers and the primitives the reconciler acts with.
 
 It owns the keepers (one per managed backend that should run), the per-GPU leases, the launch
-planner, the restart policy, the local snapshots and the persisted desired state. Everything that
-changes what runs goes through it: the first reconcile at boot (adoption by desired state),
-``reconcile`` on a reload, ``start``/``stop`` (and later swap, sleep, wake), restarting an engine
-that hangs, and the shutdown. It reports through the supervisor's events and never keeps a
-backend's state itself: the state machine decides that from the events.
+planner, the restart policy, the local snapshots and the persisted desired state's value. It
+decides nothing about what should run: that is the reconciler's (``actions.reconciler``), the
+only caller of ``launch``, ``stop_keeper``, ``start_under``/``stop_under``/``sleep_under``/
+``wake_under`` and the only writer of ``desired``. It reports through the supervisor's events and
+never keeps a backend's state itself: the state machine decides that from the events.
 """
 
 from __future__ import annotations
@@ -14,22 +14,20 @@ import asyncio
 import contextlib
 import functools
 import os
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import psutil
 import structlog
 
 from gpumgr.aio import run_in_daemon_thread, spawn_task
-from gpumgr.backend_state import BackendState
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider
 from gpumgr.engines.vllm_log import find_oom, vllm_last_error
 from gpumgr.errors import GpuUnavailable
 from gpumgr.gpu import MIB, GpuBackend, GpuInventory
 from gpumgr.health.machine import BackendHealth
-from gpumgr.sim import SIM_ENGINE_COMMAND
 from gpumgr.supervisor import process
 from gpumgr.modelfiles import model_dims, weights_bytes
 from gpumgr.plan import VramPlan
@@ -41,8 +39,7 @@ from gpumgr.supervisor.restart import RestartPolicy
 from gpumgr.supervisor.system import REAL, System
 from gpumgr.weights import DownloadProgress, Snapshot, WeightsContext
 
-from .adopt import Adoption, adopt_recorded
-from .desired import DesiredState, DesiredStore, Identity, desired_for, launch_identity, managed_providers
+from .desired import DesiredState, DesiredStore, Identity, launch_identity, managed_providers
 from .keeper import BackendKeeper, FirstAttempt
 from .lease import GpuLease, GpuLocks
 from .ollama_room import OllamaRoom
@@ -58,11 +55,16 @@ FACTS_WAIT_S = 10.0
 EVICTION_NOTICE_S = 0.3
 """How long the router is given to see that Ollama models are about to be unloaded (it follows
 the status's events; a few milliseconds locally) before they are."""
-UNRESPONSIVE_CHECK_S = 1.0
-"""How often the manager looks for engines that are down while their process lives."""
 
 HealthReader = Callable[[], Mapping[str, BackendHealth]]
 WeightsHook = Callable[[str, Snapshot], None]
+HubEndpoint = Callable[[], contextlib.AbstractContextManager[str | None]]
+"""Opens the hub to fetch from for the duration of a download: None for huggingface_hub's own
+endpoint, or the URL of another (the simulated hub, from the composition root)."""
+
+
+def default_hub() -> contextlib.AbstractContextManager[str | None]:
+    return contextlib.nullcontext(None)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class BackendManager:
         on_weights: WeightsHook | None = None,
         system: System = REAL,
         command: list[str] | None = None,
+        hub: HubEndpoint = default_hub,
     ) -> None:
         self.config = config
         self._inventory = inventory
@@ -94,9 +97,8 @@ class BackendManager:
         self._health = health
         self._on_weights = on_weights
         self._system = system
-        self._command = command if command is not None else (
-            SIM_ENGINE_COMMAND if config.simulate else None
-        )
+        self._command = command
+        self._hub = hub
         self.locks = GpuLocks()
         self.records = ChildRecords(config.paths.state_dir, system)
         self.store = DesiredStore(config.paths.state_dir, system)
@@ -113,14 +115,14 @@ class BackendManager:
         card waits for them (metadata, seconds), never for another's download."""
         self._gpus: dict[int, str] = {}
         self._gpu_error: str | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._hang_restarts: set[str] = set()
-        self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._apply_settings(config)
+        self.configure(config)
 
     # -- configuration -----------------------------------------------------------------------
-    def _apply_settings(self, config: Config) -> None:
+    def configure(self, config: Config) -> None:
+        """Take a (new) configuration's settings: later starts use them; nothing running is
+        touched (the reconciler decides what a reload restarts)."""
+        self.config = config
         settings = config.settings
         vllm = settings.vllm
         self.policy = RestartPolicy.from_settings(settings.restart)
@@ -152,6 +154,23 @@ class BackendManager:
 
     def _provider(self, name: str) -> Provider:
         return managed_providers(self.config)[name]
+
+    def known(self) -> frozenset[str]:
+        """The backends gpumgr may run now (managed providers of the configuration)."""
+        return frozenset(managed_providers(self.config))
+
+    def healths(self) -> Mapping[str, BackendHealth]:
+        return self._health() if self._health is not None else {}
+
+    # -- desired state (its value; the reconciler writes it) ---------------------------------
+    async def load_desired(self) -> DesiredState | None:
+        return await asyncio.to_thread(self.store.load)
+
+    async def save_desired(self) -> None:
+        try:
+            await asyncio.to_thread(self.store.save, self.desired)
+        except OSError as exc:  # what should run is still known here; the next boot asks the file
+            log.error("desired.write_failed", path=str(self.store.path), error=str(exc))
 
     # -- reading -----------------------------------------------------------------------------
     def managed_pids(self) -> dict[int, str]:
@@ -210,48 +229,10 @@ class BackendManager:
         return not any(p.pid in pids for g in inv.gpus for p in g.processes)
 
     # -- boot ----------------------------------------------------------------------------------
-    async def begin(self, first_read: GpuInventory) -> ReconcileReport:
-        """The first reconcile: fold the registry into the stored desired state, adopt the
-        engines an earlier daemon left (stopping the ones nobody wants), launch a keeper for
-        every backend that should run. Returns at once: weights and starts go on in the keepers.
-
-        Without a readable GPU (no driver, or a driver/library mismatch after an upgrade)
-        nothing new can be planned or started, but serving engines are adopted and kept."""
+    def attach(self, first_read: GpuInventory) -> None:
+        """Before the first command: the loop the planner's threads report to, and the cards."""
         self._loop = asyncio.get_running_loop()
         self._read_gpus(first_read)
-        self.desired = desired_for(self.config, await asyncio.to_thread(self.store.load))
-        await self._save_desired()
-        report = ReconcileReport()
-        adoption = await adopt_recorded(
-            self.records, set(self.desired.names), self.config.paths.log_dir
-        )
-        await self._stop_unwanted(adoption)
-        for name, identity in self.desired.running.items():
-            record = adoption.records.get(name)
-            child = adoption.adopted.get(name)
-            if (child is None or record is None) and name in self.desired.sleeping:
-                log.info("adopt.sleeper_gone", backend=name)  # asleep means "not serving"
-                self.desired = self.desired.without(name)
-                await self._save_desired()
-                continue
-            if child is None or record is None:
-                self._launch(name)
-                report.started.append(name)
-                continue
-            recorded = record.extra.get("identity")
-            if isinstance(recorded, dict) and recorded != identity:
-                # the configuration changed while no daemon ran: this engine is not the one
-                # asked for now
-                log.info("adopt.changed", backend=name, pid=child.pid)
-                await self._stop_adopted(child, record)
-                self._launch(name)
-                report.restarted.append(name)
-                continue
-            self._launch(name, child, record.fraction, record.gpu_uuid)
-            report.adopted.append(name)
-        self._start_background()
-        log.info("manager.reconciled", **vars(report))
-        return report
 
     def _read_gpus(self, inventory: GpuInventory) -> None:
         self._gpu_error = None if inventory.available else (inventory.error or "GPU unavailable")
@@ -259,19 +240,31 @@ class BackendManager:
             log.error("gpu.unavailable", error=self._gpu_error)
         self._gpus = {g.index: g.uuid for g in inventory.gpus}
 
-    async def _stop_unwanted(self, adoption: Adoption) -> None:
-        for child, record in adoption.unwanted:
-            log.info("adopt.unwanted", backend=child.backend, pid=child.pid)
-            await self._stop_adopted(child, record)
+    async def refresh_gpus(self) -> None:
+        """Read the cards again when they could not be read before (a driver came back)."""
+        if self._gpu_error is not None:
+            self._read_gpus(await asyncio.to_thread(self._inventory.read))
 
-    async def _stop_adopted(self, child: process.ChildProcess, record: ChildRecord) -> None:
+    async def stop_adopted(self, child: process.ChildProcess, record: ChildRecord) -> None:
         """Stop an adopted engine that is not (or no longer) the one asked for; provably ours."""
         gpu_uuid = record.gpu_uuid or "unknown"
         async with self.locks.lease(gpu_uuid, f"stop adopted {child.backend}") as lease:
             await stop_engine(lease, gpu_uuid, child, self.ctx.stop, self._memory_released)
         await asyncio.to_thread(self.records.remove, child.backend)
 
-    def _launch(
+    async def settled(self, names: Iterable[str]) -> None:
+        """Wait until the keepers of ``names`` know what they hold (an adopted engine answered
+        or was given up; asleep or awake)."""
+        await asyncio.gather(*(k.settled.wait() for n in names
+                               if (k := self.keepers.get(n)) is not None))
+
+    def keep_running(self, name: str) -> None:
+        """A reload left ``name``'s identity as it is: later starts use the new settings."""
+        self.keepers[name].reconfigure(
+            self._preparer(self._provider(name), self.desired.running[name]), self.ctx, self.policy
+        )
+
+    def launch(
         self,
         name: str,
         adopted: process.ChildProcess | None = None,
@@ -382,44 +375,18 @@ class BackendManager:
         progress: Callable[[DownloadProgress], None],
         facts: Callable[[PlanFacts | None], None],
     ) -> Snapshot:
-        from gpumgr.sim.hub import hub_endpoint
-        from gpumgr.weights import WeightsContext
-
         local = WeightsContext.from_config(self.config).local(provider)  # no hub needed
         if local is not None:
             facts(None)
             return local
-        with contextlib.ExitStack() as stack:
-            endpoint = (
-                stack.enter_context(hub_endpoint(self.config.settings.simulate.hub_endpoint))
-                if self.config.simulate
-                else None
-            )
+        with self._hub() as endpoint:
             weights = WeightsContext.from_config(self.config, endpoint=endpoint)
             say(f"fetching {provider.hf_repo}")
             facts(_plan_facts(weights, provider))
             return weights.resolve(provider, progress=progress)
 
-    # -- actions -------------------------------------------------------------------------------
-    async def start(self, name: str) -> None:
-        """Make ``name`` one of the backends that should run, and launch it (desired state first:
-        a daemon that dies now starts it again)."""
-        provider = self._provider(name)
-        self.desired = self.desired.with_running(
-            name, launch_identity(provider, self.config.settings.vllm)
-        )
-        await self._save_desired()
-        if name not in self.keepers:
-            self._launch(name)
-
-    async def stop(self, name: str) -> None:
-        """``name`` should not run: desired state first, then the engine stops (under its GPU's
-        lease) and the backend ends ``stopped`` whatever it was doing."""
-        self.desired = self.desired.without(name)
-        await self._save_desired()
-        await self._stop_keeper(name)
-
-    async def _stop_keeper(self, name: str) -> None:
+    async def stop_keeper(self, name: str) -> None:
+        """Stop ``name``'s keeper and engine under its card's lease (no drain: a reload's stop)."""
         keeper = self.keepers.get(name)
         if keeper is None:
             return
@@ -428,46 +395,6 @@ class BackendManager:
             await keeper.stop(lease)
         del self.keepers[name]
         self._identity.pop(name, None)
-
-    async def _restart(self, name: str) -> None:
-        await self._stop_keeper(name)
-        self._launch(name)
-
-    async def reconcile(self, config: Config) -> ReconcileReport:
-        """Apply a new configuration: start added backends, stop removed ones, restart exactly
-        those whose launch identity changed, leave the rest untouched (same pid)."""
-        self.config = config
-        self._apply_settings(config)
-        if self._gpu_error is not None:
-            self._read_gpus(await asyncio.to_thread(self._inventory.read))
-        self.desired = desired_for(config, self.desired)
-        await self._save_desired()
-        report = ReconcileReport()
-        for name in list(self.keepers):
-            wanted = self.desired.running.get(name)
-            if wanted is None:
-                await self._stop_keeper(name)
-                report.stopped.append(name)
-            elif wanted != self._identity.get(name):
-                await self._restart(name)
-                report.restarted.append(name)
-            else:
-                self.keepers[name].reconfigure(
-                    self._preparer(self._provider(name), wanted), self.ctx, self.policy
-                )
-                report.unchanged.append(name)
-        for name in self.desired.running:
-            if name not in self.keepers:
-                self._launch(name)
-                report.started.append(name)
-        log.info("manager.reconciled", **vars(report))
-        return report
-
-    async def _save_desired(self) -> None:
-        try:
-            await asyncio.to_thread(self.store.save, self.desired)
-        except OSError as exc:  # what should run is still known here; the next boot asks the file
-            log.error("desired.write_failed", path=str(self.store.path), error=str(exc))
 
     # -- primitives for operators (``actions.operator``) ------------------------------------
     def provider(self, name: str) -> Provider:
@@ -485,15 +412,6 @@ class BackendManager:
         if uuid is None:
             raise GpuUnavailable(f"GPU {provider.gpu} not found ({len(self._gpus)} card(s))")
         return uuid
-
-    async def want(self, name: str, running: bool) -> None:
-        """Record in desired state whether ``name`` should run (before acting on it)."""
-        if running:
-            identity = launch_identity(self._provider(name), self.config.settings.vllm)
-            self.desired = self.desired.with_running(name, identity)
-        else:
-            self.desired = self.desired.without(name)
-        await self._save_desired()
 
     async def ensure_weights(self, name: str) -> None:
         await self._ensure_weights(self._provider(name))
@@ -519,7 +437,7 @@ class BackendManager:
         if name in self.keepers:
             raise RuntimeError(f"{name} already has a keeper")
         first = FirstAttempt(lease)
-        self._launch(name, first=first, planner=planner)
+        self.launch(name, first=first, planner=planner)
         try:
             return await asyncio.wait_for(asyncio.shield(first.outcome), timeout_s)
         except BaseException as exc:
@@ -558,20 +476,25 @@ class BackendManager:
     async def sleep_under(
         self, name: str, lease: GpuLease, level: int, detail: str, drain: Drain | None = None
     ) -> None:
-        """Put ``name``'s engine to sleep under the caller's lease; recorded in desired state."""
+        """Put ``name``'s engine to sleep under the caller's lease."""
         await self.keepers[name].sleep(lease, level, detail, drain)
-        self.desired = self.desired.with_running(name, self._identity[name], asleep=True)
-        await self._save_desired()
 
     async def wake_under(self, name: str, lease: GpuLease) -> float:
         """Wake ``name``'s sleeping engine under the caller's lease; the seconds it took."""
-        wake_s = await self.keepers[name].wake(lease)
-        self.desired = self.desired.with_running(name, self._identity[name], asleep=False)
-        await self._save_desired()
-        return wake_s
+        return await self.keepers[name].wake(lease)
 
     def asleep(self, name: str) -> bool:
         return self._asleep(name)
+
+    def sleep_level(self, name: str) -> tuple[int, str]:
+        """Level 1 (weights to host RAM) when host RAM holds them, else level 2 (weights
+        dropped, reloaded from disk on wake); with the words for it."""
+        weights = self.weights_bytes(name)
+        available = psutil.virtual_memory().available
+        if weights is None or available > weights * 1.2:
+            where = f"{weights / 1024 / MIB:.1f} GiB of weights in host RAM" if weights else "weights in host RAM"
+            return 1, where
+        return 2, "weights dropped (host RAM short)"
 
     def running_identity(self, name: str) -> Identity | None:
         return self._identity.get(name)
@@ -605,54 +528,31 @@ class BackendManager:
 
         return await asyncio.to_thread(read)
 
+    async def free_bytes(self, name: str) -> int:
+        """Free bytes on ``name``'s card now (0 when the card cannot be read)."""
+        inv = await asyncio.to_thread(self._inventory.read)
+        if not inv.available:
+            return 0
+        index = self._provider(name).gpu
+        return next((g.memory_free_bytes for g in inv.gpus if g.index == index), 0)
+
+    def foreign_port_holder(self, name: str) -> str | None:
+        """Who holds ``name``'s port when gpumgr runs no engine for it ("pid 123, not started
+        by gpumgr"), None when nobody listens."""
+        port = self._provider(name).port
+        holder = self._system.port_listener_pid(port) if port is not None else None
+        if holder is None:
+            return None
+        who = f"pid {holder}" if holder else "a process of another user"
+        return f"port {port} is held by {who}, not started by gpumgr: left alone"
+
     def log_tail(self, name: str, n: int = 20) -> list[str]:
         return tail_lines(log_path(self.config.paths.log_dir, name), n)
-
-    # -- hung engines --------------------------------------------------------------------------
-    def _start_background(self) -> None:
-        if self._health is not None:
-            spawn_task(self._tasks, self._unresponsive_loop(), "unresponsive")
-
-    async def _unresponsive_loop(self) -> None:
-        while True:
-            await asyncio.sleep(UNRESPONSIVE_CHECK_S)
-            self.check_unresponsive(time.time())
-
-    def check_unresponsive(self, now: float) -> list[str]:
-        """Restart every managed engine that has been ``down`` for ``restart_unresponsive_after_s``
-        while its process lives (hung): the keeper stops it and its restart policy applies."""
-        after_s = self.config.settings.health.restart_unresponsive_after_s
-        if self._health is None or after_s is None:
-            return []
-        started: list[str] = []
-        healths = self._health()
-        for name, keeper in self.keepers.items():
-            h = healths.get(name)
-            if h is None or h.state is not BackendState.DOWN or now - h.since < after_s:
-                continue
-            if name in self._hang_restarts or keeper.child is None or keeper.child.exited:
-                continue
-            reason = f"down for {after_s:g} s while its process lives: {h.reason}"
-            self._hang_restarts.add(name)
-            spawn_task(self._tasks, self._stop_hung(name, keeper, reason), f"hung:{name}")
-            started.append(name)
-        return started
-
-    async def _stop_hung(self, name: str, keeper: BackendKeeper, reason: str) -> None:
-        try:
-            async with self.locks.lease(keeper.gpu_uuid, f"restart hung {name}") as lease:
-                await keeper.stop_unresponsive(lease, reason)
-        finally:
-            self._hang_restarts.discard(name)
 
     # -- shutdown ------------------------------------------------------------------------------
     async def shutdown(self) -> None:
         """Stop every engine: all keepers halt, then each GPU's engines stop together under
         that GPU's lease (each waits for its own group and memory)."""
-        self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(k.halt() for k in self.keepers.values()))
         by_gpu: dict[str, list[BackendKeeper]] = {}
         for keeper in self.keepers.values():

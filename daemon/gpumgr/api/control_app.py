@@ -194,10 +194,13 @@ def add_control_routes(
 
     @router.post("/reload")
     async def reload_config() -> dict[str, Any]:
-        report = await reload()
-        if report is None:
-            raise HTTPException(400, "the configuration is invalid; nothing changed (see the log)")
-        return {"ok": True, **vars(report)}
+        """Queued behind the command in flight (a swap, say) and applied after it; answers
+        what it did, or every configuration error with file:line (nothing changed then)."""
+        outcome: Any = await reload()
+        if not outcome.applied:
+            raise HTTPException(400, "the configuration is invalid; nothing changed:\n"
+                                + "\n".join(outcome.errors))
+        return {"ok": True, **vars(outcome.report), "warnings": outcome.warnings}
 
     @router.get("/logs/{name}", response_class=StreamingResponse)
     async def logs(name: str, n: int = Query(default=50, ge=0, le=10000),

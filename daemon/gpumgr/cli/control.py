@@ -205,8 +205,11 @@ def swap(ctx: click.Context, config_dir: str | None, old: str, new: str,
 def reload(ctx: click.Context, config_dir: str | None) -> None:
     """Re-read the configuration and apply it (what `systemctl reload gpumgr` does)."""
     report = ControlClient(socket_path(ctx, config_dir)).post("/v1/control/reload")
+    warnings = report.pop("warnings", None) or []
     parts = [f"{k}: {', '.join(v)}" for k, v in report.items() if isinstance(v, list) and v]
     click.echo("reloaded" + (f" ({'; '.join(parts)})" if parts else ": nothing to change"))
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @click.command()

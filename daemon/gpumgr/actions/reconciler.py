@@ -1,0 +1,492 @@
+"""The reconciler: the one writer of what runs.
+
+Every change to what runs is a command to it: the boot's adoption, an operator's
+start/stop/restart/swap/sleep/wake, a reload (SIGHUP and the API alike), the restart of a hung
+engine, the shutdown. Commands take turns (one at a time, in arrival order); an operator's
+mutation is refused at once while another operator mutation runs or waits (409, "busy: …"),
+while a reload arriving meanwhile waits its turn and is applied after it.
+
+What should run lives in one place, ``<state_dir>/desired.json``, written only here, and always
+*before* anything is acted on. An operation writes its target together with its ``intent``
+(what it is and the state to go back to); ``converge(name)`` is the only code that compares the
+desired state of a backend (running, asleep, identity) with what is observed (its keeper) and
+calls start/stop/sleep/wake. A failed operation rolls back by writing the previous state and
+converging again; a daemon killed at any point finds the intent at boot and converges to the
+previous state when it is still intact, else to the target, never to nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from gpumgr.aio import spawn_task
+from gpumgr.config import Config
+from gpumgr.errors import GpumgrError
+from gpumgr.gpu import GpuInventory
+from gpumgr.supervisor.events import BackendStopped, Draining
+
+from .adopt import adopt_recorded
+from .desired import DesiredState, Intent, desired_for, launch_identity
+from .drain import wait_idle
+from .lease import GpuLease
+from .manager import BackendManager, ReconcileReport
+from .prepare import LaunchPlanner, engine_health_url
+
+log = structlog.get_logger(__name__)
+
+Progress = Callable[[str], None]
+"""Receives one human line per step ("draining qwen-7b…", "memory released 7.9 GiB")."""
+
+
+def quiet(_line: str) -> None:
+    """A progress receiver that drops everything."""
+
+
+class Busy(GpumgrError):
+    """Another operator mutation runs or waits (never queued silently)."""
+
+
+class OperationFailed(GpumgrError):
+    """The operation did not succeed; what was rolled back is said, with the engine's last lines."""
+
+    def __init__(self, message: str, log_tail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.log_tail = log_tail or []
+
+
+@dataclass(frozen=True)
+class Mutation:
+    what: str
+    since: float
+
+    def describe(self) -> str:
+        return f"{self.what} since {datetime.fromtimestamp(self.since).strftime('%H:%M:%S')}"
+
+
+@dataclass
+class Steps:
+    """What converging did, step by step (seconds), for the operation's outcome."""
+
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def add(self, key: str, seconds: float) -> None:
+        self.timings_s[key] = round(self.timings_s.get(key, 0.0) + seconds, 3)
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    """How a start inside an operation runs: its health deadline, and the planner to use (one
+    that may unload Ollama models when the operator asked for it)."""
+
+    timeout_s: float | None = None
+    planner: LaunchPlanner | None = None
+
+
+class Reconciler:
+    def __init__(self, manager: BackendManager) -> None:
+        self.manager = manager
+        self._turn = asyncio.Lock()
+        self.mutation: Mutation | None = None
+        self._claimed: Mutation | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._hung: set[str] = set()
+        self._closed = False
+
+    # -- the one-mutation slot (operators) ---------------------------------------------------
+    def target(self, name: str, *, asleep: bool = False) -> DesiredState:
+        """The desired state with ``name`` running (with its configured identity)."""
+        manager = self.manager
+        identity = launch_identity(manager.provider(name), manager.config.settings.vllm)
+        return self.desired.with_running(name, identity, asleep=asleep)
+
+    def check_idle(self) -> None:
+        """Raise ``Busy`` now (before a request is accepted) when an operator mutation runs."""
+        if self.mutation is not None:
+            raise Busy(f"busy: {self.mutation.describe()}")
+
+    def claim(self, what: str) -> Mutation:
+        """Take the slot now for an operation that starts in a moment (the control API claims
+        before it answers, so a second request is refused at once, never accepted and then
+        refused). The operation named ``what`` takes the claim over; ``release`` gives it back
+        if it never does."""
+        self.check_idle()
+        self.mutation = self._claimed = Mutation(what, time.time())
+        return self._claimed
+
+    def release(self, claim: Mutation) -> None:
+        if self._claimed is claim:
+            self._claimed = None
+            self.mutation = None
+
+    @asynccontextmanager
+    async def mutating(self, what: str) -> AsyncIterator[None]:
+        """An operator's mutation: the slot (refused at once when taken), then its turn."""
+        if self._claimed is not None and self._claimed.what == what:
+            self._claimed = None  # taken over: the slot stays held, now by this operation
+        else:
+            self.check_idle()
+            self.mutation = Mutation(what, time.time())
+        try:
+            async with self.turn(what):
+                yield
+        finally:
+            self.mutation = None
+
+    @asynccontextmanager
+    async def turn(self, what: str) -> AsyncIterator[None]:
+        """Wait for this command's turn (commands run one at a time, in arrival order)."""
+        if self._closed:
+            raise GpumgrError("gpumgr is shutting down")
+        async with self._turn:
+            t0 = time.monotonic()
+            log.info("command.begin", what=what)
+            try:
+                yield
+            finally:
+                log.info("command.end", what=what, took_s=round(time.monotonic() - t0, 3))
+
+    # -- desired state: written here only, before acting ------------------------------------
+    @property
+    def desired(self) -> DesiredState:
+        return self.manager.desired
+
+    async def write(self, desired: DesiredState) -> None:
+        self.manager.desired = desired
+        await self.manager.save_desired()
+
+    # -- converge ----------------------------------------------------------------------------
+    async def converge(
+        self, name: str, lease: GpuLease, progress: Progress = quiet, *,
+        start: StartOptions = StartOptions(), restart: bool = False, steps: Steps | None = None,
+    ) -> Steps:
+        """Bring ``name`` to its desired state (running or not, asleep or awake, identity)
+        under ``lease``: the only place that starts, stops, sleeps or wakes for a command.
+        ``restart`` stops a running engine first even when nothing differs. Raises
+        ``OperationFailed`` when a start or wake fails (its engine taken off again)."""
+        steps = steps if steps is not None else Steps()
+        manager = self.manager
+        wanted = self.desired.running.get(name)
+        asleep_wanted = name in self.desired.sleeping
+        live = manager.has_live_keeper(name)
+        if wanted is None or (live and (restart or manager.running_identity(name) != wanted)):
+            if name in manager.keepers:
+                steps.add("stop", await self._stop(name, lease, progress))
+            if wanted is None:
+                return steps
+            live = False
+        if not live:
+            steps.add("start", await self._start(name, lease, progress, start))
+        keeper = manager.keepers.get(name)
+        if keeper is not None and keeper.asleep and not asleep_wanted:
+            steps.add("wake", await self._wake(name, lease, progress))
+        elif keeper is not None and not keeper.asleep and asleep_wanted:
+            steps.add("sleep", await self._sleep(name, lease, progress))
+        return steps
+
+    def _drain(self, name: str, progress: Progress) -> Callable[[], Awaitable[None]]:
+        """The drain of a stop or sleep: ``draining`` (the router skips it), then the requests
+        in flight finish (bounded by ``vllm.drain_timeout_s``)."""
+        manager = self.manager
+        timeout_s = manager.config.settings.vllm.drain_timeout_s
+
+        async def drain() -> None:
+            keeper = manager.keepers.get(name)
+            child = keeper.child if keeper is not None else None
+            if child is not None:
+                manager.ctx.sink(Draining(name, child.pid))
+            progress(f"draining {name}…")
+            url = engine_health_url(manager.provider(name)).removesuffix("/health") + "/metrics"
+            left = await wait_idle(url, timeout_s)
+            if left > 0:
+                progress(f"{left} request(s) still running after {timeout_s:g} s; stopping anyway")
+
+        return drain
+
+    async def _stop(self, name: str, lease: GpuLease, progress: Progress) -> float:
+        t0 = time.monotonic()
+        keeper = self.manager.keepers.get(name)
+        serving = keeper is not None and keeper.running and not keeper.asleep
+        outcome = await self.manager.stop_under(
+            name, lease, self._drain(name, progress) if serving else None
+        )
+        if outcome is not None:
+            how = "killed" if outcome.killed else "stopped"
+            progress(f"{name} {how} in {outcome.stop_s:.1f} s"
+                     + ("" if outcome.memory_released else "; GPU memory not yet released"))
+        return time.monotonic() - t0
+
+    async def _start(self, name: str, lease: GpuLease, progress: Progress,
+                     options: StartOptions) -> float:
+        manager = self.manager
+        progress(f"starting {name}…")
+        try:
+            startup_s = await manager.start_under(name, lease, options.timeout_s, options.planner)
+        except TimeoutError:
+            raise OperationFailed(
+                f"{name} did not become healthy within {options.timeout_s:g} s",
+                manager.log_tail(name),
+            ) from None
+        except GpumgrError as exc:
+            raise OperationFailed(f"{name} failed to start: {exc}", manager.log_tail(name)) from None
+        progress(f"{name} healthy in {startup_s:.1f} s")
+        return startup_s
+
+    async def _sleep(self, name: str, lease: GpuLease, progress: Progress) -> float:
+        t0 = time.monotonic()
+        level, where = self.manager.sleep_level(name)
+        try:
+            await self.manager.sleep_under(name, lease, level,
+                                           f"asleep (level {level}): {where}",
+                                           self._drain(name, progress))
+        except GpumgrError as exc:
+            raise OperationFailed(f"{name} did not go to sleep: {exc}",
+                                  self.manager.log_tail(name)) from None
+        progress(f"{name} asleep (level {level}) in {time.monotonic() - t0:.1f} s")
+        return time.monotonic() - t0
+
+    async def _wake(self, name: str, lease: GpuLease, progress: Progress) -> float:
+        progress(f"waking {name}…")
+        try:
+            wake_s = await self.manager.wake_under(name, lease)
+        except GpumgrError as exc:
+            raise OperationFailed(f"{name} failed to wake: {exc}", self.manager.log_tail(name)) from None
+        progress(f"{name} awake and answering in {wake_s:.1f} s")
+        return wake_s
+
+    # -- operations ----------------------------------------------------------------------------
+    async def apply(
+        self, what: str, target: DesiredState, order: Sequence[str], progress: Progress = quiet,
+        *, start: StartOptions = StartOptions(), restart: Iterable[str] = (),
+        between: Callable[[], Awaitable[None]] | None = None,
+        previous: DesiredState | None = None,
+    ) -> Steps:
+        """Converge ``order`` (in that order) to ``target`` under the leases of their cards,
+        the target and the way back written down first. When a step fails, the previous state
+        is written and the same backends converge back in the reverse order; the error then
+        says what came back. The caller holds its turn. ``between`` runs after the first step
+        (a swap's "memory released" line)."""
+        previous = (previous or self.desired).with_intent(None)
+        await self.write(target.with_intent(Intent(what, time.time(), previous)))
+        steps = Steps()
+        forced = set(restart)
+        uuids = {self.manager.gpu_uuid_of(n) for n in order}
+        async with self.manager.locks.leases(uuids, what) as lease:
+            done: list[str] = []
+            try:
+                for name in order:
+                    done.append(name)
+                    await self.converge(name, lease, progress, start=start,
+                                        restart=name in forced, steps=steps)
+                    if between is not None and len(done) == 1:
+                        await between()
+            except OperationFailed as exc:
+                await self._roll_back(what, previous, target, done, lease, progress, exc)
+                raise AssertionError("unreachable") from None  # _roll_back always raises
+            finally:
+                self.settle(order)
+        await self.write(self.desired.with_intent(None))
+        return steps
+
+    async def _roll_back(
+        self, what: str, previous: DesiredState, target: DesiredState, done: Sequence[str],
+        lease: GpuLease, progress: Progress, exc: OperationFailed,
+    ) -> None:
+        """Converge what the operation changed back to ``previous`` (reverse order), then
+        raise ``exc`` saying what came back. A backend the operation did not change (a restart)
+        is handed to its keeper, whose restart policy goes on trying."""
+        changed = set(_changed(previous, target))
+        back = [n for n in reversed(done) if n in changed]
+        for name in done:
+            if name not in changed and name in previous.running and name not in self.manager.keepers:
+                self.manager.launch(name)
+        if not back:
+            await self.write(previous)
+            raise exc
+        await self.write(previous.with_intent(Intent(f"roll back {what}", time.time(), previous)))
+        names = ", ".join(n for n in back if n in previous.running)
+        if names:
+            progress(f"{done[-1]} failed; bringing {names} back…")
+        try:
+            for name in back:
+                await self.converge(name, lease, progress)
+        except OperationFailed as again:
+            await self.write(self.desired.with_intent(None))
+            raise OperationFailed(f"{exc}; and {names} did not come back: {again}",
+                                  exc.log_tail) from None
+        await self.write(self.desired.with_intent(None))
+        raise OperationFailed(f"{exc}; {names} is back" if names else str(exc), exc.log_tail)
+
+    def settle(self, names: Iterable[str]) -> None:
+        """Every backend an operation touched ends in a terminal state: one with no keeper
+        (refused, rolled back, never started) is published ``stopped``, whatever it showed
+        (``downloading`` from a weights check, say)."""
+        healths = self.manager.healths()
+        for name in names:
+            if name in self.manager.keepers:
+                continue
+            h = healths.get(name)
+            if h is not None and h.state.value not in ("stopped", "disabled"):
+                self.manager.ctx.sink(BackendStopped(name))
+
+    # -- boot ----------------------------------------------------------------------------------
+    async def boot(self, first_read: GpuInventory) -> ReconcileReport:
+        """The first command: fold the registry into the stored desired state, adopt the engines
+        an earlier daemon left, finish or undo an operation it was killed in, stop what nobody
+        wants, and launch a keeper for every backend that should run. Returns without waiting
+        for starts (weights and engines come up in their keepers)."""
+        manager = self.manager
+        async with self.turn("boot adoption"):
+            self.mutation = Mutation("boot adoption", time.time())
+            try:
+                return await self._boot(first_read)
+            finally:
+                self.mutation = None
+
+    async def _boot(self, first_read: GpuInventory) -> ReconcileReport:
+        manager = self.manager
+        manager.attach(first_read)
+        desired = desired_for(manager.config, await manager.load_desired())
+        intent = desired.intent
+        wanted = set(desired.names) | (set(intent.previous.names) if intent else set())
+        adoption = await adopt_recorded(manager.records, wanted, manager.config.paths.log_dir)
+        involved: list[str] = []
+        follow: tuple[DesiredState, DesiredState] | None = None
+        if intent is not None:
+            target, previous = desired.with_intent(None), intent.previous
+            involved = _changed(previous, target)
+            if all(n in adoption.adopted for n in previous.running):
+                log.warning("boot.intent_undone", operation=intent.operation,
+                            why="the daemon died during it; what ran before still runs")
+                desired = previous
+                follow = (previous, previous)
+            else:
+                log.warning("boot.intent_resumed", operation=intent.operation,
+                            why="the daemon died during it; going on to its target")
+                desired = target
+                follow = (target, previous)
+        await self.write(desired)
+        report = ReconcileReport()
+        for name, child in adoption.adopted.items():
+            if name not in desired.running:
+                adoption.unwanted.append((child, adoption.records[name]))
+        for child, record in adoption.unwanted:
+            log.info("adopt.unwanted", backend=child.backend, pid=child.pid)
+            await manager.stop_adopted(child, record)
+            report.stopped.append(child.backend)
+        for name, identity in desired.running.items():
+            found, kept = adoption.records.get(name), adoption.adopted.get(name)
+            if kept is None or found is None:
+                if name in involved:
+                    continue  # the operation's follow-up starts it (or rolls back)
+                if name in desired.sleeping:
+                    log.info("adopt.sleeper_gone", backend=name)  # asleep means "not serving"
+                    await self.write(self.desired.without(name))
+                    continue
+                manager.launch(name)
+                report.started.append(name)
+                continue
+            recorded = found.extra.get("identity")
+            if isinstance(recorded, dict) and recorded != identity:
+                # the configuration changed while no daemon ran: not the engine asked for now
+                log.info("adopt.changed", backend=name, pid=kept.pid)
+                await manager.stop_adopted(kept, found)
+                manager.launch(name)
+                report.restarted.append(name)
+                continue
+            manager.launch(name, kept, found.fraction, found.gpu_uuid)
+            report.adopted.append(name)
+        if follow is not None and intent is not None:
+            spawn_task(self._tasks, self._finish(intent.operation, *follow, involved), "finish")
+        log.info("reconciler.booted", **vars(report))
+        return report
+
+    async def _finish(self, operation: str, target: DesiredState, previous: DesiredState,
+                      involved: Sequence[str]) -> None:
+        """After a boot that found an operation's intent: converge the backends it touched to
+        ``target`` (waking or putting to sleep adopted engines, starting missing ones), rolling
+        back to ``previous`` if that fails."""
+        await self.manager.settled(involved)
+        order = sorted(involved, key=lambda n: (n in target.running
+                                                and n not in target.sleeping, n))
+        what = f"finish {operation}"
+        try:
+            async with self.turn(what):
+                await self.apply(what, target, [n for n in order if n in self.manager.known()],
+                                 previous=previous)
+        except GpumgrError as exc:
+            log.error("boot.finish_failed", operation=operation, error=str(exc))
+
+    # -- reload ----------------------------------------------------------------------------
+    async def reload(self, config: Config) -> ReconcileReport:
+        """Apply a new configuration (the caller's turn): start added backends, stop removed
+        ones, restart exactly those whose launch identity changed; the rest stay (same pid)."""
+        manager = self.manager
+        manager.configure(config)
+        await manager.refresh_gpus()
+        await self.write(desired_for(config, self.desired.with_intent(None)))
+        report = ReconcileReport()
+        for name in list(manager.keepers):
+            wanted = self.desired.running.get(name)
+            if wanted is None:
+                await manager.stop_keeper(name)
+                report.stopped.append(name)
+            elif wanted != manager.running_identity(name):
+                await manager.stop_keeper(name)
+                manager.launch(name)
+                report.restarted.append(name)
+            else:
+                manager.keep_running(name)
+                report.unchanged.append(name)
+        for name in self.desired.running:
+            if name not in manager.keepers and name not in self.desired.sleeping:
+                manager.launch(name)
+                report.started.append(name)
+        log.info("reconciler.reloaded", **vars(report))
+        return report
+
+    # -- hung engines ------------------------------------------------------------------------
+    def hung(self, name: str, reason: str) -> bool:
+        """A watcher saw ``name`` hang: restart it in its turn (the keeper's restart policy and
+        its limits apply to the exit). False when one is already on its way."""
+        if name in self._hung or self._closed:
+            return False
+        self._hung.add(name)
+        spawn_task(self._tasks, self._restart_hung(name, reason), f"hung:{name}")
+        return True
+
+    async def _restart_hung(self, name: str, reason: str) -> None:
+        try:
+            async with self.turn(f"restart hung {name}"):
+                keeper = self.manager.keepers.get(name)
+                if keeper is None or name not in self.desired.running:
+                    return
+                async with self.manager.locks.lease(keeper.gpu_uuid, f"restart hung {name}") as lease:
+                    await keeper.stop_unresponsive(lease, reason)
+        finally:
+            self._hung.discard(name)
+
+    # -- shutdown ------------------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        """The last command: no new ones are accepted; what is queued is cancelled; every engine
+        stops (desired state is kept: the next boot starts the same set)."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        async with self._turn:
+            await self.manager.shutdown()
+
+
+def _changed(a: DesiredState, b: DesiredState) -> list[str]:
+    """The backends whose desired running, identity or sleep differs between ``a`` and ``b``."""
+    names = set(a.running) | set(b.running)
+    return sorted(n for n in names if a.running.get(n) != b.running.get(n)
+                  or (n in a.sleeping) != (n in b.sleeping))
