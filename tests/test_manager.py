@@ -120,6 +120,7 @@ class Box:
         self.states = States()
         self.events: list[ev.SupervisorEvent] = []
         self.managers: list[Rig] = []
+        self.generation = 0
 
     def write(self, *providers: str) -> Config:
         (self.config_dir / "providers.yaml").write_text("providers:" + "".join(providers))
@@ -131,9 +132,15 @@ class Box:
 
     def manager(self, config: Config, system: System | None = None) -> Rig:
         inventory = open_inventory(config)
-        m = BackendManager(config, inventory, self.sink, health=self.states.healths,
+        generation = self.generation
+
+        def sink(event: ev.SupervisorEvent) -> None:  # a dead daemon's late events reach nobody
+            if generation == self.generation:
+                self.sink(event)
+
+        m = BackendManager(config, inventory, sink, health=lambda: self.states.healths(),
                            **({"system": system} if system else {}), **_simulated_parts(config))
-        rig = Rig(m, self.states.healths)
+        rig = Rig(m, lambda: self.states.healths())
         self.managers.append(rig)
         return rig
 
@@ -145,6 +152,7 @@ class Box:
         self.managers.remove(manager)
         assert self.states.illegal == []
         self.states = States()
+        self.generation += 1
 
     def gpu(self) -> SimGpuState:
         return SimGpuState(self.tmp / "runtime" / "sim-gpu.json")

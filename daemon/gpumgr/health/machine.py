@@ -125,16 +125,26 @@ def _move(
     return Step(moved, Transition(h.name, h.state, new, reason, at))
 
 
+NOT_OURS = "answers on its port, but gpumgr cannot prove it started it: not published as up"
+
+
 def on_probe(
-    h: BackendHealth, verdict: Verdict, reason: str, at: float, retry_attempts: int
+    h: BackendHealth, verdict: Verdict, reason: str, at: float, retry_attempts: int,
+    requires_process: bool = False,
 ) -> Step:
     """Apply one probe verdict. Results that arrive for a state that is not probed are ignored
-    (a probe that was in flight when the supervisor stopped the backend)."""
+    (a probe that was in flight when the supervisor stopped the backend). A managed backend
+    (``requires_process``) is only ``up`` with an engine gpumgr started: a success with no
+    process of ours (records lost, a stranger on the port) proves nothing about it."""
     if h.state in NOT_PROBED:
         return Step(h)
     if verdict is Verdict.SUCCESS:
         if h.state in SUCCESS_KEEPS:
             return Step(replace(h, consecutive_failures=0))
+        if requires_process and h.pid is None:
+            return Step(replace(h, consecutive_failures=0,
+                                reason=h.reason if NOT_OURS in h.reason else f"{h.reason}; {NOT_OURS}"
+                                if h.reason else NOT_OURS))
         if h.state is S.UP:
             return Step(replace(h, consecutive_failures=0, reason=reason))
         return _move(h, S.UP, reason, at)
@@ -167,6 +177,25 @@ def on_lifecycle(
     if h.state not in allowed:
         raise IllegalTransition(f"{h.name}: cannot go from {h.state} to {target} ({reason})")
     return _move(h, target, reason, at, pid=pid)
+
+
+ENGINE_LIVE = frozenset({S.DOWNLOADING, S.STARTING, S.UP, S.DRAINING, S.STOPPING, S.SLEEPING,
+                         S.RESTARTING})
+"""States in which a managed backend may still have an engine (a registry change waits)."""
+
+
+def on_registry(h: BackendHealth, seed: S, reason: str, at: float, managed: bool) -> Step:
+    """A registry change of whether the backend runs here (``disabled``/``template`` ↔
+    ``active``/``standby``): enabled, a disabled backend takes its first state (``seed``);
+    disabled, it becomes ``disabled`` once no engine of it is left (a managed one's engine is
+    stopped by the reconciler first; the next call, after that, moves it)."""
+    if seed is S.DISABLED:
+        if h.state is S.DISABLED or (managed and h.state in ENGINE_LIVE):
+            return Step(h)
+        return _move(h, S.DISABLED, reason, at, pid=None)
+    if h.state is S.DISABLED:
+        return _move(h, seed, reason, at, pid=None)
+    return Step(h)
 
 
 def on_process_exit(h: BackendHealth, restarting: bool, reason: str, at: float) -> Step:

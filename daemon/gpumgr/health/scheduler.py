@@ -157,6 +157,14 @@ class HealthScheduler:
             self._timing[name] = timing_for(p, settings, checks)
             if added:
                 self._add(name, p, (initial_states or {}).get(name))
+            else:
+                seed, reason = initial_state(p)
+                given = (initial_states or {}).get(name)
+                if given is not None and seed is not BackendState.DISABLED:
+                    seed = given
+                self._commit(name, machine.on_registry(
+                    self._health[name], seed, reason or "enabled in providers.yaml",
+                    self._clock(), managed=p.is_vllm))
             if self._scheduler is None:
                 continue
             job = self._scheduler.get_job(name)
@@ -299,8 +307,10 @@ class HealthScheduler:
             self._not_before.pop(name, None)
         if generation != self._generation.get(name):
             return result  # the supervisor moved the backend while this probe was in flight
+        provider = self._providers[name]
         step = machine.on_probe(
-            self._health[name], verdict_of(result.outcome), result.detail, self._clock(), t.retry_attempts
+            self._health[name], verdict_of(result.outcome), result.detail, self._clock(),
+            t.retry_attempts, requires_process=provider.is_vllm and provider.runs_here,
         )
         self._commit(name, step)
         if self._on_probe is not None:

@@ -1,0 +1,262 @@
+"""The reconciler in-process: every writer of what runs takes its turn, operations write their
+intent first, and a daemon killed at any phase of an operation converges on the next boot to the
+target or back to the previous state, never to nothing.
+
+The engines, the card and the hub are the simulated ones (real processes); a "daemon crash" is
+the in-process equivalent of SIGKILL: the operation's task and every keeper are cancelled where
+they stand, nothing is cleaned up, the engines keep running, and a new set of actions boots on
+the same state directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import pytest
+
+from gpumgr.actions.reconciler import Busy, OperationFailed
+from gpumgr.backend_state import BackendState as S
+from gpumgr.errors import PlanInfeasible
+from gpumgr.supervisor import events as ev
+
+from daemon_harness import alive, free_port
+from test_manager import DEEPSEEK, QWEN, SETTINGS, Box, Rig, box, provider_yaml  # noqa: F401 (box: the fixture)
+
+pytestmark = pytest.mark.slow
+
+QWEN14 = "Qwen/Qwen2.5-Coder-14B-Instruct-AWQ"
+
+
+def same_port_pair(box: Box, *, load_s: float = 0.2) -> tuple[int, object]:
+    """The owner's box: the 7B and the 14B on one port of the 16 GiB card, 7B active."""
+    (box.config_dir / "gpumgr.yaml").write_text(
+        SETTINGS.replace("load_seconds: 0.2", f"load_seconds: {load_s}"))
+    port = free_port()
+    config = box.write(provider_yaml("small", port, QWEN, max_model_len=4096),
+                       provider_yaml("large", port, QWEN14, status="standby", max_model_len=4096))
+    return port, config
+
+
+def desired_on_disk(box: Box) -> dict[str, object]:
+    return dict(json.loads((box.tmp / "state" / "desired.json").read_text()))
+
+
+def engines(box: Box) -> dict[int, int]:
+    """pid → MiB of every engine holding memory on the simulated card."""
+    return {a.pid: a.used_mib for a in box.gpu().read().allocations}
+
+
+async def wait_event(box: Box, match: Callable[[ev.SupervisorEvent], bool], what: str) -> None:
+    await box.until(lambda: any(match(e) for e in box.events), what)
+
+
+def crash(box: Box, rig: Rig, task: asyncio.Task[object] | None) -> None:
+    """The daemon dies here: its operation and keepers stop where they are, engines live on."""
+    if task is not None:
+        task.cancel()
+    box.crash(rig)
+
+
+def test_a_reload_during_a_swap_waits_for_it_and_is_applied_after(box: Box) -> None:
+    port, config = same_port_pair(box)
+
+    async def body() -> None:
+        rig = box.manager(config)  # type: ignore[arg-type]
+        await rig.begin(rig._inventory.read())
+        await box.up("small")
+        order: list[str] = []
+
+        async def swap() -> None:
+            await rig.operator.swap("small", "large")
+            order.append("swap")
+
+        async def reload() -> None:
+            await rig.reconcile(box.write(
+                provider_yaml("small", port, QWEN, max_model_len=4096, status="standby"),
+                provider_yaml("large", port, QWEN14, status="standby", max_model_len=4096,
+                              description="edited during the swap")))
+            order.append("reload")
+
+        swapping = asyncio.create_task(swap())
+        await wait_event(box, lambda e: isinstance(e, ev.Draining), "small draining")
+        await asyncio.gather(swapping, reload())
+        assert order == ["swap", "reload"]  # queued behind the swap, not interleaved
+        await box.up("large")
+        assert box.states.state("small") is S.STOPPED
+        assert set(rig.keepers) == {"large"}  # a description edit restarts nothing
+        assert len(engines(box)) == 1
+        stored = desired_on_disk(box)
+        assert set(stored["backends"]) == {"large"} and "intent" not in stored  # type: ignore[arg-type]
+
+    box.run(body)
+
+
+def test_a_start_asked_for_during_boot_adoption_is_refused_busy_at_once(box: Box) -> None:
+    _, config = same_port_pair(box)
+
+    async def body() -> None:
+        rig = box.manager(config)  # type: ignore[arg-type]
+        booting = asyncio.create_task(rig.begin(rig._inventory.read()))
+        await asyncio.sleep(0)  # the boot has its turn
+        with pytest.raises(Busy, match="boot adoption"):
+            rig.operator.check_idle()
+        await booting
+        rig.operator.check_idle()  # free again once adoption is done
+        await box.up("small")
+
+    box.run(body)
+
+
+def test_a_swap_that_cannot_fit_on_first_use_ends_stopped_not_downloading(box: Box) -> None:
+    (box.config_dir / "gpumgr.yaml").write_text(SETTINGS + "  gpus:\n    - memory_total_mib: 8192\n")
+    a, b = free_port(), free_port()
+    config = box.write(provider_yaml("small", a, QWEN, max_model_len=2048),
+                       provider_yaml("large", b, QWEN14, status="standby", max_model_len=32768))
+
+    async def body() -> None:
+        rig = box.manager(config)
+        await rig.begin(rig._inventory.read())
+        await box.up("small")
+        pid = box.pid(rig, "small")
+        with pytest.raises(PlanInfeasible, match="does not fit even once small"):
+            await rig.operator.swap("small", "large")
+        assert box.states.state("large") is S.STOPPED  # its weights check said downloading
+        assert box.pid(rig, "small") == pid  # nothing stopped
+        assert "large" not in desired_on_disk(box)["backends"]  # type: ignore[operator]
+
+    box.run(body)
+
+
+def test_a_start_that_cannot_fit_is_refused_up_front_with_nothing_written(box: Box) -> None:
+    (box.config_dir / "gpumgr.yaml").write_text(SETTINGS + "  gpus:\n    - memory_total_mib: 8192\n")
+    config = box.write(provider_yaml("small", free_port(), QWEN, max_model_len=2048),
+                       provider_yaml("large", free_port(), QWEN14, status="standby",
+                                     max_model_len=32768))
+
+    async def body() -> None:
+        rig = box.manager(config)
+        await rig.begin(rig._inventory.read())
+        await box.up("small")
+        before = desired_on_disk(box)
+        with pytest.raises(PlanInfeasible):
+            await rig.operator.start("large")
+        assert desired_on_disk(box) == before
+        assert not any(isinstance(e, ev.ChildStarted) and e.backend == "large" for e in box.events)
+        assert box.states.state("large") is S.STOPPED
+
+    box.run(body)
+
+
+def test_a_swap_between_models_on_two_cards_takes_both_leases(box: Box) -> None:
+    (box.config_dir / "gpumgr.yaml").write_text(
+        SETTINGS + "  gpus:\n    - memory_total_mib: 16384\n    - memory_total_mib: 16384\n")
+    a, b = free_port(), free_port()
+    config = box.write(provider_yaml("small", a, QWEN),
+                       provider_yaml("other", b, DEEPSEEK, status="standby").replace(
+                           "    max_num_seqs: 2\n", "    max_num_seqs: 2\n    gpu: 1\n"))
+
+    async def body() -> None:
+        rig = box.manager(config)
+        await rig.begin(rig._inventory.read())
+        await box.up("small")
+        outcome = await rig.operator.swap("small", "other")
+        assert "swapped" in outcome.message
+        await box.up("other")
+        assert box.states.state("small") is S.STOPPED
+        assert set(desired_on_disk(box)["backends"]) == {"other"}  # type: ignore[arg-type]
+
+    box.run(body)
+
+
+def test_a_failed_restart_hands_the_backend_back_to_its_keeper(box: Box) -> None:
+    _, config = same_port_pair(box)
+
+    async def body() -> None:
+        rig = box.manager(config)  # type: ignore[arg-type]
+        await rig.begin(rig._inventory.read())
+        await box.up("small")
+        with pytest.raises(OperationFailed, match="did not become healthy"):
+            await rig.operator.restart("small", timeout_s=0.05)
+        assert "small" in desired_on_disk(box)["backends"]  # type: ignore[operator]
+        await box.up("small")  # the keeper's restart policy brought it up again
+        assert "small" in rig.keepers
+
+    box.run(body)
+
+
+# -- a daemon killed at each phase of an operation ---------------------------------------------
+
+PHASES: dict[str, Callable[[ev.SupervisorEvent], bool]] = {
+    "draining": lambda e: isinstance(e, ev.Draining) and e.backend == "small",
+    "released": lambda e: isinstance(e, ev.ChildStopped) and e.backend == "small",
+    "loading": lambda e: isinstance(e, ev.ChildStarted) and e.backend == "large",
+}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_a_daemon_killed_during_a_swap_converges_on_the_next_boot(box: Box, phase: str) -> None:
+    """Killed while the old model drains (it still serves): the next daemon keeps it. Killed
+    once it is gone (memory released, or the new one loading): the next daemon finishes the
+    swap. Never nothing serving, exactly one engine on the port, desired.json says what runs."""
+    port, config = same_port_pair(box, load_s=1.5)
+
+    async def body() -> None:
+        first = box.manager(config)  # type: ignore[arg-type]
+        await first.begin(first._inventory.read())
+        await box.up("small")
+        old_pid = box.pid(first, "small")
+        swapping = asyncio.create_task(first.operator.swap("small", "large"))
+        await wait_event(box, PHASES[phase], phase)
+        intent = desired_on_disk(box).get("intent")
+        assert isinstance(intent, dict) and intent["operation"] == "swap small → large"
+        crash(box, first, swapping)
+        await asyncio.sleep(0.1)
+
+        second = box.manager(config)  # type: ignore[arg-type]
+        await second.begin(second._inventory.read())
+        expected = "small" if phase == "draining" else "large"
+        await box.up(expected)
+        await box.until(lambda: "intent" not in desired_on_disk(box), "the intent settled")
+        assert set(desired_on_disk(box)["backends"]) == {expected}  # type: ignore[arg-type]
+        assert set(second.keepers) == {expected}
+        await box.until(lambda: len(engines(box)) == 1, "one engine on the card")
+        if expected == "small":
+            assert box.pid(second, "small") == old_pid  # adopted, never stopped
+        else:
+            assert not alive(old_pid)
+
+    box.run(body)
+
+
+def test_a_daemon_killed_while_a_sleep_mode_swap_wakes_the_new_engine_ends_with_one_awake(
+    box: Box,
+) -> None:
+    (box.config_dir / "gpumgr.yaml").write_text(SETTINGS)
+    a, b = free_port(), free_port()
+    sleepy = "    swap_mode: sleep\n"
+    config = box.write(
+        provider_yaml("small", a, QWEN).replace("    max_num_seqs: 2\n", "    max_num_seqs: 2\n" + sleepy),
+        provider_yaml("large", b, DEEPSEEK).replace("    max_num_seqs: 2\n", "    max_num_seqs: 2\n" + sleepy))
+
+    async def body() -> None:
+        first = box.manager(config)
+        await first.begin(first._inventory.read())
+        await box.up("small", "large")
+        await first.operator.sleep("large")
+        swapping = asyncio.create_task(first.operator.swap("small", "large"))
+        await wait_event(box, lambda e: isinstance(e, ev.Sleeping) and e.backend == "small",
+                         "small asleep")
+        crash(box, first, swapping)
+
+        second = box.manager(config)
+        await second.begin(second._inventory.read())
+        await box.until(lambda: "intent" not in desired_on_disk(box), "the intent settled")
+        stored = desired_on_disk(box)
+        awake = [n for n, b in stored["backends"].items() if not b["asleep"]]  # type: ignore[attr-defined]
+        assert len(awake) == 1
+        await box.up(awake[0])
+        assert not second.keepers[awake[0]].asleep
+
+    box.run(body)
