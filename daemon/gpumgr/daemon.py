@@ -247,23 +247,24 @@ class Daemon:
         spawn_task(self._reloads, reload(), "reload")
 
     async def reload(self) -> ReloadOutcome:
-        """Re-read the three files in the reconciler's turn (after the operation in flight) and
-        apply them when valid: start added providers, stop removed ones, restart exactly those
-        whose launch identity changed. An invalid file keeps everything running as it is; the
-        outcome names every error with file:line."""
+        """Re-read the three files now; when valid, apply them in the reconciler's turn (after
+        the operation in flight): start added providers, stop removed ones, restart exactly
+        those whose launch identity changed. An invalid file is refused at once and keeps
+        everything running as it is; the outcome names every error with file:line."""
         reconciler = self.reconciler
         if reconciler is None or self.status is None:
             return ReloadOutcome(False, errors=["the daemon is not running yet"])
+        try:  # read now: an invalid file is answered at once, never queued
+            config = await asyncio.to_thread(
+                load_config, self.config.config_dir, simulate=self.config.simulate
+            )
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("config.reload_invalid", issue=str(issue))
+            self._notifier.status(f"reload refused: {len(exc.issues)} configuration error(s)")
+            return ReloadOutcome(False, errors=[str(i) for i in exc.issues])
+        log.info("reload.accepted", waiting_for=reconciler.mutation.what if reconciler.mutation else None)
         async with reconciler.turn("reload"):
-            try:
-                config = await asyncio.to_thread(
-                    load_config, self.config.config_dir, simulate=self.config.simulate
-                )
-            except ConfigError as exc:
-                for issue in exc.issues:
-                    log.error("config.reload_invalid", issue=str(issue))
-                self._notifier.status(f"reload refused: {len(exc.issues)} configuration error(s)")
-                return ReloadOutcome(False, errors=[str(i) for i in exc.issues])
             _log_warnings(config)
             self.config = config
             self.status.reload(config)

@@ -1,6 +1,9 @@
 """Racing the control plane: 50 reloads, alternately valid and invalid, while a swap runs; then
 100 control calls at once.
 
+A reload is read when it arrives: an invalid file is answered 400 at once (even mid-swap); a
+valid one waits its turn behind the swap and is applied after it, in arrival order.
+
 One daemon for the module: ``qwen-7b`` and ``deepseek`` share a port (swap partners, deepseek
 loading slowly so the swap lasts), ``keeper`` serves on another port all along. What is kept:
 the swap completes; the last valid file is the configuration in force; nothing whose launch
@@ -71,7 +74,18 @@ def test_50_reloads_alternating_valid_and_invalid_during_a_swap_last_valid_wins(
     providers = d.config_dir / "providers.yaml"
     swap = r.popen_cli("swap", "qwen-7b", "deepseek")
     answers: list[tuple[int, int]] = []  # (version, HTTP status); odd versions are invalid
+    lock = threading.Lock()
     during = 0  # reloads sent while the swap was still running
+    waiting: list[threading.Thread] = []
+
+    def reload(version: int) -> None:
+        status, _ = r.control("reload", timeout_s=120)
+        with lock:
+            answers.append((version, status))
+
+    def accepted() -> int:
+        return d.log_text().count('"reload.accepted"')
+
     try:
         assert swap.stdout is not None
         wait_for(lambda: "draining qwen-7b" in (swap.stdout.readline() or ""), WAIT_S, "the swap")  # type: ignore[union-attr]
@@ -84,15 +98,23 @@ def test_50_reloads_alternating_valid_and_invalid_during_a_swap_last_valid_wins(
                 last_valid = version
             providers.write_text(text)
             during += swap.poll() is None
-            status, _ = r.control("reload", timeout_s=60)
-            answers.append((version, status))
+            if version % 2:
+                reload(version)  # refused at once, swap or not
+                continue
+            seen = accepted()  # a valid one is read now, then waits for its turn
+            waiting.append(threading.Thread(target=reload, args=(version,), daemon=True))
+            waiting[-1].start()
+            wait_for(lambda: accepted() > seen, WAIT_S, f"reload {version} read")
         out, err = swap.communicate(timeout=WAIT_S)
+        for t in waiting:
+            t.join(WAIT_S)
     finally:
         if swap.poll() is None:
             swap.kill()
     assert swap.returncode == 0, err
     assert during >= 10, f"only {during} reloads came during the swap: make deepseek load longer"
     print(f"\n{during} of {RELOADS} reloads sent while the swap ran")
+    answers.sort()
     assert [s for v, s in answers if v % 2] == [400] * (RELOADS // 2)
     assert [s for v, s in answers if not v % 2] == [200] * (RELOADS // 2)
     new = d.wait_up("deepseek", WAIT_S)

@@ -27,7 +27,7 @@ from gpumgr.actions.manager import BackendManager
 from gpumgr.backend_state import BackendState as S
 from gpumgr.config import load_config
 from gpumgr.daemon import _simulated_parts, open_inventory
-from test_manager import Rig
+from test_manager import Rig as Actions
 from gpumgr.health.supervisor_events import apply_supervisor_event
 from gpumgr.supervisor import events as ev
 from gpumgr.supervisor.system import System
@@ -255,7 +255,7 @@ def test_in_process_full_desired_and_startup_files_are_logged_and_the_engines_st
             await asyncio.sleep(0.02)
 
     async def body() -> None:
-        m = Rig(BackendManager(config, open_inventory(config), sink, health=states.healths,
+        m = Actions(BackendManager(config, open_inventory(config), sink, health=states.healths,
                                system=system, **_simulated_parts(config)), states.healths)
         try:
             await m.begin(m._inventory.read())

@@ -136,7 +136,11 @@ class Reconciler:
             self.mutation = Mutation(what, time.time())
         try:
             async with self.turn(what):
-                yield
+                log.info("operation.begin", what=what)
+                try:
+                    yield
+                finally:
+                    log.info("operation.end", what=what)
         finally:
             self.mutation = None
 
