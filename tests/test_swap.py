@@ -363,3 +363,54 @@ def test_logs_show_the_engines_last_lines_and_a_missing_daemon_is_one_line_exit_
     assert gone.returncode == 1
     assert gone.stderr.count("\n") == 1 and "gpumgr daemon is not running" in gone.stderr
     assert "systemctl start gpumgr" in gone.stderr
+
+
+@pytest.mark.parametrize("phase", ["loading", "draining"])
+def test_a_daemon_sigkilled_mid_swap_comes_back_with_exactly_one_model_serving(
+    tmp_path: Path, phase: str,
+) -> None:
+    """A real SIGKILL (no clean-up runs): while the 14B loads, the next daemon adopts it and
+    finishes the swap; while the 7B drains a long request, the next daemon keeps the 7B. Either
+    way one engine serves the port and desired.json says which."""
+    port = free_port()
+    b = Box(tmp_path, provider("qwen-7b", port, QWEN_7B, served="qwen-coder",
+                               env={"GPUMGR_SIM_TOKEN_DELAY_S": "0.05"})
+            + provider("qwen-14b", port, QWEN_14B, status="standby", served="qwen-coder-14b",
+                       env={"GPUMGR_SIM_LOAD_SECONDS": "4"}))
+    d = b.daemon
+    try:
+        d.start()
+        old = d.wait_up("qwen-7b", 60)["pid"]
+        slow: threading.Thread | None = None
+        if phase == "draining":  # a 5 s request in flight keeps the drain going
+            body = {"model": "qwen-coder", "prompt": "x", "max_tokens": 100}
+            slow = threading.Thread(target=lambda: httpx2.post(
+                f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=30), daemon=True)
+            slow.start()
+            time.sleep(0.3)
+        swap = b.popen("swap", "qwen-7b", "qwen-14b")
+        wanted = "starting qwen-14b" if phase == "loading" else "draining qwen-7b"
+        assert swap.stdout is not None
+        wait_for(lambda: wanted in (swap.stdout.readline() or ""), 60, wanted)  # type: ignore[union-attr]
+        if phase == "loading":
+            time.sleep(0.5)
+        desired = json.loads((d.tmp / "state" / "desired.json").read_text())
+        assert desired["intent"]["operation"] == "swap qwen-7b → qwen-14b"
+        assert d.proc is not None
+        d.proc.kill()
+        d.proc.wait()
+        swap.wait(30)
+        d.start()
+        expected = "qwen-14b" if phase == "loading" else "qwen-7b"
+        up = d.wait_up(expected, 60)
+        other = "qwen-7b" if expected == "qwen-14b" else "qwen-14b"
+        wait_for(lambda: "intent" not in json.loads((d.tmp / "state" / "desired.json").read_text()),
+                 30, "the intent settled")
+        desired = json.loads((d.tmp / "state" / "desired.json").read_text())
+        assert set(desired["backends"]) == {expected}
+        assert d.backend(other)["state"] == "stopped"
+        if expected == "qwen-7b":
+            assert up["pid"] == old  # adopted, never stopped
+        assert d.stop() == 0
+    finally:
+        d.cleanup()
