@@ -11,17 +11,14 @@ never keeps a backend's state itself: the state machine decides that from the ev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import psutil
 import structlog
 
-from gpumgr.aio import run_in_daemon_thread, spawn_task
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider
 from gpumgr.engines.vllm_log import find_oom, vllm_last_error
@@ -29,42 +26,31 @@ from gpumgr.errors import GpuUnavailable
 from gpumgr.gpu import MIB, GpuBackend, GpuInventory
 from gpumgr.health.machine import BackendHealth
 from gpumgr.supervisor import process
-from gpumgr.modelfiles import model_dims, weights_bytes
 from gpumgr.plan import VramPlan
 from gpumgr.secrets import read_secret
-from gpumgr.supervisor.events import BackendFailed, Downloading, EventSink, OllamaEvicted
+from gpumgr.supervisor.events import BackendFailed, EventSink, OllamaEvicted
 from gpumgr.supervisor.logs import log_path, tail_lines
 from gpumgr.supervisor.records import ChildRecord, ChildRecords
 from gpumgr.supervisor.restart import RestartPolicy
 from gpumgr.supervisor.system import REAL, System
-from gpumgr.weights import DownloadProgress, Snapshot, WeightsContext
 
 from .desired import DesiredState, DesiredStore, Identity, launch_identity, managed_providers
 from .keeper import BackendKeeper, FirstAttempt
 from .lease import GpuLease, GpuLocks
 from .ollama_room import OllamaRoom
-from .prepare import LaunchPlanner, PlanFacts, PlanView, engine_health_url, without_owners
+from .prepare import LaunchPlanner, PlanView, engine_health_url, without_owners
+from .weights import BackendWeights, HubEndpoint, WeightsHook, default_hub
 from .start import LaunchSpec, Prepare, PrepareHint, StartContext, StartTiming
 from .startup_times import StartupTimes
 from .stop import Drain, StopTiming, stop_engine
 
 log = structlog.get_logger(__name__)
 
-FACTS_WAIT_S = 10.0
-"""How long a start waits for the hub's planning facts of another backend on its card."""
 EVICTION_NOTICE_S = 0.3
 """How long the router is given to see that Ollama models are about to be unloaded (it follows
 the status's events; a few milliseconds locally) before they are."""
 
 HealthReader = Callable[[], Mapping[str, BackendHealth]]
-WeightsHook = Callable[[str, Snapshot], None]
-HubEndpoint = Callable[[], contextlib.AbstractContextManager[str | None]]
-"""Opens the hub to fetch from for the duration of a download: None for huggingface_hub's own
-endpoint, or the URL of another (the simulated hub, from the composition root)."""
-
-
-def default_hub() -> contextlib.AbstractContextManager[str | None]:
-    return contextlib.nullcontext(None)
 
 
 @dataclass
@@ -95,10 +81,8 @@ class BackendManager:
         self._inventory = inventory
         self._sink = sink
         self._health = health
-        self._on_weights = on_weights
         self._system = system
         self._command = command
-        self._hub = hub
         self.locks = GpuLocks()
         self.records = ChildRecords(config.paths.state_dir, system)
         self.store = DesiredStore(config.paths.state_dir, system)
@@ -107,12 +91,7 @@ class BackendManager:
         self.keepers: dict[str, BackendKeeper] = {}
         self._identity: dict[str, Identity] = {}
         """Backend → the launch identity its keeper runs with."""
-        self._snapshots: dict[str, Path] = {}
-        self._facts: dict[str, PlanFacts] = {}
-        """Planning facts of the models whose weights are still coming (from the hub)."""
-        self._facts_known: dict[str, asyncio.Event] = {}
-        """Set once a backend's planning facts are known (or cannot be): a start on the same
-        card waits for them (metadata, seconds), never for another's download."""
+        self.weights = BackendWeights(lambda: self.config, sink, hub, on_weights)
         self._gpus: dict[int, str] = {}
         self._gpu_error: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -188,14 +167,15 @@ class BackendManager:
     def plan_view(self) -> PlanView:
         """A frozen picture of what runs, for the planner's worker thread."""
         managed = managed_providers(self.config)
+        facts = self.weights.facts()
         return PlanView(
             providers=tuple(
                 p for n, p in managed.items()
-                if n in self.desired.running and (n in self._snapshots or n in self._facts)
+                if n in self.desired.running and (n in self.weights.snapshots or n in facts)
                 and not self._asleep(n)
             ),
-            snapshots=dict(self._snapshots),
-            facts={n: f for n, f in self._facts.items() if n not in self._snapshots},
+            snapshots=dict(self.weights.snapshots),
+            facts=facts,
             managed_pids=self.managed_pids(),
             running_fractions=self.running_fractions(),
         )
@@ -276,8 +256,8 @@ class BackendManager:
         provider = self._provider(name)
         identity = self.desired.running.get(name) or launch_identity(provider, self.config.settings.vllm)
         self._identity[name] = identity
-        if adopted is None and name not in self._snapshots:  # its weights are looked up first
-            self._facts_known.setdefault(name, asyncio.Event())
+        if adopted is None:  # its weights are looked up first
+            self.weights.expect(name)
         uuid = gpu_uuid or self._gpus.get(provider.gpu)
         if adopted is None and self._gpu_error is not None:
             self._sink(BackendFailed(name, self._gpu_error))
@@ -298,7 +278,7 @@ class BackendManager:
             self._preparer(provider, identity, planner),
             self.ctx,
             self.policy,
-            weights=functools.partial(self._ensure_weights, provider),
+            weights=functools.partial(self.weights.ensure, provider),
             health_url=engine_health_url(provider),
             served_name=provider.served_names[0] if provider.served_names else None,
             api_key=read_secret(provider.env_var, os.environ) if provider.requires_api_key else None,
@@ -320,70 +300,13 @@ class BackendManager:
 
     async def _await_facts(self, provider: Provider) -> None:
         """Before planning ``provider``: the planning facts of every other backend that should
-        run on the same card (bounded by ``FACTS_WAIT_S``; the hub's metadata, not a download)."""
-        waits = [
-            ev.wait() for n, ev in self._facts_known.items()
-            if n != provider.name and n in self.desired.running and not ev.is_set()
-            and self.has_live_keeper(n)
-            and self._provider_or_none(n) is not None and self._provider(n).gpu == provider.gpu
-        ]
-        if waits:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waits), FACTS_WAIT_S)
-
-    def _provider_or_none(self, name: str) -> Provider | None:
-        return managed_providers(self.config).get(name)
-
-    # -- weights -------------------------------------------------------------------------------
-    async def _ensure_weights(self, provider: Provider) -> None:
-        """The backend's snapshot, local or fetched now (in a daemon thread; progress becomes
-        ``downloading`` events). Each backend fetches its own: nobody waits for another's."""
-        loop = asyncio.get_running_loop()
-        name = provider.name
-
-        def say(detail: str) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed while a download ran on
-                loop.call_soon_threadsafe(self._sink, Downloading(name, detail))
-
-        def progress(ev: DownloadProgress) -> None:
-            say(ev.detail())
-
-        known = self._facts_known.setdefault(name, asyncio.Event())
-
-        def facts(found: PlanFacts | None) -> None:
-            def store() -> None:
-                if found is not None:
-                    self._facts[name] = found
-                known.set()
-
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(store)
-
-        try:
-            snap = await run_in_daemon_thread(self._resolve_weights, provider, say, progress, facts)
-        finally:
-            known.set()  # known or not knowable: nobody waits any longer
-        self._snapshots[name] = snap.path
-        if self._on_weights is not None:
-            self._on_weights(name, snap)
-        log.info("weights.ready", backend=name, repo=snap.repo, commit=snap.commit)
-
-    def _resolve_weights(
-        self,
-        provider: Provider,
-        say: Callable[[str], None],
-        progress: Callable[[DownloadProgress], None],
-        facts: Callable[[PlanFacts | None], None],
-    ) -> Snapshot:
-        local = WeightsContext.from_config(self.config).local(provider)  # no hub needed
-        if local is not None:
-            facts(None)
-            return local
-        with self._hub() as endpoint:
-            weights = WeightsContext.from_config(self.config, endpoint=endpoint)
-            say(f"fetching {provider.hf_repo}")
-            facts(_plan_facts(weights, provider))
-            return weights.resolve(provider, progress=progress)
+        run on the same card (bounded; the hub's metadata, not a download)."""
+        managed = managed_providers(self.config)
+        await self.weights.await_facts([
+            n for n, p in managed.items()
+            if n != provider.name and n in self.desired.running and self.has_live_keeper(n)
+            and p.gpu == provider.gpu
+        ])
 
     async def stop_keeper(self, name: str) -> None:
         """Stop ``name``'s keeper and engine under its card's lease (no drain: a reload's stop)."""
@@ -414,7 +337,7 @@ class BackendManager:
         return uuid
 
     async def ensure_weights(self, name: str) -> None:
-        await self._ensure_weights(self._provider(name))
+        await self.weights.ensure(self._provider(name))
 
     async def fit(
         self, name: str, gone: frozenset[str] = frozenset(),
@@ -500,9 +423,7 @@ class BackendManager:
         return self._identity.get(name)
 
     def weights_bytes(self, name: str) -> int | None:
-        """The size of ``name``'s weights on disk (None when its snapshot is not known here)."""
-        snap = self._snapshots.get(name)
-        return weights_bytes(snap) if snap is not None else None
+        return self.weights.bytes_of(name)
 
     async def wake_needs_bytes(self, name: str) -> int | None:
         """What waking ``name`` takes on top of what it holds asleep: its slice of the card."""
@@ -566,15 +487,3 @@ class BackendManager:
         log.info("manager.stopped", backends=list(self.keepers))
         self.keepers.clear()
 
-
-def _plan_facts(weights: WeightsContext, provider: Provider) -> PlanFacts | None:
-    """The hub's word on a model before its download: dimensions and weights' size (None when
-    the hub cannot say; the download that follows reports why)."""
-    try:
-        plan = weights.plan(provider)
-        if plan.model_config is None:
-            return None
-        return PlanFacts(model_dims(plan.model_config), weights.tensor_bytes(provider, plan.commit))
-    except Exception as exc:  # noqa: BLE001 - only a planning hint: the download will say more
-        log.info("weights.facts_unknown", backend=provider.name, error=type(exc).__name__)
-        return None

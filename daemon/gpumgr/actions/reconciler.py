@@ -18,7 +18,6 @@ previous state when it is still intact, else to the target, never to nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -346,7 +345,6 @@ class Reconciler:
         an earlier daemon left, finish or undo an operation it was killed in, stop what nobody
         wants, and launch a keeper for every backend that should run. Returns without waiting
         for starts (weights and engines come up in their keepers)."""
-        manager = self.manager
         async with self.turn("boot adoption"):
             self.mutation = Mutation("boot adoption", time.time())
             try:
