@@ -95,6 +95,16 @@ class ControlClient:
             raise self._refused(response)
         return dict(response.json())
 
+    def get_json(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        """GET ``path``; its JSON object (a refusal raised as for the other calls)."""
+        try:
+            response = self._client.get(path, params=params)
+        except (httpx2.TransportError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        if response.status_code != 200:
+            raise self._refused(response)
+        return dict(response.json())
+
     def lines(self, path: str, params: dict[str, Any]) -> Iterator[str]:
         try:
             with self._client.stream("GET", path, params=params) as response:
