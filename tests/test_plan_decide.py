@@ -97,7 +97,7 @@ def _vllm_start_checks(s: dict, d: Decision) -> None:  # type: ignore[type-arg]
         free -= math.ceil(gpu.memory_total_bytes * inst.fraction)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(scene())
 def test_a_refusal_exactly_when_no_feasible_plan_and_never_a_plan_vllm_would_refuse(s: dict) -> None:  # type: ignore[type-arg]
     d = _decide(s)
@@ -115,7 +115,7 @@ def test_a_refusal_exactly_when_no_feasible_plan_and_never_a_plan_vllm_would_ref
             assert fix in d.refusal.message or any(fix in p.fixes for p in d.considered.problems)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(scene())
 def test_only_the_models_the_policy_allows_are_unloaded(s: dict) -> None:  # type: ignore[type-arg]
     d = _decide(s)
@@ -131,7 +131,7 @@ def test_only_the_models_the_policy_allows_are_unloaded(s: dict) -> None:  # typ
         assert not _decide(s, room=never).ok
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(scene(), st.sampled_from(["no_kv_cache", "kv_too_small", "cuda_oom",
                                  "free_memory_at_start", None]),
        st.integers(5, 95))
@@ -148,7 +148,7 @@ def test_after_an_out_of_memory_exit_only_a_slice_the_table_allows(
         assert d.refusal is not None and "out of memory with --gpu-memory-utilization" in d.refusal.message
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(scene())
 def test_a_wake_is_refused_exactly_when_its_slice_would_not_be_free(s: dict) -> None:  # type: ignore[type-arg]
     if not s["running"]:

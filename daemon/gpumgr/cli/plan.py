@@ -76,8 +76,8 @@ def daemon_document(cfg: Config, names: tuple[str, ...]) -> dict[str, Any] | str
     socket = cfg.paths.control_socket
     try:
         doc = ControlClient(socket).get_json("/v1/control/plan", {"name": list(names)})
-    except DaemonUnavailable:
-        return f"local: no daemon at {socket}"
+    except DaemonUnavailable as exc:
+        return f"local: no daemon at {socket}" if not socket.exists() else f"local: {exc}"
     if bool(doc.get("simulated")) != cfg.simulate:
         how = "simulated" if doc.get("simulated") else "real"
         return f"local: the daemon at {socket} plans {how} GPUs"
