@@ -198,7 +198,7 @@ class LaunchPlanner:
         names = {p.name for p in providers}
         together = [p for p in view.providers if p.gpu == first.gpu and p.name not in gone]
         together += [p for p in providers if p.name not in {q.name for q in together}]
-        if ollama is None and self.ollama is not None:
+        if ollama is None and self.ollama is not None and not wake:  # a wake unloads nothing
             ollama = self.ollama.loaded()
         after_oom = (
             AfterOom(hint.after_oom_fraction, hint.oom_kind)
