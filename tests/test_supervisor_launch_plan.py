@@ -235,3 +235,53 @@ def test_the_fit_check_before_a_swap_agrees_with_the_start_and_unloads_nothing(
     plan = b.planner(policy).fit(b.providers[1], b.view())
     assert plan.feasible is (policy != "never")
     assert b.loaded() == ["llama3.1:latest"]  # the check unloaded nothing
+
+
+@pytest.mark.parametrize(("policy", "evict", "unloads"), [
+    ("unload_idle", None, True), ("never", None, False), ("never", True, True),
+    ("unload_idle", False, False),
+])
+def test_decide_names_the_ollama_models_the_start_will_unload_and_unloads_none(
+    ollama_box: OllamaBox, policy: str, evict: bool | None, unloads: bool
+) -> None:
+    """``LaunchPlanner.decide`` is the check: it names what the start would unload (the policy,
+    or ``--evict-ollama`` over it) and touches nothing; a refusal names the model as the fix."""
+    b = ollama_box
+    d = b.planner(policy).decide(b.providers[1], b.view(), evict=evict)
+    assert b.loaded() == ["llama3.1:latest"]
+    if unloads:
+        assert d.ok and [m.name for m in d.unload] == ["llama3.1:latest"]
+        assert d.plan is not None and d.plan.instance("qwen-14b").fraction > 0.6
+    else:
+        assert d.refusal is not None and d.unload == ()
+        assert "unload Ollama model llama3.1:latest" in d.refusal.message
+
+
+def test_decide_for_a_wake_wants_the_sleepers_slice_back_once_the_others_leave(
+    tmp_path: Path,
+) -> None:
+    """A sleeper (0.6 of the card, holding its CUDA context) beside an engine holding 8 GiB:
+    refused now, allowed once that engine stops, as the swap into a sleeper asks."""
+    state = SimGpuState(tmp_path / "sim-gpu.json")
+    spec = SimGpuSpec(index=0, uuid=sim_uuid(0))
+    state.ensure([spec])
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+             for _ in range(2)]
+    try:
+        state.allocate(procs[0].pid, sim_uuid(0), 500, "vllm")
+        state.allocate(procs[1].pid, sim_uuid(0), 8192, "vllm")
+        sleeper = Provider(name="sleeper", type="vllm", base_url="http://127.0.0.1:8002",
+                           models=[{"name": "s"}])
+        planner = LaunchPlanner(settings=Settings(), inventory=SimulatedBackend(state, [spec]),
+                                command=SIM_COMMAND, base_env={})
+        v = view([], {}, managed={procs[0].pid: "sleeper", procs[1].pid: "old"},
+                 running={"sleeper": 0.6, "old": 0.5})
+        now = planner.decide(sleeper, v, wake=True)
+        assert now.refusal is not None
+        assert now.refusal.message.startswith("sleeper cannot wake: it needs 9830 MiB more")
+        once = planner.decide(sleeper, v, wake=True, gone=frozenset({"old"}))
+        assert once.ok and once.plan is None and once.unload == ()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

@@ -46,7 +46,7 @@ class OllamaRoom:
     def loaded(self) -> list[OllamaModel] | None:
         """Every loaded model with its ``size_vram``; None when no Ollama answers."""
         found: list[OllamaModel] | None = None
-        self._where = {}
+        where: dict[str, str] = {}
         for url in self.base_urls:
             try:
                 r = httpx2.get(f"{url}/api/ps", timeout=self.timeout_s)
@@ -57,7 +57,10 @@ class OllamaRoom:
             found = found or []
             for m in loaded_models(body):
                 found.append(OllamaModel(m.name, m.size_vram_bytes))
-                self._where[m.name] = url
+                where[m.name] = url
+        # replaced whole, never emptied in place: a read-only caller (``gpumgr plan`` through
+        # the daemon) reading at the same time as a start's unload cannot blank its lookup
+        self._where = where
         return found
 
     def unload(self, models: Sequence[OllamaModel], reason: str) -> list[str]:

@@ -13,7 +13,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -22,7 +22,7 @@ from gpumgr.config.registry import Provider
 from gpumgr.config.settings import Settings
 from gpumgr.engines.vllm import GpuFacts, VllmLaunch, build_vllm_launch
 from gpumgr.errors import PlanInfeasible
-from gpumgr.gpu import MIB, OWNER_OLLAMA, GpuBackend, GpuInfo, GpuProcess
+from gpumgr.gpu import MIB, GpuBackend, GpuInfo
 from gpumgr.gpu.attribution import attribute
 from gpumgr.modelfiles import ModelDims, read_model_dims, weights_bytes
 from gpumgr.plan import (
@@ -31,10 +31,8 @@ from gpumgr.plan import (
     OllamaModel,
     PlannerConstants,
     VramPlan,
-    plan_slices,
-    ollama_unload_set,
-    request_for_gpu,
 )
+from gpumgr.plan.decide import AfterOom, Decision, Eviction, Room, decide, without_owners
 from gpumgr.plan.provider import instance_request
 
 from .ollama_room import OllamaRoom
@@ -143,29 +141,18 @@ class LaunchPlanner:
             snapshot_weights_bytes=weights_bytes(snap),
         )
 
-    def _plan(
-        self,
-        gpu: GpuInfo,
-        providers: Sequence[Provider],
-        starting: str,
-        view: PlanView,
-        ollama_models: Sequence[OllamaModel] | None = None,
-    ) -> VramPlan:
-        running = view.running_fractions
-        requests = [
-            replace(r, pinned_fraction=running[r.provider])
-            if r.provider != starting and r.provider in running
-            else r
-            for r in (self._request(p, view) for p in providers)
-        ]
-        return plan_slices(
-            request_for_gpu(
-                gpu,
-                requests,
-                reserve_bytes=self.settings.gpu.reserve_mib * MIB,
-                ollama_models=ollama_models,
-                ollama_reservation_bytes=self.settings.ollama.reservation_mib * MIB,
-            )
+    def room(self, evict: bool | None = None) -> Room:
+        """The settings a decision uses; ``evict`` True lets Ollama models be unloaded even
+        under ``ollama.eviction: never`` (``gpumgr start --evict-ollama``), False forbids it."""
+        policy: Eviction = self.settings.ollama.eviction
+        if evict is True and policy == "never":
+            policy = "unload_idle"
+        elif evict is False:
+            policy = "never"
+        return Room(
+            reserve_bytes=self.settings.gpu.reserve_mib * MIB,
+            ollama_reservation_bytes=self.settings.ollama.reservation_mib * MIB,
+            eviction=policy,
         )
 
     def read_gpu(self, index: int, view: PlanView) -> GpuInfo:
@@ -173,26 +160,62 @@ class LaunchPlanner:
         inv = attribute(self.inventory.read().require(), managed, managed)
         return inv.gpu(index)
 
-    def _plan_with_room(
-        self, provider: Provider, together: Sequence[Provider], view: PlanView
-    ) -> tuple[GpuInfo, VramPlan]:
-        """The plan on the GPU as it is, after unloading Ollama models if the policy allows
-        and the plan needs it (see ``gpumgr.actions.ollama_room``)."""
-        gpu = self.read_gpu(provider.gpu, view)
-        policy = self.settings.ollama.eviction
-        loaded = self.ollama.loaded() if self.ollama else None
-        if self.ollama and loaded and policy == "unload_all":
-            gpu = self._unload_and_wait(provider, gpu, loaded, view)
-            loaded = self.ollama.loaded()
-        plan = self._plan(gpu, together, provider.name, view, loaded)
-        if plan.feasible or not (self.ollama and loaded) or policy == "never":
-            return gpu, plan
-        shortfall = max(p.shortfall_bytes for p in plan.problems)
-        victims = ollama_unload_set(plan.request, shortfall)
-        if not victims:
-            return gpu, plan
-        gpu = self._unload_and_wait(provider, gpu, victims, view)
-        return gpu, self._plan(gpu, together, provider.name, view, self.ollama.loaded())
+    def decide(
+        self,
+        provider: Provider,
+        view: PlanView,
+        *,
+        gone: frozenset[str] = frozenset(),
+        residual: Mapping[str, int] | None = None,
+        wake: bool = False,
+        evict: bool | None = None,
+        hint: PrepareHint | None = None,
+    ) -> Decision:
+        """May ``provider`` start (or, ``wake``, its sleeping engine wake) now, the backends in
+        ``gone`` having left first (asleep ones keeping ``residual`` bytes)? Reads the card,
+        Ollama's loaded models and the model files; changes nothing (blocking: run it in a
+        thread). After an out-of-memory exit ``hint`` says which slices are refused."""
+        return self.decide_set([provider], view, gone=gone, residual=residual, wake=wake,
+                               evict=evict, hint=hint)
+
+    def decide_set(
+        self,
+        providers: Sequence[Provider],
+        view: PlanView,
+        *,
+        gone: frozenset[str] = frozenset(),
+        residual: Mapping[str, int] | None = None,
+        wake: bool = False,
+        evict: bool | None = None,
+        hint: PrepareHint | None = None,
+        gpu: GpuInfo | None = None,
+        ollama: Sequence[OllamaModel] | None = None,
+    ) -> Decision:
+        """``decide`` for providers of one card started together (``gpumgr plan``); ``gpu`` and
+        ``ollama`` when the caller has already read them."""
+        first = providers[0]
+        card = gpu if gpu is not None else self.read_gpu(first.gpu, view)
+        names = {p.name for p in providers}
+        together = [p for p in view.providers if p.gpu == first.gpu and p.name not in gone]
+        together += [p for p in providers if p.name not in {q.name for q in together}]
+        if ollama is None and self.ollama is not None and not wake:  # a wake unloads nothing
+            ollama = self.ollama.loaded()
+        after_oom = (
+            AfterOom(hint.after_oom_fraction, hint.oom_kind)
+            if hint is not None and hint.after_oom_fraction is not None else None
+        )
+        return decide(
+            card,
+            [] if wake else [self._request(p, view) for p in together],
+            names,
+            room=self.room(evict),
+            running_fractions=view.running_fractions,
+            gone=gone,
+            residual=residual,
+            ollama=ollama,
+            wake=wake,
+            after_oom=after_oom,
+        )
 
     def _unload_and_wait(
         self, provider: Provider, gpu: GpuInfo, models: Sequence[OllamaModel], view: PlanView
@@ -213,57 +236,29 @@ class LaunchPlanner:
             time.sleep(0.1)
 
     def plan_for(
-        self, provider: Provider, hint: PrepareHint, view: PlanView
+        self, provider: Provider, hint: PrepareHint, view: PlanView, evict: bool | None = None
     ) -> tuple[GpuInfo, VramPlan]:
-        """The plan that decides ``provider``'s slice now (see the module doc). After an
-        out-of-memory exit, a slice that would repeat it is refused: the joint plan first, then
-        the provider alone on what is free now, else ``PlanInfeasible``."""
-        together = [p for p in view.providers if p.gpu == provider.gpu]
-        if provider.name not in {p.name for p in together}:
-            together.append(provider)
-        gpu, plan = self._plan_with_room(provider, together, view)
-        if hint.after_oom_fraction is None:
-            if not plan.feasible:
-                raise PlanInfeasible("; ".join(p.message for p in plan.problems))
-            return gpu, plan
-        if plan.feasible and not hint.refuses(plan.instance(provider.name).fraction):
-            return gpu, plan
-        alone = self._plan(gpu, [provider], provider.name, view)
-        if alone.feasible and not hint.refuses(alone.instance(provider.name).fraction):
-            return gpu, alone
-        why = "; ".join(p.message for p in (alone.problems or plan.problems))
-        way = "larger" if hint.needs_larger else "smaller"
-        raise PlanInfeasible(
-            f"{provider.name}: out of memory with --gpu-memory-utilization "
-            f"{hint.after_oom_fraction:g} and no {way} slice fits"
-            + (f" ({why})" if why else "")
-        )
+        """The plan that decides ``provider``'s slice now: ``decide`` on the card as it is; the
+        Ollama models it names are unloaded (announced first) and the card read again, then
+        ``decide`` once more on what really came back (unloading nothing further). A refusal
+        is ``PlanInfeasible`` with the decision's one line."""
+        gpu = self.read_gpu(provider.gpu, view)
+        decision = self.decide_set([provider], view, hint=hint, evict=evict, gpu=gpu)
+        if decision.unload and self.ollama is not None:
+            gpu = self._unload_and_wait(provider, gpu, decision.unload, view)
+            decision = self.decide_set([provider], view, hint=hint, evict=False, gpu=gpu)
+        if decision.refusal is not None or decision.plan is None:
+            raise PlanInfeasible(decision.refusal.message if decision.refusal else "no plan")
+        return gpu, decision.plan
 
     def fit(
         self, provider: Provider, view: PlanView, gone: frozenset[str] = frozenset(),
         residual: Mapping[str, int] | None = None,
     ) -> VramPlan:
-        """Would ``provider`` fit now, with the backends in ``gone`` stopped (or asleep, still
-        holding ``residual`` bytes: their CUDA context) and their memory back? The engines that
-        stay keep their running slices. Changes nothing: when ``ollama.eviction`` would unload
-        Ollama models at the start, the plan is made as if they were unloaded (the start that
-        follows does it), so the check and the start agree."""
-        gpu = without_owners(self.read_gpu(provider.gpu, view), gone, residual or {})
-        together = [p for p in view.providers if p.gpu == provider.gpu and p.name not in gone]
-        if provider.name not in {p.name for p in together}:
-            together.append(provider)
-        loaded = self.ollama.loaded() if self.ollama else None
-        policy = self.settings.ollama.eviction
-        if loaded and policy == "unload_all":
-            return self._plan(_after_unload(gpu, loaded), together, provider.name, view, [])
-        plan = self._plan(gpu, together, provider.name, view, loaded)
-        if plan.feasible or not loaded or policy == "never":
-            return plan
-        victims = ollama_unload_set(plan.request, max(p.shortfall_bytes for p in plan.problems))
-        if not victims:
-            return plan
-        left = [m for m in loaded if m not in victims]
-        return self._plan(_after_unload(gpu, victims), together, provider.name, view, left)
+        """Deprecated (use ``decide``): the plan weighed for ``provider``, feasible or not."""
+        considered = self.decide(provider, view, gone=gone, residual=residual).considered
+        assert considered is not None  # not a wake: a plan is always weighed
+        return considered
 
     def launch_spec(self, provider: Provider, hint: PrepareHint, view: PlanView) -> LaunchSpec:
         gpu, plan = self.plan_for(provider, hint, view)
@@ -303,47 +298,5 @@ class LaunchPlanner:
         return prepare
 
 
-def without_owners(gpu: GpuInfo, owners: frozenset[str], residual: Mapping[str, int]) -> GpuInfo:
-    """``gpu`` as it will be once the processes of ``owners`` are gone (or asleep, keeping
-    ``residual[owner]`` bytes) and the rest of their memory back."""
-    if not owners:
-        return gpu
-    kept: list[GpuProcess] = []
-    leaving = 0
-    for p in gpu.processes:
-        if p.owner not in owners:
-            kept.append(p)
-            continue
-        stays = min(residual.get(p.owner, 0), p.used_bytes or 0)
-        leaving += (p.used_bytes or 0) - stays
-        if stays:
-            kept.append(replace(p, used_bytes=stays))
-            residual = {**residual, p.owner: 0}  # one residual per owner
-    return replace(
-        gpu,
-        processes=tuple(kept),
-        memory_free_bytes=gpu.memory_free_bytes + leaving,
-        memory_used_bytes=max(0, gpu.memory_used_bytes - leaving),
-    )
-
-
-def _after_unload(gpu: GpuInfo, models: Sequence[OllamaModel]) -> GpuInfo:
-    """``gpu`` as it will be once Ollama unloaded ``models`` (their VRAM back, taken off what
-    Ollama's processes hold)."""
-    freed = sum(m.vram_bytes for m in models)
-    left = freed
-    processes: list[GpuProcess] = []
-    for p in gpu.processes:
-        if p.owner == OWNER_OLLAMA and left > 0 and p.used_bytes:
-            take = min(left, p.used_bytes)
-            left -= take
-            if p.used_bytes - take:
-                processes.append(replace(p, used_bytes=p.used_bytes - take))
-            continue
-        processes.append(p)
-    return replace(
-        gpu,
-        processes=tuple(processes),
-        memory_free_bytes=gpu.memory_free_bytes + freed,
-        memory_used_bytes=max(0, gpu.memory_used_bytes - freed),
-    )
+__all__ = ["LaunchPlanner", "PlanFacts", "PlanView", "engine_health_url", "launch_for_budget",
+           "without_owners"]

@@ -23,6 +23,7 @@ import structlog
 
 from gpumgr.engines.vllm_log import OomFinding, OomKind
 from gpumgr.errors import BackendUnavailable
+from gpumgr.plan.oom import Move, allows, rule_for
 from gpumgr.supervisor import process
 from gpumgr.supervisor.events import ChildReady, ChildStarted, EventSink
 from gpumgr.supervisor.logs import last_error, log_path, rotate_before_start, tail_lines
@@ -73,21 +74,16 @@ class PrepareHint:
 
     @property
     def needs_larger(self) -> bool:
-        return self.oom_kind in (OomKind.NO_KV_CACHE, OomKind.KV_TOO_SMALL)
+        return rule_for(self.oom_kind).move is Move.LARGER
 
     @property
     def needs_smaller(self) -> bool:
         return self.after_oom_fraction is not None and not self.needs_larger
 
     def refuses(self, fraction: float) -> bool:
-        """True when ``fraction`` would repeat the failure this hint remembers."""
-        if self.after_oom_fraction is None:
-            return False
-        if self.needs_larger:
-            return fraction <= self.after_oom_fraction
-        if self.needs_smaller:
-            return fraction >= self.after_oom_fraction
-        return False
+        """True when ``fraction`` would repeat the failure this hint remembers (the one
+        out-of-memory table, ``gpumgr.plan.oom``)."""
+        return not allows(self.oom_kind, self.after_oom_fraction, fraction)
 
 
 Prepare = Callable[[PrepareHint], Awaitable[LaunchSpec]]

@@ -1,4 +1,4 @@
-"""The control endpoints: start, stop, restart, swap, reload, logs.
+"""The control endpoints: start, stop, restart, swap, reload, logs, and the read-only plan.
 
 They are added to the status app served on the unix socket ``<runtime_dir>/gpumgr.sock`` (mode
 0660: the socket's permissions say who may control gpumgr) and, only when a bearer token is
@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gpumgr.actions.names import AmbiguousName, NotManaged, UnknownName
 from gpumgr.actions.operator import Busy, OperationFailed, Operator, Outcome
-from gpumgr.errors import GpumgrError
+from gpumgr.actions.plan_report import daemon_plan
+from gpumgr.errors import GpumgrError, InputError
 from gpumgr.logs import redact_text
 from gpumgr.supervisor.logs import log_path, tail_lines
 
@@ -201,6 +202,16 @@ def add_control_routes(
             raise HTTPException(400, "the configuration is invalid; nothing changed:\n"
                                 + "\n".join(outcome.errors))
         return {"ok": True, **vars(outcome.report), "warnings": outcome.warnings}
+
+    @router.get("/plan")
+    async def plan(name: list[str] = Query(default=[])) -> dict[str, Any]:
+        """``gpumgr plan``'s answer from the live view; reads only (no slot taken, no unload)."""
+        try:
+            return await daemon_plan(operator.manager, name[:64])
+        except InputError as exc:
+            raise _refusal(exc) from None
+        except GpumgrError as exc:  # no GPU reading: not the request's fault
+            raise HTTPException(503, redact_text(str(exc))) from None
 
     @router.get("/logs/{name}", response_class=StreamingResponse)
     async def logs(name: str, n: int = Query(default=50, ge=0, le=10000),

@@ -95,6 +95,17 @@ class ControlClient:
             raise self._refused(response)
         return dict(response.json())
 
+    def get_json(self, path: str, params: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
+        """GET ``path``; its JSON object (a refusal raised as for the other calls; a daemon
+        that does not answer within ``timeout_s`` counts as unavailable)."""
+        try:
+            response = self._client.get(path, params=params, timeout=timeout_s)
+        except (httpx2.TransportError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        if response.status_code != 200:
+            raise self._refused(response)
+        return dict(response.json())
+
     def lines(self, path: str, params: dict[str, Any]) -> Iterator[str]:
         try:
             with self._client.stream("GET", path, params=params) as response:

@@ -1,21 +1,25 @@
 """``gpumgr plan [--json] [--simulate] [PROVIDER...]``: would these vLLM providers fit now?
 
 Default: the ``active`` vLLM providers; naming providers plans that set instead
-(``gpumgr plan qwen-14b`` answers "would the 14B fit right now?"). Exit 0 when every GPU's
-plan fits, 1 when one does not (the explanation printed, one line on stderr), 2 for bad input.
+(``gpumgr plan qwen-14b`` answers "would the 14B fit right now?"). The running daemon answers
+when one listens on the control socket (it knows its engines, their slices and its snapshots);
+otherwise the CLI decides alone, with the same ``gpumgr.plan.decide``; the output says which.
+Exit 0 when every GPU's plan fits, 1 when one does not (the explanation printed, one line on
+stderr), 2 for bad input.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from gpumgr.actions.plan_report import by_card, plan_document, select_providers
 from gpumgr.cli.common import config_dir_option, emit_json, load_config_from_ctx
+from gpumgr.cli.control import ControlClient
 from gpumgr.cli.plan_inputs import (
     attributed_inventory,
     model_facts,
@@ -24,124 +28,100 @@ from gpumgr.cli.plan_inputs import (
     snapshot_path,
 )
 from gpumgr.config import Config
-from gpumgr.config.registry import Provider, ProviderStatus
-from gpumgr.actions.prepare import launch_for_budget
-from gpumgr.errors import InputError, PlanInfeasible
-from gpumgr.gpu import MIB, GpuInfo
-from gpumgr.plan import (
-    EstimateError,
-    InstanceBudget,
-    InstanceRequest,
-    PlannerConstants,
-    VramPlan,
-    plan_slices,
-    request_for_gpu,
-)
+from gpumgr.config.registry import Provider
+from gpumgr.errors import DaemonUnavailable, InputError, PlanInfeasible
+from gpumgr.plan import EstimateError, InstanceRequest, PlannerConstants
+from gpumgr.plan.decide import Decision, Room, decide
 from gpumgr.plan.provider import instance_request
 from gpumgr.sim import SIM_ENGINE_COMMAND
 
-
-def select_providers(cfg: Config, names: tuple[str, ...]) -> list[Provider]:
-    """The named vLLM providers (bad names: ``InputError``), else the active ones."""
-    if not names:
-        return [
-            p for p in cfg.vllm_providers if p.status is ProviderStatus.ACTIVE
-        ]
-    out: list[Provider] = []
-    for n in names:
-        p = cfg.providers.get(n)
-        if p is None:
-            known = ", ".join(sorted(x.name for x in cfg.vllm_providers))
-            raise InputError(f"unknown provider {n!r} (vLLM providers: {known})")
-        if not p.is_vllm:
-            raise InputError(f"{n} is a {p.type.value} provider; only vLLM providers are planned")
-        if not p.runs_here:
-            raise InputError(f"{n} is {p.status.value}; only active or standby providers run")
-        if p not in out:
-            out.append(p)
-    return out
+__all__ = ["plan", "select_providers"]
 
 
-def launch_argv(provider: Provider, budget: InstanceBudget, gpu: GpuInfo, cfg: Config) -> list[str]:
-    """The exact vLLM argument list the daemon would start for this budget.
-
-    The snapshot path is the downloaded one; before ``gpumgr pull`` it is shown as a placeholder.
-    """
-    snap = snapshot_path(provider, cfg, cfg.simulate) or Path(f"<snapshot of {provider.hf_repo}>")
-    launch = launch_for_budget(
-        provider, budget, gpu, snap, cfg.settings,
-        command=SIM_ENGINE_COMMAND if cfg.simulate else None, base_env={},
+def local_document(cfg: Config, chosen: list[Provider], note: str) -> dict[str, Any]:
+    """Decide without a daemon: owners guessed from listening ports, no running slices known."""
+    simulate = cfg.simulate
+    all_providers = list(cfg.providers.values())
+    inv = attributed_inventory(open_backend(cfg, simulate), all_providers).require()
+    constants = PlannerConstants.from_settings(cfg.settings.planner)
+    loaded = ollama_models(all_providers)
+    room = Room(
+        reserve_bytes=cfg.settings.gpu.reserve_mib * (1 << 20),
+        ollama_reservation_bytes=cfg.settings.ollama.reservation_mib * (1 << 20),
+        eviction=cfg.settings.ollama.eviction,
     )
-    return launch.argv
-
-
-def instance_json(
-    budget: InstanceBudget, provider: Provider, gpu: GpuInfo, cfg: Config
-) -> dict[str, Any]:
-    """One provider's entry in ``plan --json``, with the ``argv`` it would launch."""
-    entry = budget.to_dict()
-    entry.update(
-        {
-            "gpu_index": gpu.index,
-            "gpu_uuid": gpu.uuid,
-            "port": provider.port,
-            "hf_repo": provider.hf_repo,
-            "served_model_name": provider.served_model_name,
-            "served_names": provider.served_names,
-            "argv": launch_argv(provider, budget, gpu, cfg),
-        }
+    decisions: list[Decision] = []
+    for index, on_card in by_card(chosen).items():
+        requests: list[InstanceRequest] = []
+        for p in on_card:
+            dims, snap_bytes, hub_bytes = model_facts(p, cfg, simulate)
+            try:
+                requests.append(instance_request(
+                    p, dims, constants=constants,
+                    snapshot_weights_bytes=snap_bytes, hub_weights_bytes=hub_bytes,
+                ))
+            except EstimateError as exc:
+                raise InputError(f"{p.name}: {exc}") from None
+        decisions.append(
+            decide(inv.gpu(index), requests, {p.name for p in on_card}, room=room, ollama=loaded)
+        )
+    return plan_document(
+        decisions, cfg, snapshot_of=lambda p: snapshot_path(p, cfg, simulate),
+        command=SIM_ENGINE_COMMAND if simulate else None, source="local", note=note,
     )
-    return entry
 
 
-def plan_json(plans: list[tuple[VramPlan, GpuInfo]], cfg: Config) -> dict[str, Any]:
-    out_plans = []
-    for plan, gpu in plans:
-        d = plan.to_dict()
-        d["instances"] = [
-            instance_json(i, cfg.providers[i.provider], gpu, cfg) for i in plan.instances
-        ]
-        out_plans.append(d)
-    return {
-        "feasible": all(p.feasible for p, _ in plans),
-        "simulated": cfg.simulate,
-        "gpus": out_plans,
-    }
+def daemon_document(cfg: Config, names: tuple[str, ...]) -> dict[str, Any] | str:
+    """The running daemon's answer, or why there is none (the note a local answer carries)."""
+    socket = cfg.paths.control_socket
+    try:
+        doc = ControlClient(socket).get_json("/v1/control/plan", {"name": list(names)})
+    except DaemonUnavailable as exc:
+        return f"local: no daemon at {socket}" if not socket.exists() else f"local: {exc}"
+    if bool(doc.get("simulated")) != cfg.simulate:
+        how = "simulated" if doc.get("simulated") else "real"
+        return f"local: the daemon at {socket} plans {how} GPUs"
+    return doc
 
 
-def render_plan(plan: VramPlan, gpu: GpuInfo, console: Console) -> None:
-    r = plan.request
+def render_plan(gpu: dict[str, Any], console: Console) -> None:
+    """One card's plan as a table (from the JSON document, whoever made it)."""
+    extra = gpu["ollama_extra_reserved_mib"]
     console.print(
-        f"GPU {gpu.index} {gpu.name}: {r.total_bytes // MIB} MiB total, "
-        f"{r.free_bytes // MIB} MiB free, reserve {r.reserve_bytes // MIB} MiB, "
-        f"Ollama {r.ollama_held_bytes // MIB} MiB resident"
-        + (f" (+{r.ollama_extra_bytes // MIB} MiB reserved)" if r.ollama_extra_bytes else "")
-        + f", {max(0, r.available_bytes) // MIB} MiB available to the plan"
+        f"GPU {gpu['gpu_index']} {gpu['gpu_name']}: {gpu['memory_total_mib']} MiB total, "
+        f"{gpu['memory_free_mib']} MiB free, reserve {gpu['reserve_mib']} MiB, "
+        f"Ollama {gpu['ollama_resident_mib']} MiB resident"
+        + (f" (+{extra} MiB reserved)" if extra else "")
+        + f", {max(0, gpu['available_mib'])} MiB available to the plan"
     )
+    if gpu["unload_ollama"]:
+        console.print(f"unloads Ollama model(s) first: {', '.join(gpu['unload_ollama'])}")
     t = Table()
     for col in ("#", "provider", "fraction", "budget MiB", "weights MiB",
                 "KV MiB", "KV tokens", "max len", "concurrency"):
         t.add_column(col, justify="left" if col == "provider" else "right")
-    for i in plan.instances:
+    for i in gpu["instances"]:
         t.add_row(
-            str(i.start_index + 1),
-            i.provider,
-            f"{i.fraction:.2f}" + (" (pinned)" if i.pinned else ""),
-            str(i.budget_bytes // MIB),
-            f"{i.estimate.weights_bytes // MIB} ({i.estimate.weights_source})",
-            str(i.kv_cache_bytes // MIB),
-            str(i.kv_tokens),
-            str(i.max_model_len),
-            f"{i.max_concurrency:.2f}x",
+            str(i["start_index"] + 1),
+            i["provider"],
+            f"{i['gpu_memory_utilization']:.2f}" + (" (pinned)" if i["pinned"] else ""),
+            str(i["budget_mib"]),
+            f"{i['weights_bytes'] // (1 << 20)} ({i['weights_source']})",
+            str(i["kv_cache_mib"]),
+            str(i["kv_tokens"]),
+            str(i["max_model_len"]),
+            f"{i['max_concurrency']:.2f}x",
         )
     console.print(t)
-    if plan.feasible:
-        console.print(f"[green]fits[/green]: {max(0, plan.unused_bytes) // MIB} MiB left unused")
-    for p in plan.problems:
-        console.print(f"[red]does not fit[/red]: {p.provider} short by {p.shortfall_mib} MiB")
-        console.print(f"  {p.reason}")
-        for fix in p.fixes:
+    if gpu["feasible"]:
+        console.print(f"[green]fits[/green]: {max(0, gpu['unused_mib'])} MiB left unused")
+    for p in gpu["problems"]:
+        console.print(f"[red]does not fit[/red]: {p['provider']} short by {p['shortfall_mib']} MiB")
+        console.print(f"  {p['reason']}")
+        for fix in p["fixes"]:
             console.print(f"  fix: {fix}")
+    if not gpu["feasible"] and not gpu["problems"] and gpu["refusal"]:
+        console.print(f"[red]does not fit[/red]: {gpu['refusal']}")
 
 
 @click.command("plan")
@@ -156,49 +136,19 @@ def plan(
 ) -> None:
     """Compute each vLLM provider's --gpu-memory-utilization slice for the GPU as it is now."""
     cfg = load_config_from_ctx(ctx, config_dir, simulate=simulate)
-    simulate = cfg.simulate
     chosen = select_providers(cfg, names)
-    all_providers = list(cfg.providers.values())
-    inv = attributed_inventory(open_backend(cfg, simulate), all_providers).require()
-    constants = PlannerConstants.from_settings(cfg.settings.planner)
-    requests: dict[int, list[InstanceRequest]] = {}
-    for p in chosen:
-        dims, snap_bytes, hub_bytes = model_facts(p, cfg, simulate)
-        try:
-            req = instance_request(
-                p, dims, constants=constants,
-                snapshot_weights_bytes=snap_bytes, hub_weights_bytes=hub_bytes,
-            )
-        except EstimateError as exc:
-            raise InputError(f"{p.name}: {exc}") from None
-        requests.setdefault(p.gpu, []).append(req)
-
-    loaded = ollama_models(all_providers)
-    plans: list[tuple[VramPlan, GpuInfo]] = []
-    for index, reqs in sorted(requests.items()):
-        gpu = inv.gpu(index)
-        plans.append(
-            (
-                plan_slices(
-                    request_for_gpu(
-                        gpu,
-                        reqs,
-                        reserve_bytes=cfg.settings.gpu.reserve_mib * MIB,
-                        ollama_models=loaded,
-                        ollama_reservation_bytes=cfg.settings.ollama.reservation_mib * MIB,
-                    )
-                ),
-                gpu,
-            )
-        )
+    answer = daemon_document(cfg, names)
+    doc = answer if isinstance(answer, dict) else local_document(cfg, chosen, answer)
     if as_json:
-        emit_json(plan_json(plans, cfg))
+        emit_json(doc)
     else:
         console = Console(width=None if sys.stdout.isatty() else 120)
-        if not plans:
+        console.print(doc["source_note"])
+        if not doc["gpus"]:
             console.print("nothing to plan: no active vLLM providers (name some to plan them)")
-        for vram_plan, gpu in plans:
-            render_plan(vram_plan, gpu, console)
-    problems = [s for vram_plan, _ in plans for s in vram_plan.problems]
-    if problems:
-        raise PlanInfeasible(problems[0].message)
+        for gpu in doc["gpus"]:
+            render_plan(gpu, console)
+    refusals = [g["refusal"] for g in doc["gpus"] if g["refusal"]]
+    if refusals:
+        problems = [p for g in doc["gpus"] for p in g["problems"]]
+        raise PlanInfeasible(problems[0]["message"] if problems else refusals[0])

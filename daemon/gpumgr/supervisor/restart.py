@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from gpumgr.config.settings import RestartSettings
+from gpumgr.plan.oom import Move, next_move, rule_for
 
 
 class RestartAction(StrEnum):
     RETRY = "retry"
     """Start the same launch again after ``delay_s``."""
     REPLAN = "replan"
-    """Out of memory: never retry the same slice; ask the planner for a smaller one or fail."""
+    """Out of memory: never retry the same slice; ask the planner for one the out-of-memory
+    table (``gpumgr.plan.oom``) allows, or fail."""
     FAIL = "fail"
     """Crash loop: stop trying; the backend goes to ``failed``."""
 
@@ -75,13 +77,17 @@ def decide(
     now_s: float,
     *,
     oom: bool,
+    oom_kind: str | None = None,
+    failed_fraction: float | None = None,
 ) -> RestartDecision:
     """Decide what follows an unexpected exit at ``now_s``.
 
     Every exit counts in the window; more than ``max_crashes`` ends in FAIL. Otherwise an
     ``oom`` exit (recognised from vLLM's messages by the engine module) is never retried blindly
     (the same fraction would fail the same way): the answer is REPLAN, at once. Anything else
-    is RETRY after the backoff.
+    is RETRY after the backoff. With the out-of-memory ``oom_kind`` and the ``failed_fraction``
+    known, the one out-of-memory table (``gpumgr.plan.oom``) may say that no slice is left in
+    the direction that kind calls for: FAIL at once.
     """
     updated = history.recorded(now_s, policy.window_s)
     attempt = len(updated.crash_times_s)
@@ -92,6 +98,12 @@ def decide(
             attempt,
             updated,
             f"{attempt} crashes within {policy.window_s:g}s (limit {policy.max_crashes})",
+        )
+    if oom and failed_fraction is not None and next_move(oom_kind, failed_fraction) is Move.GIVE_UP:
+        way = rule_for(oom_kind).move.value
+        return RestartDecision(
+            RestartAction.FAIL, 0.0, attempt, updated,
+            f"out of memory with --gpu-memory-utilization {failed_fraction:g}; no {way} slice exists",
         )
     if oom:
         return RestartDecision(
