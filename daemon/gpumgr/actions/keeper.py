@@ -258,7 +258,8 @@ class BackendKeeper:
                 err = self.last_error if self.last_error.startswith("unresponsive") else ""
                 err = self._ctx.last_error(lines) or err
             fraction = self.spec.fraction if self.spec else None
-            delay_s, history = self._after_exit(history, pid, returncode, oom is not None, err)
+            delay_s, history = self._after_exit(history, pid, returncode, oom is not None, err,
+                                                oom.kind if oom is not None else None, fraction)
             if child is not None:
                 await self._clean_up(child)
             self.child = child = None
@@ -504,6 +505,8 @@ class BackendKeeper:
         returncode: int | None,
         oom: bool,
         err: str,
+        oom_kind: str | None = None,
+        fraction: float | None = None,
     ) -> tuple[float | None, CrashHistory]:
         """Report the exit and the policy's answer in the same tick (so the status shows one
         change: the new state with no pid and the restart counted), then return (delay before
@@ -511,7 +514,8 @@ class BackendKeeper:
         if pid is not None:
             self._ctx.sink(ChildExited(self.backend, pid, returncode, oom, err))
         self.last_error = err
-        decision = decide(self._policy, history, self._clock(), oom=oom)
+        decision = decide(self._policy, history, self._clock(), oom=oom, oom_kind=oom_kind,
+                          failed_fraction=fraction)
         if decision.action is RestartAction.FAIL:
             self._fail(f"{decision.reason}; last error: {err}" if err else decision.reason)
             return None, decision.history

@@ -26,7 +26,6 @@ from gpumgr.errors import GpuUnavailable
 from gpumgr.gpu import MIB, GpuBackend, GpuInventory
 from gpumgr.health.machine import BackendHealth
 from gpumgr.supervisor import process
-from gpumgr.plan import VramPlan
 from gpumgr.secrets import read_secret
 from gpumgr.supervisor.events import BackendFailed, EventSink, OllamaEvicted
 from gpumgr.supervisor.logs import log_path, tail_lines
@@ -38,7 +37,7 @@ from .desired import DesiredState, DesiredStore, Identity, launch_identity, mana
 from .keeper import BackendKeeper, FirstAttempt
 from .lease import GpuLease, GpuLocks
 from .ollama_room import OllamaRoom
-from .prepare import LaunchPlanner, PlanView, engine_health_url, without_owners
+from .prepare import LaunchPlanner, PlanView, engine_health_url
 from .weights import BackendWeights, HubEndpoint, WeightsHook, default_hub
 from .start import LaunchSpec, Prepare, PrepareHint, StartContext, StartTiming
 from .startup_times import StartupTimes
@@ -339,16 +338,6 @@ class BackendManager:
     async def ensure_weights(self, name: str) -> None:
         await self.weights.ensure(self._provider(name))
 
-    async def fit(
-        self, name: str, gone: frozenset[str] = frozenset(),
-        residual: Mapping[str, int] | None = None,
-    ) -> VramPlan:
-        """The plan ``name`` would start with now, the backends in ``gone`` stopped (or asleep,
-        keeping ``residual`` bytes) first."""
-        return await asyncio.to_thread(
-            self.planner.fit, self._provider(name), self.plan_view(), gone, residual
-        )
-
     async def start_under(
         self, name: str, lease: GpuLease, timeout_s: float | None = None,
         planner: LaunchPlanner | None = None,
@@ -424,30 +413,6 @@ class BackendManager:
 
     def weights_bytes(self, name: str) -> int | None:
         return self.weights.bytes_of(name)
-
-    async def wake_needs_bytes(self, name: str) -> int | None:
-        """What waking ``name`` takes on top of what it holds asleep: its slice of the card."""
-        keeper = self.keepers.get(name)
-        fraction = keeper.running_fraction if keeper is not None else None
-        inv = await asyncio.to_thread(self._inventory.read)
-        if fraction is None or not inv.available:
-            return None
-        gpu = next((g for g in inv.gpus if g.uuid == keeper.gpu_uuid), None) if keeper else None
-        return int(fraction * gpu.memory_total_bytes) if gpu is not None else None
-
-    async def free_bytes_after(
-        self, name: str, gone: frozenset[str], residual: Mapping[str, int]
-    ) -> int:
-        """Free bytes on ``name``'s card once the backends in ``gone`` left (keeping ``residual``)."""
-        view = self.plan_view()
-        provider = self._provider(name)
-
-        def read() -> int:
-            gpu = without_owners(self.planner.read_gpu(provider.gpu, view), gone, residual)
-            reserve = self.config.settings.gpu.reserve_mib * MIB
-            return gpu.memory_free_bytes - reserve
-
-        return await asyncio.to_thread(read)
 
     async def free_bytes(self, name: str) -> int:
         """Free bytes on ``name``'s card now (0 when the card cannot be read)."""

@@ -87,32 +87,20 @@ class Operator:
         ollama = OllamaSettings(**{**settings.ollama.model_dump(), "eviction": "unload_idle"})
         return replace(manager.planner, settings=settings.model_copy(update={"ollama": ollama}))
 
-    async def _check_fits(self, name: str, planner: LaunchPlanner | None = None,
+    async def _check_fits(self, name: str, *, evict: bool = False,
                           gone: frozenset[str] = frozenset(),
-                          residual: Mapping[str, int] | None = None, context: str = "") -> None:
-        """Refuse now when ``name`` cannot start (the plan counts what the eviction policy would
-        unload from Ollama, and ``gone`` leaving first)."""
+                          residual: Mapping[str, int] | None = None, wake: bool = False) -> None:
+        """Refuse now, before anything is written or touched, when ``name`` cannot start (or,
+        ``wake``, its sleeper cannot wake) once ``gone`` left the card (asleep ones keeping their
+        ``residual`` bytes): the one fit decision (``plan.decide``), which counts the Ollama
+        models the eviction policy would unload."""
         manager = self.manager
-        view = manager.plan_view()
-        plan = await asyncio.to_thread((planner or manager.planner).fit, manager.provider(name),
-                                       view, gone, residual)
-        if not plan.feasible:
-            why = "; ".join(p.message for p in plan.problems)
-            raise PlanInfeasible(f"{name} does not fit{context}: {why}" if context else why)
-
-    async def _check_wake_fits(self, name: str, gone: frozenset[str],
-                               residual: Mapping[str, int]) -> None:
-        """A sleeper needs its whole slice back: refuse before touching anything otherwise.
-        ``gone`` leave the card first (asleep ones keeping their ``residual`` bytes)."""
-        manager = self.manager
-        needed = await manager.wake_needs_bytes(name)
-        free = await manager.free_bytes_after(name, gone, dict(residual))
-        if needed is not None and free < needed:
-            how = "sleeps" if residual else "stops"
-            raise PlanInfeasible(
-                f"{name} cannot wake: it needs {needed // MIB} MiB more, "
-                f"{free // MIB} MiB would be free" + (f" once {', '.join(gone)} {how}" if gone else "")
-            )
+        decision = await asyncio.to_thread(
+            manager.planner.decide, manager.provider(name), manager.plan_view(),
+            gone=gone, residual=residual, wake=wake, evict=True if evict else None,
+        )
+        if decision.refusal is not None:
+            raise PlanInfeasible(decision.refusal.message)
 
     async def _weights(self, name: str, progress: Progress) -> None:
         progress(f"checking {name}'s weights…")
@@ -145,7 +133,7 @@ class Operator:
             planner = self._planner(evict_ollama)
             await self._weights(name, progress)
             try:
-                await self._check_fits(name, planner)
+                await self._check_fits(name, evict=evict_ollama)
             finally:
                 r.settle([name])
             steps = await r.apply(f"start {name}", r.target(name), [name], progress,
@@ -193,7 +181,7 @@ class Operator:
         async with r.mutating(f"wake {name}"):
             if not self.manager.asleep(name):
                 raise OperationFailed(f"{name} is not asleep")
-            await self._check_wake_fits(name, frozenset(), {})
+            await self._check_fits(name, wake=True)
             steps = await r.apply(f"wake {name}", r.target(name), [name], progress)
             return Outcome(f"{name} awake", {"wake": steps.timings_s.get("wake", 0.0)})
 
@@ -215,15 +203,13 @@ class Operator:
             same_port = manager.provider(old).port == manager.provider(new).port
             sleeping = self._sleeps(old) and not same_port
             residual = {old: self._residual_bytes()} if sleeping else {}
-            how = "sleeps" if sleeping else "is stopped"
             beside = False
             if waking:
-                await self._check_wake_fits(new, frozenset({old}), residual)
+                await self._check_fits(new, wake=True, gone=frozenset({old}), residual=residual)
             else:
                 await self._weights(new, progress)
                 try:
-                    await self._check_fits(new, gone=frozenset({old}), residual=residual,
-                                           context=f" even once {old} {how}")
+                    await self._check_fits(new, gone=frozenset({old}), residual=residual)
                     beside = not same_port and manager.gpu_uuid_of(old) == manager.gpu_uuid_of(new)
                     if beside:
                         try:
