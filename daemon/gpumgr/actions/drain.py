@@ -10,18 +10,17 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx2
 import structlog
 
-from gpumgr.engines.vllm_probe import parse_metrics
+from gpumgr.engines.vllm_client import EngineClient
 
 log = structlog.get_logger(__name__)
 
 DRAIN_POLL_S = 0.1
 
 
-async def wait_idle(metrics_url: str, timeout_s: float, poll_s: float = DRAIN_POLL_S) -> int:
-    """Poll ``metrics_url`` until the requests in flight when the drain began have finished;
+async def wait_idle(engine: EngineClient, timeout_s: float, poll_s: float = DRAIN_POLL_S) -> int:
+    """Poll the engine's ``/metrics`` until the requests in flight when the drain began have finished;
     the requests still in flight when it returned (0: drained; -1: the engine did not say).
 
     Done when nothing runs or waits, or, with a client that keeps sending straight to the port
@@ -33,23 +32,18 @@ async def wait_idle(metrics_url: str, timeout_s: float, poll_s: float = DRAIN_PO
     in_flight = -1
     target: int | None = None
     base: int | None = None
-    async with httpx2.AsyncClient() as client:
-        while True:
-            try:
-                response = await client.get(metrics_url, timeout=min(2.0, timeout_s or 2.0))
-                load = parse_metrics(response.text) if response.status_code == 200 else None
-            except httpx2.HTTPError:
-                load = None
-            if load is None:
-                return in_flight  # not answering: nothing more to wait for
-            in_flight = load.running + load.waiting
-            if target is None:
-                target, base = in_flight, load.finished
-            finished_since = (
-                load.finished - base if load.finished is not None and base is not None else None
-            )
-            if in_flight == 0 or (finished_since is not None and finished_since >= target):
-                return 0
-            if time.monotonic() >= deadline:
-                return in_flight
-            await asyncio.sleep(poll_s)
+    while True:
+        load = await engine.load(min(2.0, timeout_s or 2.0))
+        if load is None:
+            return in_flight  # not answering: nothing more to wait for
+        in_flight = load.running + load.waiting
+        if target is None:
+            target, base = in_flight, load.finished
+        finished_since = (
+            load.finished - base if load.finished is not None and base is not None else None
+        )
+        if in_flight == 0 or (finished_since is not None and finished_since >= target):
+            return 0
+        if time.monotonic() >= deadline:
+            return in_flight
+        await asyncio.sleep(poll_s)

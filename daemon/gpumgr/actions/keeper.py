@@ -15,9 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import httpx2
 import structlog
 
+from gpumgr.engines.vllm_client import EngineClient
 from gpumgr.errors import BackendUnavailable, GpumgrError, PlanInfeasible
 from gpumgr.supervisor import process
 from gpumgr.supervisor.events import (
@@ -290,18 +290,18 @@ class BackendKeeper:
         # It may still be initialising (the old daemon died mid-start): no other start on this
         # GPU until it answers, as for any start (DESIGN §3).
         async with self._ctx.locks.lease(self.gpu_uuid, f"adopt {self.backend}") as lease:
-            async with httpx2.AsyncClient() as client:
-                try:
-                    startup_s = await wait_ready(child, self.health_url, self._ctx.timing, client)
-                except (ChildGone, TimeoutError) as exc:
-                    log.warning("keeper.adopt_failed", backend=self.backend, error=str(exc))
-                    await stop_engine(
-                        lease, self.gpu_uuid, child, self._ctx.stop, self._ctx.memory_released
-                    )
-                    await asyncio.to_thread(self._ctx.records.remove, self.backend)
-                    self.child = None
-                    self._ctx.sink(Restarting(self.backend, 0.0, 1, f"adopted pid {child.pid}: {exc}"))
-                    return False
+            try:
+                startup_s = await wait_ready(child, self.health_url, self._ctx.timing,
+                                             self._ctx.http)
+            except (ChildGone, TimeoutError) as exc:
+                log.warning("keeper.adopt_failed", backend=self.backend, error=str(exc))
+                await stop_engine(
+                    lease, self.gpu_uuid, child, self._ctx.stop, self._ctx.memory_released
+                )
+                await asyncio.to_thread(self._ctx.records.remove, self.backend)
+                self.child = None
+                self._ctx.sink(Restarting(self.backend, 0.0, 1, f"adopted pid {child.pid}: {exc}"))
+                return False
         if await self._is_sleeping():
             self.asleep = True
             self._ctx.sink(Sleeping(self.backend, child.pid, f"pid {child.pid} adopted asleep"))
@@ -310,17 +310,14 @@ class BackendKeeper:
         return True
 
     # -- sleep mode ------------------------------------------------------------------------
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+    @property
+    def engine(self) -> EngineClient:
+        """The engine's HTTP endpoints, over the daemon's one client."""
+        return EngineClient(self._ctx.http, self.base_url, self.backend, self._api_key,
+                            self._served_name)
 
     async def _is_sleeping(self) -> bool:
-        """Whether the engine says it is asleep (False when it has no sleep endpoints)."""
-        try:
-            async with httpx2.AsyncClient() as client:
-                r = await client.get(f"{self.base_url}/is_sleeping", timeout=2.0)
-            return r.status_code == 200 and bool(r.json().get("is_sleeping"))
-        except (httpx2.HTTPError, ValueError, AttributeError):
-            return False
+        return await self.engine.is_sleeping()
 
     async def sleep(self, lease: GpuLease, level: int, detail: str,
                     drain: Drain | None = None) -> None:
@@ -332,15 +329,7 @@ class BackendKeeper:
             raise BackendUnavailable(f"{self.backend} has no running engine to put to sleep")
         if drain is not None:
             await drain()
-        async with httpx2.AsyncClient() as client:
-            try:
-                r = await client.post(f"{self.base_url}/sleep", params={"level": level},
-                                      headers=self._auth(), timeout=self._ctx.timing.start_timeout_s)
-            except httpx2.HTTPError as exc:
-                raise BackendUnavailable(f"{self.backend}: sleep failed: {type(exc).__name__}") from None
-        if r.status_code != 200:
-            raise BackendUnavailable(f"{self.backend}: sleep refused: HTTP {r.status_code} "
-                                     f"{r.text[:200]}")
+        await self.engine.sleep(level, self._ctx.timing.start_timeout_s)
         self.asleep = True
         self._ctx.sink(Sleeping(self.backend, child.pid, detail))
 
@@ -352,29 +341,10 @@ class BackendKeeper:
         if child is None or child.exited or not self.asleep:
             raise BackendUnavailable(f"{self.backend} is not asleep")
         t0 = time.monotonic()
-        async with httpx2.AsyncClient() as client:
-            try:
-                r = await client.post(f"{self.base_url}/wake_up", headers=self._auth(),
-                                      timeout=self._ctx.timing.start_timeout_s)
-            except httpx2.HTTPError as exc:
-                raise BackendUnavailable(f"{self.backend}: wake failed: {type(exc).__name__}") from None
-            if r.status_code != 200:
-                raise BackendUnavailable(f"{self.backend}: wake refused: HTTP {r.status_code} "
-                                         f"{r.text[:300]}")
-            self.asleep = False
-            self._ctx.sink(Woken(self.backend, child.pid))
-            if self._served_name:
-                try:
-                    check = await client.post(
-                        f"{self.base_url}/v1/completions", headers=self._auth(), timeout=30.0,
-                        json={"model": self._served_name, "prompt": "ok", "max_tokens": 1},
-                    )
-                except httpx2.HTTPError as exc:
-                    raise BackendUnavailable(f"{self.backend}: woken but a 1-token request "
-                                             f"failed: {type(exc).__name__}") from None
-                if check.status_code != 200:
-                    raise BackendUnavailable(f"{self.backend}: woken but a 1-token request got "
-                                             f"HTTP {check.status_code}")
+        await self.engine.wake(self._ctx.timing.start_timeout_s)
+        self.asleep = False
+        self._ctx.sink(Woken(self.backend, child.pid))
+        await self.engine.answers_one_token()
         wake_s = time.monotonic() - t0
         self._ctx.sink(ChildReady(self.backend, child.pid, wake_s))
         return wake_s

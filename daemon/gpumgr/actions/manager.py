@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+import httpx2
 import psutil
 import structlog
 
@@ -83,6 +84,8 @@ class BackendManager:
         self._system = system
         self._command = command
         self.locks = GpuLocks()
+        self.http = httpx2.AsyncClient()
+        """The one client of every call to the engines (health, drain, sleep, wake)."""
         self.records = ChildRecords(config.paths.state_dir, system)
         self.store = DesiredStore(config.paths.state_dir, system)
         self.startup_times = StartupTimes(config.paths.state_dir, system)
@@ -120,6 +123,7 @@ class BackendManager:
             memory_released=self._memory_released,
             system=self._system,
             startup_times=self.startup_times,
+            http=self.http,
         )
         self.planner = LaunchPlanner(
             settings=settings,
@@ -451,4 +455,5 @@ class BackendManager:
         await asyncio.gather(*(stop_gpu(u, ks) for u, ks in by_gpu.items()))
         log.info("manager.stopped", backends=list(self.keepers))
         self.keepers.clear()
+        await self.http.aclose()
 

@@ -37,7 +37,7 @@ from .desired import DesiredState, Intent, desired_for, launch_identity
 from .drain import wait_idle
 from .lease import GpuLease
 from .manager import BackendManager, ReconcileReport
-from .prepare import LaunchPlanner, engine_health_url
+from .prepare import LaunchPlanner
 
 log = structlog.get_logger(__name__)
 
@@ -206,8 +206,7 @@ class Reconciler:
             if child is not None:
                 manager.ctx.sink(Draining(name, child.pid))
             progress(f"draining {name}…")
-            url = engine_health_url(manager.provider(name)).removesuffix("/health") + "/metrics"
-            left = await wait_idle(url, timeout_s)
+            left = await wait_idle(keeper.engine, timeout_s) if keeper is not None else 0
             if left > 0:
                 progress(f"{left} request(s) still running after {timeout_s:g} s; stopping anyway")
 

@@ -139,6 +139,8 @@ class StartContext:
     system: System = REAL
     startup_times: StartupTimes | None = None
     """Where each measured start is remembered (for "loading 12 s of ~41 s")."""
+    http: httpx2.AsyncClient = field(default_factory=httpx2.AsyncClient)
+    """The one HTTP client every call to the engines goes through (the manager's)."""
 
 
 async def wait_ready(
@@ -235,11 +237,10 @@ async def start_engine(
     await _record_or_stop(lease, ctx, child, spec, list(spec.argv), announced=False)
     ctx.sink(ChildStarted(spec.backend, child.pid, spec.port, spec.fraction))
     log.info("start.spawned", backend=spec.backend, pid=child.pid, fraction=spec.fraction)
-    async with httpx2.AsyncClient() as client:
-        try:
-            startup_s = await wait_ready(child, spec.url, ctx.timing, client)
-        except (ChildGone, TimeoutError) as exc:
-            raise await _start_failure(lease, ctx, child, spec, exc) from None
+    try:
+        startup_s = await wait_ready(child, spec.url, ctx.timing, ctx.http)
+    except (ChildGone, TimeoutError) as exc:
+        raise await _start_failure(lease, ctx, child, spec, exc) from None
     # The engine may rename itself once running (setproctitle): adopt against what it is now.
     cmdline = await asyncio.to_thread(_current_cmdline, child)
     await _record_or_stop(lease, ctx, child, spec, cmdline or list(spec.argv), announced=True)
