@@ -121,6 +121,7 @@ class Box:
         self.events: list[ev.SupervisorEvent] = []
         self.managers: list[Rig] = []
         self.generation = 0
+        self.orphans: list[object] = []
 
     def write(self, *providers: str) -> Config:
         (self.config_dir / "providers.yaml").write_text("providers:" + "".join(providers))
@@ -145,7 +146,10 @@ class Box:
         return rig
 
     def crash(self, manager: Rig) -> None:
-        """The daemon dies: its keepers end, its engines do not; the next one starts afresh."""
+        """The daemon dies: its keepers end, its engines do not; the next one starts afresh.
+        The children's objects are kept (asyncio kills a child whose transport is collected;
+        a real crash leaves it running)."""
+        self.orphans.extend(k.child for k in manager.keepers.values() if k.child is not None)
         for keeper in manager.keepers.values():
             assert keeper._task is not None
             keeper._task.cancel()

@@ -59,8 +59,16 @@ def crash(box: Box, rig: Rig, task: asyncio.Task[object] | None) -> None:
     box.crash(rig)
 
 
-def test_a_reload_during_a_swap_waits_for_it_and_is_applied_after(box: Box) -> None:
-    port, config = same_port_pair(box)
+SWAP_PHASES: dict[str, Callable[[ev.SupervisorEvent], bool]] = {
+    "draining": lambda e: isinstance(e, ev.Draining) and e.backend == "small",
+    "released": lambda e: isinstance(e, ev.ChildStopped) and e.backend == "small",
+    "loading": lambda e: isinstance(e, ev.ChildStarted) and e.backend == "large",
+}
+
+
+@pytest.mark.parametrize("phase", list(SWAP_PHASES))
+def test_a_reload_during_a_swap_waits_for_it_and_is_applied_after(box: Box, phase: str) -> None:
+    port, config = same_port_pair(box, load_s=0.5)
 
     async def body() -> None:
         rig = box.manager(config)  # type: ignore[arg-type]
@@ -80,15 +88,47 @@ def test_a_reload_during_a_swap_waits_for_it_and_is_applied_after(box: Box) -> N
             order.append("reload")
 
         swapping = asyncio.create_task(swap())
-        await wait_event(box, lambda e: isinstance(e, ev.Draining), "small draining")
+        await wait_event(box, SWAP_PHASES[phase], phase)
         await asyncio.gather(swapping, reload())
         assert order == ["swap", "reload"]  # queued behind the swap, not interleaved
         await box.up("large")
         assert box.states.state("small") is S.STOPPED
         assert set(rig.keepers) == {"large"}  # a description edit restarts nothing
         assert len(engines(box)) == 1
+        assert sum(isinstance(e, ev.ChildStarted) and e.backend == "large" for e in box.events) == 1
         stored = desired_on_disk(box)
         assert set(stored["backends"]) == {"large"} and "intent" not in stored  # type: ignore[arg-type]
+
+    box.run(body)
+
+
+@pytest.mark.parametrize("operation", ["start", "restart"])
+def test_a_reload_during_a_start_or_restart_is_applied_after_it(box: Box, operation: str) -> None:
+    (box.config_dir / "gpumgr.yaml").write_text(SETTINGS.replace("load_seconds: 0.2", "load_seconds: 1"))
+    a, b = free_port(), free_port()
+    config = box.write(provider_yaml("small", a, QWEN),
+                       provider_yaml("other", b, DEEPSEEK, status="standby"))
+
+    async def body() -> None:
+        rig = box.manager(config)
+        await rig.begin(rig._inventory.read())
+        await box.up("small")
+        name = "other" if operation == "start" else "small"
+        work = asyncio.create_task(getattr(rig.operator, operation)(name))
+        await wait_event(box, lambda e: isinstance(e, ev.ChildStarted) and e.backend == name
+                         and not e.adopted and sum(isinstance(x, ev.ChildStarted) for x in box.events) > 1,
+                         f"{name} loading")
+        changed = box.write(provider_yaml("small", a, QWEN, description="edited"),
+                            provider_yaml("other", b, DEEPSEEK, status="standby", description="x"))
+        reloading = asyncio.create_task(rig.reconcile(changed))
+        await asyncio.sleep(0.2)
+        assert not reloading.done()  # waiting for its turn
+        await work
+        report = await reloading
+        assert name in report.unchanged
+        await box.up(name)
+        stored = desired_on_disk(box)
+        assert name in stored["backends"] and "intent" not in stored  # type: ignore[operator]
 
     box.run(body)
 
@@ -188,14 +228,8 @@ def test_a_failed_restart_hands_the_backend_back_to_its_keeper(box: Box) -> None
 
 # -- a daemon killed at each phase of an operation ---------------------------------------------
 
-PHASES: dict[str, Callable[[ev.SupervisorEvent], bool]] = {
-    "draining": lambda e: isinstance(e, ev.Draining) and e.backend == "small",
-    "released": lambda e: isinstance(e, ev.ChildStopped) and e.backend == "small",
-    "loading": lambda e: isinstance(e, ev.ChildStarted) and e.backend == "large",
-}
 
-
-@pytest.mark.parametrize("phase", list(PHASES))
+@pytest.mark.parametrize("phase", list(SWAP_PHASES))
 def test_a_daemon_killed_during_a_swap_converges_on_the_next_boot(box: Box, phase: str) -> None:
     """Killed while the old model drains (it still serves): the next daemon keeps it. Killed
     once it is gone (memory released, or the new one loading): the next daemon finishes the
@@ -208,7 +242,7 @@ def test_a_daemon_killed_during_a_swap_converges_on_the_next_boot(box: Box, phas
         await box.up("small")
         old_pid = box.pid(first, "small")
         swapping = asyncio.create_task(first.operator.swap("small", "large"))
-        await wait_event(box, PHASES[phase], phase)
+        await wait_event(box, SWAP_PHASES[phase], phase)
         intent = desired_on_disk(box).get("intent")
         assert isinstance(intent, dict) and intent["operation"] == "swap small → large"
         crash(box, first, swapping)
@@ -258,5 +292,35 @@ def test_a_daemon_killed_while_a_sleep_mode_swap_wakes_the_new_engine_ends_with_
         assert len(awake) == 1
         await box.up(awake[0])
         assert not second.keepers[awake[0]].asleep
+
+    box.run(body)
+
+
+@pytest.mark.parametrize("operation", ["start", "restart"])
+def test_a_daemon_killed_during_a_start_or_restart_ends_with_the_engine_serving(
+    box: Box, operation: str,
+) -> None:
+    (box.config_dir / "gpumgr.yaml").write_text(SETTINGS.replace("load_seconds: 0.2", "load_seconds: 1"))
+    a, b = free_port(), free_port()
+    config = box.write(provider_yaml("small", a, QWEN),
+                       provider_yaml("other", b, DEEPSEEK, status="standby"))
+
+    async def body() -> None:
+        first = box.manager(config)
+        await first.begin(first._inventory.read())
+        await box.up("small")
+        name = "other" if operation == "start" else "small"
+        work = asyncio.create_task(getattr(first.operator, operation)(name))
+        await wait_event(box, lambda e: isinstance(e, ev.ChildStarted) and e.backend == name
+                         and sum(isinstance(x, ev.ChildStarted) for x in box.events) > 1,
+                         f"{name} loading")
+        crash(box, first, work)
+
+        second = box.manager(config)
+        await second.begin(second._inventory.read())
+        await box.up("small", name)
+        await box.until(lambda: "intent" not in desired_on_disk(box), "the intent settled")
+        assert set(desired_on_disk(box)["backends"]) == {"small", name}  # type: ignore[arg-type]
+        await box.until(lambda: len(engines(box)) == len({"small", name}), "one engine each")
 
     box.run(body)
