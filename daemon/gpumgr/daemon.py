@@ -1,6 +1,7 @@
 """The daemon's composition root: it wires the parts and handles the signals, nothing more.
 
-- ``InstanceLock``: one daemon per state directory, taken before anything else is touched;
+- ``DaemonLocks``: one daemon per state and runtime directory, taken before anything else is
+  touched (then every directory it writes is proven writable);
 - ``StatusWiring``: health states, the status document and the read-only status API;
 - ``GpuPoller``: the GPU's memory and processes, into the document;
 - ``BackendManager``: what runs (adoption, starts, restarts, stops, reloads);
@@ -39,7 +40,7 @@ from gpumgr.secrets import read_secret
 from gpumgr.config import Config, ConfigError, load_config
 from gpumgr.gpu import GpuBackend
 from gpumgr.gpu.poller import GpuPoller
-from gpumgr.instance_lock import InstanceLock
+from gpumgr.instance_lock import DaemonLocks, ensure_writable
 from gpumgr.sd_notify import Notifier, watchdog_loop
 from gpumgr.sim.gpu import STATE_ENV
 from gpumgr.status_wiring import StatusWiring
@@ -122,7 +123,7 @@ class Daemon:
         self.config = config
         self._extra_sink = sink
         self._system = system
-        self._lock = InstanceLock(config.paths.state_dir)
+        self._lock = DaemonLocks(config.paths.state_dir, config.paths.runtime_dir)
         self._notifier = Notifier()
         self._tasks: set[asyncio.Task[None]] = set()
         self.status: StatusWiring | None = None
@@ -141,11 +142,13 @@ class Daemon:
 
     async def start(self) -> None:
         """Everything up to the keepers running; returns without waiting for engines."""
-        self._lock.acquire()  # before anything is touched: a second daemon leaves all alone
+        # state_dir, then runtime_dir, before anything is touched (the control socket above
+        # all): a second daemon on either leaves everything alone
+        self._lock.acquire()
         _log_warnings(self.config)
         paths = self.config.paths
-        for d in (paths.runtime_dir, paths.state_dir, paths.log_dir, paths.cache_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        ensure_writable({"state_dir": paths.state_dir, "runtime_dir": paths.runtime_dir,
+                         "log_dir": paths.log_dir}, create_only={"cache_dir": paths.cache_dir})
         inventory = open_inventory(self.config)
         self.status = status = StatusWiring(self.config, notifier=self._notifier)
         self.manager = manager = BackendManager(
