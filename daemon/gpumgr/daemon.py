@@ -41,15 +41,14 @@ from gpumgr.config import Config, ConfigError, load_config
 from gpumgr.gpu import GpuBackend
 from gpumgr.gpu.poller import GpuPoller
 from gpumgr.instance_lock import DaemonLocks, ensure_writable
+from gpumgr.runtime import RuntimeEnv
 from gpumgr.sd_notify import Notifier, watchdog_loop
-from gpumgr.sim.gpu import STATE_ENV
 from gpumgr.status_wiring import StatusWiring
 from gpumgr.supervisor.events import EventSink, SupervisorEvent
 from gpumgr.supervisor.system import REAL, System
 
 log = structlog.get_logger(__name__)
 
-SIM_LOAD_ENV = "GPUMGR_SIM_LOAD_SECONDS"
 CONTROL_TOKEN_NAME = "GPUMGR_CONTROL_TOKEN"
 
 
@@ -57,11 +56,10 @@ def _log_event(event: SupervisorEvent) -> None:
     log.info("supervisor.event", kind=type(event).__name__, **vars(event))
 
 
-def control_token(config: Config, env: Mapping[str, str] | None = None) -> str | None:
+def control_token(config: Config, env: Mapping[str, str]) -> str | None:
     """The bearer token that opens control calls on the TCP listener: ``control.token_file``,
     else the secret ``GPUMGR_CONTROL_TOKEN`` (environment or systemd credential); None: the TCP
     listener stays read-only."""
-    env = os.environ if env is None else env
     path = config.settings.control.token_file
     if path:
         try:
@@ -96,21 +94,15 @@ def _log_warnings(config: Config) -> None:
 
 
 def open_inventory(config: Config) -> GpuBackend:
-    """NVML, or the simulated card (whose state file the simulated engines find through the
-    environment they inherit)."""
+    """NVML, or the simulated card (whose state file and load time each simulated engine is
+    given in its environment by the launch builder: ``SimulatedBackend.engine_environment``)."""
     if not config.simulate:
         from gpumgr.gpu.nvml import NvmlBackend
 
         return NvmlBackend()
-    from gpumgr.gpu.simulated import SimulatedBackend, sim_state_path
+    from gpumgr.gpu.simulated import SimulatedBackend
 
-    settings, runtime_dir = config.settings, config.paths.runtime_dir
-    backend = SimulatedBackend.from_settings(settings, runtime_dir)
-    os.environ[STATE_ENV] = str(sim_state_path(runtime_dir))
-    load_s = settings.simulate.load_seconds
-    if load_s is not None:
-        os.environ.setdefault(SIM_LOAD_ENV, f"{load_s:g}")
-    return backend
+    return SimulatedBackend.from_settings(config.settings, config.paths.runtime_dir)
 
 
 class Daemon:
@@ -118,13 +110,15 @@ class Daemon:
     the signals."""
 
     def __init__(
-        self, config: Config, *, sink: EventSink | None = None, system: System = REAL
+        self, config: Config, *, runtime: RuntimeEnv, sink: EventSink | None = None,
+        system: System = REAL,
     ) -> None:
         self.config = config
+        self.runtime = runtime
         self._extra_sink = sink
         self._system = system
         self._lock = DaemonLocks(config.paths.state_dir, config.paths.runtime_dir)
-        self._notifier = Notifier()
+        self._notifier = Notifier(runtime.environ)
         self._tasks: set[asyncio.Task[None]] = set()
         self.status: StatusWiring | None = None
         self.poller: GpuPoller | None = None
@@ -150,16 +144,18 @@ class Daemon:
         ensure_writable({"state_dir": paths.state_dir, "runtime_dir": paths.runtime_dir,
                          "log_dir": paths.log_dir}, create_only={"cache_dir": paths.cache_dir})
         inventory = open_inventory(self.config)
-        self.status = status = StatusWiring(self.config, notifier=self._notifier)
+        self.status = status = StatusWiring(self.config, notifier=self._notifier,
+                                            env=self.runtime.environ)
         self.manager = manager = BackendManager(
             self.config, inventory, self.emit, health=status.healths,
             on_weights=status.weights_ready, system=self._system,
+            base_env=self.runtime.environ,
         )
         status.expected_startup_s = manager.startup_times.expected_s
         self.poller = poller = GpuPoller(inventory, manager.managed_pids, status.gpus_read)
         status.on_state_change.append(lambda _t: poller.refresh_soon())
         self.operator = operator = Operator(manager)
-        token = control_token(self.config)
+        token = control_token(self.config, self.runtime.environ)
 
         def control(app: FastAPI, token: str | None = None) -> None:
             add_control_routes(app, operator, self.reload, token=token)
@@ -270,14 +266,14 @@ class Daemon:
         return report
 
 
-def run_daemon(config: Config, *, sink: EventSink | None = None) -> int:
+def run_daemon(config: Config, *, runtime: RuntimeEnv, sink: EventSink | None = None) -> int:
     """Blocking entry point for ``gpumgr daemon``.
 
     After an orderly shutdown, a download still in flight (huggingface_hub's own worker
     threads, which the interpreter would join at exit) is abandoned rather than waited for:
     its partial files are cleaned up by the next pull, under the repository's lock.
     """
-    code = asyncio.run(Daemon(config, sink=sink).serve())
+    code = asyncio.run(Daemon(config, runtime=runtime, sink=sink).serve())
     # Daemon or not, executor workers are joined at interpreter exit (concurrent.futures' own
     # atexit hook), so any thread still running here would hold the exit up.
     busy = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]

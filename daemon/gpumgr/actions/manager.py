@@ -87,6 +87,7 @@ class BackendManager:
         on_weights: WeightsHook | None = None,
         system: System = REAL,
         command: list[str] | None = None,
+        base_env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self._inventory = inventory
@@ -94,6 +95,7 @@ class BackendManager:
         self._health = health
         self._on_weights = on_weights
         self._system = system
+        self._base_env = base_env
         self._command = command if command is not None else (
             SIM_ENGINE_COMMAND if config.simulate else None
         )
@@ -145,6 +147,7 @@ class BackendManager:
             settings=settings,
             inventory=self._inventory,
             command=self._command,
+            base_env=self._base_env,  # the daemon's RuntimeEnv (engines get its allow-list)
             withheld_env={p.env_var for p in config.providers.values() if p.env_var},
             ollama=OllamaRoom(list(config.providers.values())),
             announce_eviction=self._announce_eviction,
