@@ -134,3 +134,33 @@ def test_a_real_engine_never_sees_the_control_token_or_an_undeclared_secret(tmp_
         assert h.stop() == 0
     finally:
         h.cleanup()
+
+
+def test_a_reload_rereads_rotated_secrets_for_masking_and_logs_a_changed_control_token(
+    tmp_path: Path,
+) -> None:
+    from structlog.testing import capture_logs
+
+    from gpumgr.daemon import reread_secrets
+    from gpumgr.logs import redact_text
+
+    config_dir, creds = tmp_path / "config", tmp_path / "creds"
+    config_dir.mkdir()
+    creds.mkdir()
+    (config_dir / "providers.yaml").write_text(
+        "providers:\n  cloud:\n    type: openai\n    base_url: https://api.example.com/v1\n"
+        "    status: active\n    requires_api_key: true\n    env_var: CLOUD_KEY\n"
+        "    models: [m]\n"
+    )
+    token_file = tmp_path / "token"
+    (config_dir / "gpumgr.yaml").write_text(f"control:\n  token_file: {token_file}\n")
+    token_file.write_text("first-token-0123456789\n")
+    runtime = RuntimeEnv.of({"CREDENTIALS_DIRECTORY": str(creds)})
+    config = load_config(config_dir)
+    (creds / "CLOUD_KEY").write_text("rotated-cloud-key-0123456789\n")
+    token_file.write_text("second-token-0123456789\n")
+    with capture_logs() as logs:
+        reread_secrets(config, runtime, "first-token-0123456789")
+    assert "rotated-cloud-key-0123456789" not in redact_text("key rotated-cloud-key-0123456789")
+    assert "second-token-0123456789" not in redact_text("t second-token-0123456789")
+    assert [e["event"] for e in logs] == ["control.token_changed"]

@@ -36,6 +36,7 @@ from gpumgr.api.control_app import add_control_routes
 from gpumgr.api.server import ApiServer
 from gpumgr.errors import GpumgrError
 from gpumgr.logs import register_secret
+from gpumgr.redaction import provider_secrets
 from gpumgr.secrets import read_secret
 from gpumgr.config import Config, ConfigError, load_config
 from gpumgr.gpu import GpuBackend
@@ -74,6 +75,22 @@ def control_token(config: Config, env: Mapping[str, str]) -> str | None:
         raise GpumgrError("the control token is shorter than 16 characters; use a longer one")
     register_secret(token)
     return token
+
+
+def reread_secrets(config: Config, runtime: RuntimeEnv, token_in_use: str | None) -> None:
+    """On reload, read the secrets again (a rotated systemd credential or ``token_file``): the
+    providers' keys and the control token are registered for masking in logs. Engines read
+    their own key at each start (``build_vllm_launch``), probes at each probe; the TCP
+    listener keeps the control token it started with (a change is logged: restart to apply)."""
+    for value in provider_secrets(config.providers.values(), runtime.environ):
+        register_secret(value)
+    try:
+        token = control_token(config, runtime.environ)
+    except GpumgrError as exc:
+        log.error("control.token_unreadable", error=str(exc))
+        return
+    if token != token_in_use:
+        log.warning("control.token_changed", applies="at the next daemon start")
 
 
 def _give_socket_group(path: Path, group: str | None) -> None:
@@ -126,6 +143,7 @@ class Daemon:
         self.operator: Operator | None = None
         self.control: ApiServer | None = None
         self._reloading: asyncio.Task[None] | None = None
+        self._token: str | None = None
 
     def emit(self, event: SupervisorEvent) -> None:
         _log_event(event)
@@ -155,7 +173,7 @@ class Daemon:
         self.poller = poller = GpuPoller(inventory, manager.managed_pids, status.gpus_read)
         status.on_state_change.append(lambda _t: poller.refresh_soon())
         self.operator = operator = Operator(manager)
-        token = control_token(self.config, self.runtime.environ)
+        self._token = token = control_token(self.config, self.runtime.environ)
 
         def control(app: FastAPI, token: str | None = None) -> None:
             add_control_routes(app, operator, self.reload, token=token)
@@ -254,6 +272,7 @@ class Daemon:
         if self.manager is None or self.status is None:
             return None
         _log_warnings(config)
+        reread_secrets(config, self.runtime, self._token)
         self.config = config
         self.status.reload(config)
         report = await self.manager.reconcile(config)
