@@ -60,7 +60,7 @@ def test_every_atomic_writer_of_the_package_is_the_one_in_fsio() -> None:
     """No second copy of temp-file + rename in the package (the issue found four)."""
     root = Path(__file__).resolve().parents[1] / "daemon" / "gpumgr"
     found = subprocess.run(
-        ["grep", "-rlE", r"mkstemp|NamedTemporaryFile|os\.replace\(tmp", str(root)],
+        ["grep", "-rlE", "--include=*.py", r"mkstemp|NamedTemporaryFile|os\.replace\(tmp", str(root)],
         capture_output=True, text=True,
     ).stdout.split()  # fmt: skip
     rel = sorted(str(Path(f).relative_to(root)) for f in found)

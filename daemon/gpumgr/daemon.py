@@ -262,7 +262,8 @@ class Daemon:
         everything running as it is and logs every error with file:line."""
         try:
             config = await asyncio.to_thread(
-                load_config, self.config.config_dir, simulate=self.config.simulate
+                load_config, self.config.config_dir, simulate=self.config.simulate,
+                env=self.runtime.environ,
             )
         except ConfigError as exc:
             for issue in exc.issues:

@@ -25,5 +25,6 @@ def daemon(ctx: click.Context, config_dir: str | None, simulate: bool, log_level
     from gpumgr.runtime import RuntimeEnv
 
     configure_logging(log_level, stream=sys.stderr)
-    config = load_config_from_ctx(ctx, config_dir, simulate=simulate)
-    ctx.exit(run_daemon(config, runtime=RuntimeEnv.from_process()))
+    runtime = RuntimeEnv.from_process()  # the daemon's one read of its environment
+    config = load_config_from_ctx(ctx, config_dir, simulate=simulate, env=runtime.environ)
+    ctx.exit(run_daemon(config, runtime=runtime))
