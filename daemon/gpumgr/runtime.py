@@ -29,10 +29,13 @@ from gpumgr.secrets import read_secret
 
 ENGINE_ENV_NAMES = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH",
-    "GPUMGR_SPAWN_MARKER",
+    "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "GPUMGR_SPAWN_MARKER",
 })
 """Inherited by name. ``PYTHONPATH``: the engine is a Python program installed next to the
-daemon's (and the simulated engine must import gpumgr). ``GPUMGR_SPAWN_MARKER``: gpumgr's own."""
+daemon's (and the simulated engine must import gpumgr); ``LD_LIBRARY_PATH``: where a unit
+points the CUDA libraries; ``OMP_NUM_THREADS``: the usual CPU-thread cap of a vLLM host.
+``GPUMGR_SPAWN_MARKER``: gpumgr's own. Anything else an engine needs is declared in the
+provider's ``env:``."""
 
 ENGINE_ENV_PREFIXES = (
     "LC_", "CUDA_", "NVIDIA_", "HF_", "VLLM_", "NCCL_", "TRITON_", "TORCH", "XDG_",
