@@ -19,6 +19,7 @@ from daemon_harness import (
     alive,
     free_port,
     vllm_provider_yaml,
+    wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -118,3 +119,39 @@ def test_a_full_state_dir_at_start_is_one_line_naming_it(tmp_path: Path) -> None
         assert "Traceback" not in done.stderr and "unexpected" not in done.stderr
     finally:
         subprocess.run(["umount", "-l", str(state)], capture_output=True, timeout=30)
+
+
+def test_a_lock_file_that_is_a_link_ends_the_start_in_one_line_and_its_target_is_untouched(
+    tmp_path: Path,
+) -> None:
+    h = DaemonHarness(tmp_path, "providers: {}\n", SETTINGS)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "daemon.lock").symlink_to(victim)
+    done = _run_daemon(h)
+    assert done.returncode == 1
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error")]
+    assert errors == [f"error: {tmp_path / 'state' / 'daemon.lock'} is a symbolic link; gpumgr "
+                      "does not write through links (remove it and let gpumgr create the file)"]
+    assert victim.read_bytes() == b"precious\n"
+
+
+def test_an_engine_log_that_is_a_link_fails_that_engine_naming_it_and_its_target_is_untouched(
+    tmp_path: Path,
+) -> None:
+    h = DaemonHarness(tmp_path, "providers:" + vllm_provider_yaml("qwen", free_port()), SETTINGS)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "qwen.log").symlink_to(victim)
+    try:
+        h.start()
+        said = f"{tmp_path / 'log' / 'qwen.log'} is a symbolic link"
+        wait_for(lambda: said in (h.backend("qwen", h.status()).get("detail") or ""), 60,
+                 "the engine's failure naming its log")
+        assert victim.read_bytes() == b"precious\n"
+        assert h.stop() == 0
+        assert victim.read_bytes() == b"precious\n"
+    finally:
+        h.cleanup()
