@@ -1,6 +1,7 @@
 """The daemon's composition root: it wires the parts and handles the signals, nothing more.
 
-- ``InstanceLock``: one daemon per state directory, taken before anything else is touched;
+- ``DaemonLocks``: one daemon per state and runtime directory, taken before anything else is
+  touched (then every directory it writes is proven writable);
 - ``StatusWiring``: health states, the status document and the read-only status API;
 - ``GpuPoller``: the GPU's memory and processes, into the document;
 - ``BackendManager``: the keepers and the primitives that start, stop, sleep and wake engines;
@@ -41,20 +42,20 @@ from gpumgr.api.control_app import add_control_routes
 from gpumgr.api.server import ApiServer
 from gpumgr.errors import GpumgrError
 from gpumgr.logs import register_secret
+from gpumgr.redaction import provider_secrets
 from gpumgr.secrets import read_secret
 from gpumgr.config import Config, ConfigError, load_config
 from gpumgr.gpu import GpuBackend
 from gpumgr.gpu.poller import GpuPoller
-from gpumgr.instance_lock import InstanceLock
+from gpumgr.instance_lock import DaemonLocks, ensure_writable
+from gpumgr.runtime import RuntimeEnv
 from gpumgr.sd_notify import Notifier, watchdog_loop
-from gpumgr.sim.gpu import STATE_ENV
 from gpumgr.status_wiring import StatusWiring
 from gpumgr.supervisor.events import EventSink, SupervisorEvent
 from gpumgr.supervisor.system import REAL, System
 
 log = structlog.get_logger(__name__)
 
-SIM_LOAD_ENV = "GPUMGR_SIM_LOAD_SECONDS"
 CONTROL_TOKEN_NAME = "GPUMGR_CONTROL_TOKEN"
 
 
@@ -62,11 +63,10 @@ def _log_event(event: SupervisorEvent) -> None:
     log.info("supervisor.event", kind=type(event).__name__, **vars(event))
 
 
-def control_token(config: Config, env: Mapping[str, str] | None = None) -> str | None:
+def control_token(config: Config, env: Mapping[str, str]) -> str | None:
     """The bearer token that opens control calls on the TCP listener: ``control.token_file``,
     else the secret ``GPUMGR_CONTROL_TOKEN`` (environment or systemd credential); None: the TCP
     listener stays read-only."""
-    env = os.environ if env is None else env
     path = config.settings.control.token_file
     if path:
         try:
@@ -81,6 +81,22 @@ def control_token(config: Config, env: Mapping[str, str] | None = None) -> str |
         raise GpumgrError("the control token is shorter than 16 characters; use a longer one")
     register_secret(token)
     return token
+
+
+def reread_secrets(config: Config, runtime: RuntimeEnv, token_in_use: str | None) -> None:
+    """On reload, read the secrets again (a rotated systemd credential or ``token_file``): the
+    providers' keys and the control token are registered for masking in logs. Engines read
+    their own key at each start (``build_vllm_launch``), probes at each probe; the TCP
+    listener keeps the control token it started with (a change is logged: restart to apply)."""
+    for value in provider_secrets(config.providers.values(), runtime.environ):
+        register_secret(value)
+    try:
+        token = control_token(config, runtime.environ)
+    except GpumgrError as exc:
+        log.error("control.token_unreadable", error=str(exc))
+        return
+    if token != token_in_use:
+        log.warning("control.token_changed", applies="at the next daemon start")
 
 
 def _give_socket_group(path: Path, group: str | None) -> None:
@@ -101,21 +117,15 @@ def _log_warnings(config: Config) -> None:
 
 
 def open_inventory(config: Config) -> GpuBackend:
-    """NVML, or the simulated card (whose state file the simulated engines find through the
-    environment they inherit)."""
+    """NVML, or the simulated card (whose state file and load time each simulated engine is
+    given in its environment by the launch builder: ``SimulatedBackend.engine_environment``)."""
     if not config.simulate:
         from gpumgr.gpu.nvml import NvmlBackend
 
         return NvmlBackend()
-    from gpumgr.gpu.simulated import SimulatedBackend, sim_state_path
+    from gpumgr.gpu.simulated import SimulatedBackend
 
-    settings, runtime_dir = config.settings, config.paths.runtime_dir
-    backend = SimulatedBackend.from_settings(settings, runtime_dir)
-    os.environ[STATE_ENV] = str(sim_state_path(runtime_dir))
-    load_s = settings.simulate.load_seconds
-    if load_s is not None:
-        os.environ.setdefault(SIM_LOAD_ENV, f"{load_s:g}")
-    return backend
+    return SimulatedBackend.from_settings(config.settings, config.paths.runtime_dir)
 
 
 class Daemon:
@@ -123,13 +133,15 @@ class Daemon:
     the signals."""
 
     def __init__(
-        self, config: Config, *, sink: EventSink | None = None, system: System = REAL
+        self, config: Config, *, runtime: RuntimeEnv, sink: EventSink | None = None,
+        system: System = REAL,
     ) -> None:
         self.config = config
+        self.runtime = runtime
         self._extra_sink = sink
         self._system = system
-        self._lock = InstanceLock(config.paths.state_dir)
-        self._notifier = Notifier()
+        self._lock = DaemonLocks(config.paths.state_dir, config.paths.runtime_dir)
+        self._notifier = Notifier(runtime.environ)
         self._tasks: set[asyncio.Task[None]] = set()
         self.status: StatusWiring | None = None
         self.poller: GpuPoller | None = None
@@ -138,6 +150,7 @@ class Daemon:
         self.operator: Operator | None = None
         self.control: ApiServer | None = None
         self._reloads: set[asyncio.Task[None]] = set()
+        self._token: str | None = None
 
     def emit(self, event: SupervisorEvent) -> None:
         _log_event(event)
@@ -148,24 +161,27 @@ class Daemon:
 
     async def start(self) -> None:
         """Everything up to the keepers running; returns without waiting for engines."""
-        self._lock.acquire()  # before anything is touched: a second daemon leaves all alone
+        # state_dir, then runtime_dir, before anything is touched (the control socket above
+        # all): a second daemon on either leaves everything alone
+        self._lock.acquire()
         _log_warnings(self.config)
         paths = self.config.paths
-        for d in (paths.runtime_dir, paths.state_dir, paths.log_dir, paths.cache_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        ensure_writable({"state_dir": paths.state_dir, "runtime_dir": paths.runtime_dir,
+                         "log_dir": paths.log_dir}, create_only={"cache_dir": paths.cache_dir})
         inventory = open_inventory(self.config)
-        self.status = status = StatusWiring(self.config, notifier=self._notifier)
+        self.status = status = StatusWiring(self.config, notifier=self._notifier,
+                                            env=self.runtime.environ)
         self.manager = manager = BackendManager(
             self.config, inventory, self.emit, health=status.healths,
             on_weights=status.weights_ready, system=self._system,
-            **_simulated_parts(self.config),
+            base_env=self.runtime.environ, **_simulated_parts(self.config),
         )
         status.expected_startup_s = manager.startup_times.expected_s
         self.poller = poller = GpuPoller(inventory, manager.managed_pids, status.gpus_read)
         status.on_state_change.append(lambda _t: poller.refresh_soon())
         self.reconciler = reconciler = Reconciler(manager)
         self.operator = operator = Operator(reconciler)
-        token = control_token(self.config)
+        self._token = token = control_token(self.config, self.runtime.environ)
 
         def control(app: FastAPI, token: str | None = None) -> None:
             add_control_routes(app, operator, self.reload, token=token)
@@ -256,7 +272,8 @@ class Daemon:
             return ReloadOutcome(False, errors=["the daemon is not running yet"])
         try:  # read now: an invalid file is answered at once, never queued
             config = await asyncio.to_thread(
-                load_config, self.config.config_dir, simulate=self.config.simulate
+                load_config, self.config.config_dir, simulate=self.config.simulate,
+                env=self.runtime.environ,
             )
         except ConfigError as exc:
             for issue in exc.issues:
@@ -266,6 +283,7 @@ class Daemon:
         log.info("reload.accepted", waiting_for=reconciler.mutation.what if reconciler.mutation else None)
         async with reconciler.turn("reload"):
             _log_warnings(config)
+            reread_secrets(config, self.runtime, self._token)
             self.config = config
             self.status.reload(config)
             report = await reconciler.reload(config)
@@ -300,14 +318,14 @@ def _simulated_parts(config: Config) -> dict[str, Any]:
     return {"command": SIM_ENGINE_COMMAND, "hub": lambda: hub_endpoint(configured)}
 
 
-def run_daemon(config: Config, *, sink: EventSink | None = None) -> int:
+def run_daemon(config: Config, *, runtime: RuntimeEnv, sink: EventSink | None = None) -> int:
     """Blocking entry point for ``gpumgr daemon``.
 
     After an orderly shutdown, a download still in flight (huggingface_hub's own worker
     threads, which the interpreter would join at exit) is abandoned rather than waited for:
     its partial files are cleaned up by the next pull, under the repository's lock.
     """
-    code = asyncio.run(Daemon(config, sink=sink).serve())
+    code = asyncio.run(Daemon(config, runtime=runtime, sink=sink).serve())
     # Daemon or not, executor workers are joined at interpreter exit (concurrent.futures' own
     # atexit hook), so any thread still running here would hold the exit up.
     busy = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]

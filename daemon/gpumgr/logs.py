@@ -9,10 +9,9 @@ that leaked into an error message from a library still never reaches the log.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -27,12 +26,6 @@ def register_secret(value: str | None) -> None:
     """Remember a secret's value so that it is masked wherever it appears in a log event."""
     if value and len(value) >= MIN_SECRET_CHARS:
         _secret_values.add(value)
-
-
-def register_secrets_from_env(names: Iterable[str], env: MutableMapping[str, str] | None = None) -> None:
-    env = os.environ if env is None else env
-    for name in names:
-        register_secret(env.get(name))
 
 
 def redact_text(text: str) -> str:

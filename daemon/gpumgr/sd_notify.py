@@ -16,8 +16,8 @@ from collections.abc import Mapping
 class Notifier:
     """Sends notifications when running under systemd; does nothing otherwise."""
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        env = os.environ if env is None else env
+    def __init__(self, env: Mapping[str, str]) -> None:
+        """``env``: the daemon's environment as read at its start (``gpumgr.runtime``)."""
         addr = env.get("NOTIFY_SOCKET", "")
         if addr.startswith("@"):
             addr = "\0" + addr[1:]  # abstract namespace

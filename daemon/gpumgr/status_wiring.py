@@ -74,8 +74,8 @@ class StatusWiring:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
-        self._notifier = notifier or Notifier()
         self._env = os.environ if env is None else env
+        self._notifier = notifier or Notifier(self._env)
         secrets = provider_secrets(config.providers.values(), self._env)
         for s in secrets:
             register_secret(s)

@@ -27,6 +27,7 @@ from gpumgr.config import Config
 from gpumgr.config.registry import Provider, ProviderStatus
 from gpumgr.config.settings import VllmSettings
 from gpumgr.engines.vllm import sleep_mode
+from gpumgr.state_numbers import all_finite
 from gpumgr.supervisor.system import REAL, System
 
 log = structlog.get_logger(__name__)
@@ -188,7 +189,7 @@ class DesiredStore:
         sleeping: set[str] = set()
         for name, entry in raw.items():
             identity = entry.get("identity") if isinstance(entry, dict) else None
-            if isinstance(name, str) and isinstance(identity, dict):
+            if isinstance(name, str) and isinstance(identity, dict) and all_finite(identity):
                 running[name] = identity
                 if entry.get("asleep") is True:
                     sleeping.add(name)

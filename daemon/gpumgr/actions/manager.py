@@ -76,12 +76,14 @@ class BackendManager:
         system: System = REAL,
         command: list[str] | None = None,
         hub: HubEndpoint = default_hub,
+        base_env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self._inventory = inventory
         self._sink = sink
         self._health = health
         self._system = system
+        self._base_env = base_env
         self._command = command
         self.locks = GpuLocks()
         self.http = httpx2.AsyncClient()
@@ -129,6 +131,7 @@ class BackendManager:
             settings=settings,
             inventory=self._inventory,
             command=self._command,
+            base_env=self._base_env,  # the daemon's RuntimeEnv (engines get its allow-list)
             withheld_env={p.env_var for p in config.providers.values() if p.env_var},
             ollama=OllamaRoom(list(config.providers.values())),
             announce_eviction=self._announce_eviction,
@@ -284,7 +287,8 @@ class BackendManager:
             weights=functools.partial(self.weights.ensure, provider),
             health_url=engine_health_url(provider),
             served_name=provider.served_names[0] if provider.served_names else None,
-            api_key=read_secret(provider.env_var, os.environ) if provider.requires_api_key else None,
+            api_key=(read_secret(provider.env_var, self._base_env if self._base_env is not None
+                                 else os.environ) if provider.requires_api_key else None),
         )
         self.keepers[name] = keeper
         keeper.launch(adopted, fraction, first)

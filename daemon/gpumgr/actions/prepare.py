@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -42,6 +43,21 @@ log = structlog.get_logger(__name__)
 
 OLLAMA_UNLOAD_WAIT_S = 10.0
 """How long a start waits for the GPU to show an unloaded Ollama model's memory back."""
+
+@runtime_checkable
+class SeenByEngines(Protocol):
+    """An inventory whose cards an engine finds through its environment (the simulated card's
+    state file); NVML's cards need nothing of the kind."""
+
+    def engine_environment(self) -> Mapping[str, str]: ...
+
+
+def inventory_environment(inventory: GpuBackend) -> Mapping[str, str]:
+    """What an engine needs in its environment to see the cards of ``inventory`` (given to the
+    engine explicitly, never written into the daemon's own environment). The launch's own
+    environment wins over it (an operator's ``GPUMGR_SIM_LOAD_SECONDS`` over the settings')."""
+    return inventory.engine_environment() if isinstance(inventory, SeenByEngines) else {}
+
 
 def engine_health_url(provider: Provider) -> str:
     """Where a managed engine's ``/health`` answers: the host it binds (its base_url's loopback
@@ -281,7 +297,7 @@ class LaunchPlanner:
         return LaunchSpec(
             backend=provider.name,
             argv=launch.argv,
-            env=launch.env,
+            env={**inventory_environment(self.inventory), **launch.env},
             port=provider.port,
             gpu_uuid=gpu.uuid,
             fraction=inst.fraction,

@@ -23,6 +23,7 @@ import structlog
 
 from gpumgr.engines.vllm_log import OomFinding, OomKind
 from gpumgr.errors import BackendUnavailable
+from gpumgr.fsio import RefusedPath
 from gpumgr.plan.oom import Move, allows, rule_for
 from gpumgr.supervisor import process
 from gpumgr.supervisor.events import ChildReady, ChildStarted, EventSink
@@ -225,9 +226,11 @@ async def start_engine(
     try:
         child = await process.spawn(spec.backend, spec.argv, spec.env, path, ctx.system)
     except OSError as exc:
+        why = str(exc) if isinstance(exc, RefusedPath) else (
+            f"cannot run {spec.argv[0]}: {exc.strerror or exc}")  # RefusedPath: the log file
         raise StartFailed(
             spec.backend,
-            f"{spec.backend}: cannot run {spec.argv[0]}: {exc.strerror or exc}",
+            f"{spec.backend}: {why}",
             oom=None,
             last_error=str(exc),
             returncode=None,

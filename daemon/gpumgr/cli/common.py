@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import click
@@ -25,10 +25,12 @@ def config_dir_option(f: F) -> F:
     )(f)
 
 
-def load_config_from_ctx(ctx: click.Context, config_dir: str | None = None, *, simulate: bool = False) -> Config:
+def load_config_from_ctx(ctx: click.Context, config_dir: str | None = None, *, simulate: bool = False,
+                         env: Mapping[str, str] | None = None) -> Config:
+    """``env``: the daemon's ``RuntimeEnv.environ`` (other commands read the process's)."""
     root = ctx.find_root()
     chosen = config_dir or (root.obj or {}).get("config_dir")
-    return load_config(chosen, simulate=simulate)
+    return load_config(chosen, simulate=simulate, env=env)
 
 
 def emit_json(data: Any) -> None:

@@ -22,7 +22,9 @@ from gpumgr.logs import configure_logging
 def daemon(ctx: click.Context, config_dir: str | None, simulate: bool, log_level: str) -> None:
     """Start the active vLLM providers, keep them alive, stop them all on SIGTERM."""
     from gpumgr.daemon import run_daemon
+    from gpumgr.runtime import RuntimeEnv
 
     configure_logging(log_level, stream=sys.stderr)
-    config = load_config_from_ctx(ctx, config_dir, simulate=simulate)
-    ctx.exit(run_daemon(config))
+    runtime = RuntimeEnv.from_process()  # the daemon's one read of its environment
+    config = load_config_from_ctx(ctx, config_dir, simulate=simulate, env=runtime.environ)
+    ctx.exit(run_daemon(config, runtime=runtime))

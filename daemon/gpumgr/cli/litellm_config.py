@@ -3,36 +3,19 @@ registry, on stdout or written atomically to FILE (same registry, same bytes).""
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
 from gpumgr.cli.common import config_dir_option, load_config_from_ctx
 from gpumgr.errors import GpumgrError
+from gpumgr.fsio import write_atomic
 from gpumgr.integrations.litellm_config import (
     DEFAULT_REQUEST_TIMEOUT_S,
     litellm_config as build,
     render_yaml,
 )
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write next to ``path`` and rename over it: a reader sees the old file or the new one."""
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @click.command("litellm-config")
@@ -53,7 +36,7 @@ def litellm_config(
         sys.stdout.flush()
         return
     try:
-        write_atomically(output, data)
+        write_atomic(output, data)
     except OSError as exc:
         raise GpumgrError(f"cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"wrote {output} ({len(data)} bytes)", err=True)

@@ -37,6 +37,7 @@ from gpumgr.engines.vllm_log import (
     parse_memory_report,
 )
 from gpumgr.errors import InputError
+from gpumgr.runtime import engine_environment
 from gpumgr.sd_notify import child_environment
 
 __all__ = [
@@ -258,7 +259,8 @@ def build_vllm_launch(
         argv.append("--enable-sleep-mode")
     argv += extra
 
-    env = child_environment(os.environ if base_env is None else base_env)
+    # the allow-list (gpumgr.runtime): no control token, no other provider's key, no stray secret
+    env = child_environment(engine_environment(os.environ if base_env is None else base_env))
     env.update(provider.env)  # the provider's own tuning (names checked: never gpumgr's, no secret)
     env.pop("VLLM_API_KEY", None)  # only the provider's own key, if any, below
     env["CUDA_VISIBLE_DEVICES"] = gpu.uuid

@@ -16,6 +16,7 @@ from gpumgr.gpu import MIB, GpuInfo, GpuInventory, GpuProcess
 from gpumgr.sim.gpu import STATE_ENV, SimGpuSpec, SimGpuState, sim_uuid
 
 SIM_STATE_FILENAME = "sim-gpu.json"
+SIM_LOAD_ENV = "GPUMGR_SIM_LOAD_SECONDS"
 
 
 def sim_specs(settings: Settings) -> list[SimGpuSpec]:
@@ -49,14 +50,28 @@ def _pgid(pid: int) -> int | None:
 class SimulatedBackend:
     """Reads the simulated driver's state file (creating the configured cards on first use)."""
 
-    def __init__(self, state: SimGpuState, specs: list[SimGpuSpec] | None = None) -> None:
+    def __init__(
+        self, state: SimGpuState, specs: list[SimGpuSpec] | None = None,
+        load_seconds: float | None = None,
+    ) -> None:
         self.state = state
+        self.load_seconds = load_seconds
         if specs:
             state.ensure(specs)
 
     @classmethod
     def from_settings(cls, settings: Settings, runtime_dir: Path) -> SimulatedBackend:
-        return cls(SimGpuState(sim_state_path(runtime_dir)), sim_specs(settings))
+        return cls(SimGpuState(sim_state_path(runtime_dir)), sim_specs(settings),
+                   settings.simulate.load_seconds)
+
+    def engine_environment(self) -> dict[str, str]:
+        """What a simulated engine needs to find this card (its state file) and how long it
+        "loads" (``simulate.load_seconds``): put into each engine's environment by the launch
+        builder, never into the daemon's own."""
+        env = {STATE_ENV: str(self.state.path)}
+        if self.load_seconds is not None:
+            env[SIM_LOAD_ENV] = f"{self.load_seconds:g}"
+        return env
 
     def read(self) -> GpuInventory:
         try:

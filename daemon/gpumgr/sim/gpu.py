@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from gpumgr.fsio import write_atomic
 
 STATE_ENV = "GPUMGR_SIM_GPU_STATE"
 
@@ -113,10 +114,7 @@ class SimGpuState:
             return {"gpus": [], "allocations": []}
 
     def _store(self, data: dict[str, Any]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".simgpu-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(data).encode(), mode=0o600)
 
     @staticmethod
     def _snapshot(data: dict[str, Any]) -> SimSnapshot:

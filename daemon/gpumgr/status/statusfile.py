@@ -1,7 +1,7 @@
 """``<runtime_dir>/status.json``: atomic replacement, written off the event loop.
 
 A reader must never see half a document, so each version is written to a temporary file in the
-same directory, fsync'd, and renamed over the old one (``os.replace`` is atomic on POSIX). The
+same directory, fsync'd, and renamed over the old one (``gpumgr.fsio.write_atomic``). The
 writes happen in one background thread so that an fsync on a slow disk never stalls the event
 loop that serves probes and HTTP; when changes arrive faster than the disk takes them, the
 writer skips to the newest version (the file is a snapshot, not a log).
@@ -9,35 +9,14 @@ writer skips to the newest version (the file is a snapshot, not a log).
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 import structlog
 
+from gpumgr.fsio import write_atomic
+
 log = structlog.get_logger(__name__)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class CoalescingFileWriter:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import psutil
 import structlog
 
+from gpumgr.state_numbers import PID_MAX, all_finite, int_in, number_in
 from gpumgr.supervisor.system import REAL, System
 
 log = structlog.get_logger(__name__)
@@ -120,11 +120,26 @@ def _parse_record(item: object) -> ChildRecord | None:
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, _FIELD_TYPES[key]):
             return None
-    if values["pid"] <= 0 or values["pgid"] <= 0 or not values["backend"]:
+    if not values["backend"] or not _numbers_in_range(values):
         return None
     if not all(isinstance(a, str) for a in values["cmdline"]):
         return None
     return ChildRecord(**values)
+
+
+def _numbers_in_range(values: dict[str, Any]) -> bool:
+    """pids within the kernel's range, a finite positive create time, a TCP port, a fraction
+    of a card (``gpumgr.state_numbers``); anything else makes the record not gpumgr's."""
+    if int_in(values["pid"], 1, PID_MAX) is None or int_in(values["pgid"], 1, PID_MAX) is None:
+        return False
+    if number_in(values["create_time"], 0.0, 1e12, low_open=True) is None:
+        return False
+    port, fraction = values.get("port"), values.get("fraction")
+    if port is not None and int_in(port, 1, 65535) is None:
+        return False
+    if fraction is not None and number_in(fraction, 0.0, 1.0, low_open=True) is None:
+        return False
+    return all_finite(values.get("extra", {}))
 
 
 def is_same_process(record: ChildRecord) -> bool:

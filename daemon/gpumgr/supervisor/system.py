@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import psutil
+
+from gpumgr import fsio
 
 
 class System:
@@ -76,18 +77,10 @@ class System:
 
     def write_atomic(self, path: Path, data: bytes) -> None:
         """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, never
-        half of one (temporary file, fsync, rename). Raises ``OSError`` (disk full, read-only)."""
+        half of one (``gpumgr.fsio.write_atomic``; the state files are the daemon's own: 0600).
+        Raises ``OSError`` (disk full, read-only). The seam the fault suite overrides."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        fsio.write_atomic(path, data, mode=0o600)
 
 
 REAL = System()

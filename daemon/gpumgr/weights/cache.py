@@ -12,16 +12,16 @@ killed download.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import filelock
+
+from gpumgr.fsio import write_atomic
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 LOCKS_DIR = ".gpumgr-locks"
@@ -87,14 +87,7 @@ class Manifest:
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode("utf-8"), mode=0o600)
 
 
 def _ref_path(hub_dir: Path, repo: str, revision: str) -> Path:
