@@ -7,13 +7,12 @@ plan fits, 1 when one does not (the explanation printed, one line on stderr), 2 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from gpumgr.cli.common import config_dir_option, emit_json, load_config_from_ctx
 from gpumgr.cli.plan_inputs import (
@@ -23,6 +22,7 @@ from gpumgr.cli.plan_inputs import (
     open_backend,
     snapshot_path,
 )
+from gpumgr.cli.tables import Column, console_for_output, fit_table
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider, ProviderStatus
 from gpumgr.actions.prepare import launch_for_budget
@@ -109,6 +109,20 @@ def plan_json(plans: list[tuple[VramPlan, GpuInfo]], cfg: Config) -> dict[str, A
     }
 
 
+PLAN_COLUMNS = [
+    Column("#", priority=0, justify="right"),
+    Column("provider", keep=True),
+    Column("fraction", keep=True, justify="right"),
+    Column("budget MiB", priority=6, justify="right"),
+    Column("weights MiB", priority=2, justify="right"),
+    Column("KV MiB", priority=1, justify="right"),
+    Column("KV tokens", priority=3, justify="right"),
+    Column("max len", priority=5, justify="right"),
+    Column("concurrency", priority=4, justify="right"),
+]
+"""The provider and its slice are always shown whole; the rest as the width allows."""
+
+
 def render_plan(plan: VramPlan, gpu: GpuInfo, console: Console) -> None:
     r = plan.request
     console.print(
@@ -118,14 +132,10 @@ def render_plan(plan: VramPlan, gpu: GpuInfo, console: Console) -> None:
         + (f" (+{r.ollama_extra_bytes // MIB} MiB reserved)" if r.ollama_extra_bytes else "")
         + f", {max(0, r.available_bytes) // MIB} MiB available to the plan"
     )
-    t = Table()
-    for col in ("#", "provider", "fraction", "budget MiB", "weights MiB",
-                "KV MiB", "KV tokens", "max len", "concurrency"):
-        t.add_column(col, justify="left" if col == "provider" else "right")
-    for i in plan.instances:
-        t.add_row(
+    rows = [
+        [
             str(i.start_index + 1),
-            i.provider,
+            escape(i.provider),
             f"{i.fraction:.2f}" + (" (pinned)" if i.pinned else ""),
             str(i.budget_bytes // MIB),
             f"{i.estimate.weights_bytes // MIB} ({i.estimate.weights_source})",
@@ -133,8 +143,10 @@ def render_plan(plan: VramPlan, gpu: GpuInfo, console: Console) -> None:
             str(i.kv_tokens),
             str(i.max_model_len),
             f"{i.max_concurrency:.2f}x",
-        )
-    console.print(t)
+        ]
+        for i in plan.instances
+    ]
+    console.print(fit_table(PLAN_COLUMNS, rows, console.width))
     if plan.feasible:
         console.print(f"[green]fits[/green]: {max(0, plan.unused_bytes) // MIB} MiB left unused")
     for p in plan.problems:
@@ -194,7 +206,7 @@ def plan(
     if as_json:
         emit_json(plan_json(plans, cfg))
     else:
-        console = Console(width=None if sys.stdout.isatty() else 120)
+        console = console_for_output()
         if not plans:
             console.print("nothing to plan: no active vLLM providers (name some to plan them)")
         for vram_plan, gpu in plans:
