@@ -186,7 +186,7 @@ def run_demo(example_dir: Path, *, workdir: Path | None, load_seconds: float, fo
         console.print(f"[bold]gpumgr demo[/] workspace {root} (logs in {root / 'log'})")
         console.print(f"simulated Ollama on {ollama.base_url}; status on http://{ws.listen}/v1/status")
         if follow:
-            console.print(f"the CLI, from another terminal: [bold]{ws.cli_hint()}[/]", highlight=False)
+            _print_cli_hint(console, ws)
         url = f"http://{ws.listen}/v1/status"
         view = DemoView(console)
         with running_daemon(ws, load_seconds) as daemon:
@@ -199,10 +199,10 @@ def run_demo(example_dir: Path, *, workdir: Path | None, load_seconds: float, fo
                 console.print(f"request to [bold]{answer[0]}[/] answered: {answer[1]!r}")
             swapped = run_swaps(ws, load_seconds, console, url, doc)
             if follow:
-                console.print(f"\n[bold]following until Ctrl-C[/]; from another terminal: "
-                              f"[bold]{ws.cli_hint()}[/], then `gpumgr status --watch`, "
-                              f"`gpumgr swap qwen-14b qwen-7b`, `gpumgr logs qwen-7b`",
-                              highlight=False)
+                console.print("\n[bold]following until Ctrl-C[/]")
+                _print_cli_hint(console, ws)
+                console.print("then `gpumgr status --watch`, `gpumgr swap qwen-14b qwen-7b`, "
+                              "`gpumgr logs qwen-7b`, `gpumgr gpus`", highlight=False)
                 if view.watch(url, daemon, follow=True, timeout_s=None) is None:
                     console.print(f"[red]the daemon exited[/]; see {root / 'daemon.log'}")
                     return 1
@@ -226,6 +226,12 @@ def run_demo(example_dir: Path, *, workdir: Path | None, load_seconds: float, fo
                     shutil.rmtree(root, ignore_errors=True)
                 else:
                     console.print(f"workspace kept for inspection: {root}")
+
+
+def _print_cli_hint(console: Console, ws: DemoWorkspace) -> None:
+    """The one line that points the CLI at this demo, never broken (copied as it is)."""
+    console.print("the CLI, from another terminal:")
+    console.print(f"  {ws.cli_hint()}", soft_wrap=True, highlight=False, style="bold")
 
 
 def run_swaps(ws: DemoWorkspace, load_seconds: float, console: Console, url: str,
