@@ -144,9 +144,12 @@ def test_status_json_watch_is_one_status_document_per_line_per_change(
 
         out.until(stopped)
         states = [next(b["state"] for b in d["backends"] if b["name"] == LONG) for d in docs]
-        assert "draining" in states or "stopping" in states, states
+        assert states[0] == "up" and states[-1] == "stopped"
+        assert "draining" in states and "stopping" in states, states  # no change folded away
+        assert all(len(d["backends"]) == 3 for d in docs)
+        assert docs[-1]["models"]["qwen-coder"]["available"] is False  # rebuilt with the change
         seqs = [d["seq"] for d in docs]
-        assert seqs == sorted(set(seqs)), seqs  # one document per change, none repeated
+        assert seqs == sorted(seqs) and len(set(seqs)) > 2, seqs
         rc, err = _terminate(watch)
         assert rc == 0 and "Traceback" not in err, err
     finally:

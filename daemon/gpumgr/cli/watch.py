@@ -5,7 +5,8 @@ Three outputs, chosen by where stdout goes:
 - a terminal: the table, redrawn in place on every change;
 - a pipe or a file: the table once, then one line per backend change as it happens
   (``12:01:07 qwen-7b: starting -> up (health 200)``), flushed line by line;
-- ``--json``: one status document per change, each on one line (NDJSON), the first at once.
+- ``--json``: one status document per backend change, each on one line (NDJSON), the first
+  at once; a burst of changes is never folded into one document.
 
 Ctrl-C and SIGTERM end it with exit 0 and no traceback; a reader that goes away (``| head``)
 ends it quietly too. A daemon that cannot be reached, or that stays gone after its stream
@@ -30,6 +31,7 @@ from rich.console import Console
 from gpumgr.cli.status import base_url, fetch_status, render_table
 from gpumgr.cli.tables import output_width
 from gpumgr.errors import DaemonUnavailable
+from gpumgr.status.document import BackendStatus, StatusDocument, build_models
 
 Json = dict[str, Any]
 
@@ -103,18 +105,36 @@ def _emit_line(text: str) -> None:
     sys.stdout.flush()
 
 
+def document_at_change(live: Json, previous: Json, seq: int | None, backend: Json) -> Json:
+    """The status document as of one backend change: the backends of ``previous`` with that
+    one replaced (or added), ``models`` rebuilt from them as the daemon builds it, the change's
+    ``seq``; what is measured rather than changed (GPU memory, the daemon's uptime) from
+    ``live``, a document fetched now. So no change is lost to the next one arriving first."""
+    before = StatusDocument.model_validate(previous)
+    changed = BackendStatus.model_validate(backend)
+    backends = [changed if b.name == changed.name else b for b in before.backends]
+    if all(b.name != changed.name for b in before.backends):
+        backends.append(changed)
+    now = StatusDocument.model_validate(live)
+    doc = now.model_copy(update={
+        "backends": backends, "models": build_models(backends),
+        "seq": before.seq if seq is None else seq,
+    })
+    return dict(json.loads(doc.model_dump_json()))
+
+
 def _watch_json(listen: str) -> None:
-    """One status document per change, one per line, each written as it arrives."""
+    """One status document per backend change, one per line, each written as it arrives."""
     doc = fetch_status(listen)
-    last_seq = doc.get("seq")
-    _emit_line(json.dumps(doc, separators=(",", ":"), default=str))
-    for seq, _ in change_frames(listen):
-        if seq is not None and isinstance(last_seq, int) and seq <= last_seq:
-            continue  # already in a document printed (a burst of changes, one fetch)
-        doc = fetch_status(listen)
-        if doc.get("seq") != last_seq:
-            last_seq = doc.get("seq")
-            _emit_line(json.dumps(doc, separators=(",", ":"), default=str))
+    _emit_line(json.dumps(doc, separators=(",", ":")))
+    first_seq = doc.get("seq") if isinstance(doc.get("seq"), int) else None
+    for seq, backend in change_frames(listen):
+        if first_seq is not None and seq is not None:
+            if seq <= first_seq:
+                continue  # already in the first document
+            first_seq = None  # from here on every frame is new (a restarted daemon counts anew)
+        doc = document_at_change(fetch_status(listen), doc, seq, backend)
+        _emit_line(json.dumps(doc, separators=(",", ":")))
 
 
 def change_line(old: Json | None, new: Json, now: float | None = None) -> str | None:
