@@ -4,6 +4,7 @@ wider than the screen, and each row shows the name and its state (or its slice) 
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -113,7 +114,6 @@ def test_plan_through_the_cli_honours_columns_when_piped_and_keeps_the_name_and_
     env = {"PATH": "/usr/bin:/bin", "COLUMNS": str(width),
            "GPUMGR_SIM_GPU_STATE": str(tmp_path / "gpu.json"),
            **{f"GPUMGR_{d}_DIR": str(tmp_path / d.lower()) for d in ("RUNTIME", "STATE", "LOG", "CACHE")}}
-    import os
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, "-m", "gpumgr.cli", "plan", "--simulate", "--config-dir", str(cfg), LONG],
