@@ -54,26 +54,26 @@ class DemoWorkspace:
     ports: dict[int, int] = field(default_factory=dict)
 
     def env(self, load_seconds: float) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            GPUMGR_RUNTIME_DIR=str(self.root / "run"),
-            GPUMGR_STATE_DIR=str(self.root / "state"),
-            GPUMGR_LOG_DIR=str(self.root / "log"),
-            GPUMGR_CACHE_DIR=str(self.root / "cache"),
-            GPUMGR_LISTEN=self.listen,
-            GPUMGR_SIMULATE="1",
-            GPUMGR_SIM_LOAD_SECONDS=f"{load_seconds:g}",
-        )
+        """The environment of the demo's daemon and CLI calls: none of the caller's
+        ``GPUMGR_*`` variables, so the workspace's ``gpumgr.yaml`` alone decides where things
+        are (what an operator's ``GPUMGR_CONFIG_DIR`` relies on too)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUMGR_")}
+        env["GPUMGR_SIM_LOAD_SECONDS"] = f"{load_seconds:g}"
         return env
+
+    def cli_hint(self) -> str:
+        """How to point the CLI at this demo from another terminal: one variable."""
+        return f"export GPUMGR_CONFIG_DIR={self.config_dir}"
 
 
 def prepare_workspace(example_dir: Path, root: Path, ollama_port: int) -> DemoWorkspace:
     """The example configuration with every local port moved to a free one."""
     cfg_dir = root / "config"
     cfg_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("model-mappings.yaml", "gpumgr.yaml"):
-        if (example_dir / name).exists():
-            shutil.copy(example_dir / name, cfg_dir / name)
+    if (example_dir / "model-mappings.yaml").exists():
+        shutil.copy(example_dir / "model-mappings.yaml", cfg_dir / "model-mappings.yaml")
+    listen = f"127.0.0.1:{free_port()}"
+    write_settings(example_dir / "gpumgr.yaml", cfg_dir / "gpumgr.yaml", root, listen)
     data = yaml.safe_load((example_dir / "providers.yaml").read_text())
     ports: dict[int, int] = {}
     sleeper = data.get("providers", {}).get(SLEEP_PARTNER)
@@ -92,7 +92,21 @@ def prepare_workspace(example_dir: Path, root: Path, ollama_port: int) -> DemoWo
         "# Demo copy of the example registry, local ports moved to free ones.\n"
         + yaml.safe_dump(data, sort_keys=False)
     )
-    return DemoWorkspace(root, cfg_dir, f"127.0.0.1:{free_port()}", ports)
+    return DemoWorkspace(root, cfg_dir, listen, ports)
+
+
+def write_settings(example: Path, target: Path, root: Path, listen: str) -> None:
+    """The example's ``gpumgr.yaml`` with the workspace's directories, its listener and
+    ``simulate.enabled``: the config directory alone then points any ``gpumgr`` command
+    (status, swap, logs, gpus, plan) at the demo's simulated box."""
+    data: dict[str, Any] = {}
+    if example.exists():
+        data = yaml.safe_load(example.read_text()) or {}
+    data.update(listen=listen, runtime_dir=str(root / "run"), state_dir=str(root / "state"),
+                log_dir=str(root / "log"), cache_dir=str(root / "cache"))
+    data.setdefault("simulate", {})["enabled"] = True
+    target.write_text("# Demo copy of the example settings: this workspace's directories and "
+                      "listener, simulated.\n" + yaml.safe_dump(data, sort_keys=False))
 
 
 @contextmanager
@@ -101,18 +115,30 @@ def running_daemon(ws: DemoWorkspace, load_seconds: float) -> Iterator[subproces
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpumgr.cli", "daemon", "--simulate", "--config-dir", str(ws.config_dir)],
         env=ws.env(load_seconds), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,  # a Ctrl-C reaches the demo, which stops the daemon in order
     )
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        with sigint_ignored():  # a second Ctrl-C must not leave the daemon half-stopped
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         log.close()
+
+
+@contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Ctrl-C ignored for the duration (the shutdown it would interrupt is what it asked for)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _status(url: str) -> dict[str, Any] | None:
@@ -145,21 +171,26 @@ def sample_chat(doc: dict[str, Any]) -> tuple[str, str] | None:
 
 def run_demo(example_dir: Path, *, workdir: Path | None, load_seconds: float, follow: bool,
              timeout_s: float, console: Console) -> int:
+    """The demo; 0 when every step worked, or when Ctrl-C ended it (everything stopped)."""
     root = workdir or Path(tempfile.mkdtemp(prefix="gpumgr-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     result = 1
-    sim_gpu_state = root / "run" / "sim-gpu.json"
-    ollama: SimOllamaProcess = start_sim_ollama(
-        ["qwen2.5-coder:7b", "llama3.1:latest"],
-        env={**os.environ, "GPUMGR_SIM_GPU_STATE": str(sim_gpu_state)},
-    )
+    ollama: SimOllamaProcess | None = None
     try:
+        ollama = start_sim_ollama(
+            ["qwen2.5-coder:7b", "llama3.1:latest"],
+            env={**os.environ, "GPUMGR_SIM_GPU_STATE": str(root / "run" / "sim-gpu.json")},
+            new_session=True,  # Ctrl-C reaches the demo only; it stops Ollama last
+        )
         ws = prepare_workspace(example_dir, root, ollama.port)
         console.print(f"[bold]gpumgr demo[/] workspace {root} (logs in {root / 'log'})")
         console.print(f"simulated Ollama on {ollama.base_url}; status on http://{ws.listen}/v1/status")
+        if follow:
+            _print_cli_hint(console, ws)
         url = f"http://{ws.listen}/v1/status"
+        view = DemoView(console)
         with running_daemon(ws, load_seconds) as daemon:
-            doc = _watch(url, daemon, follow=follow, timeout_s=timeout_s, console=console)
+            doc = view.watch(url, daemon, follow=False, timeout_s=timeout_s)
             if doc is None:
                 console.print(f"[red]the daemon exited early[/]; see {root / 'daemon.log'}")
                 return 1
@@ -167,6 +198,14 @@ def run_demo(example_dir: Path, *, workdir: Path | None, load_seconds: float, fo
             if answer:
                 console.print(f"request to [bold]{answer[0]}[/] answered: {answer[1]!r}")
             swapped = run_swaps(ws, load_seconds, console, url, doc)
+            if follow:
+                console.print("\n[bold]following until Ctrl-C[/]")
+                _print_cli_hint(console, ws)
+                console.print("then `gpumgr status --watch`, `gpumgr swap qwen-14b qwen-7b`, "
+                              "`gpumgr logs qwen-7b`, `gpumgr gpus`", highlight=False)
+                if view.watch(url, daemon, follow=True, timeout_s=None) is None:
+                    console.print(f"[red]the daemon exited[/]; see {root / 'daemon.log'}")
+                    return 1
             console.print("stopping the daemon (SIGTERM: every engine is stopped, none left behind)")
         console.print(f"daemon exited with status {daemon.returncode}")
         ok = daemon.returncode == 0 and swapped and all(
@@ -174,17 +213,25 @@ def run_demo(example_dir: Path, *, workdir: Path | None, load_seconds: float, fo
         )
         result = 0 if ok else 1
         return result
-    except KeyboardInterrupt:  # Ctrl-C: everything above was stopped on the way out
+    except KeyboardInterrupt:  # Ctrl-C: the daemon (and its engines) stopped on the way out
         console.print("interrupted: the daemon and its engines are stopped")
         result = 0
         return result
     finally:
-        ollama.stop()
-        if workdir is None:  # our scratch workspace: removed on exit, kept when the demo failed
-            if result == 0:
-                shutil.rmtree(root, ignore_errors=True)
-            else:
-                console.print(f"workspace kept for inspection: {root}")
+        with sigint_ignored():
+            if ollama is not None:
+                ollama.stop()
+            if workdir is None:  # our scratch workspace: removed on exit, kept when it failed
+                if result == 0:
+                    shutil.rmtree(root, ignore_errors=True)
+                else:
+                    console.print(f"workspace kept for inspection: {root}")
+
+
+def _print_cli_hint(console: Console, ws: DemoWorkspace) -> None:
+    """The one line that points the CLI at this demo, never broken (copied as it is)."""
+    console.print("the CLI, from another terminal:")
+    console.print(f"  {ws.cli_hint()}", soft_wrap=True, highlight=False, style="bold")
 
 
 def run_swaps(ws: DemoWorkspace, load_seconds: float, console: Console, url: str,
@@ -212,50 +259,60 @@ def run_swaps(ws: DemoWorkspace, load_seconds: float, console: Console, url: str
     return True
 
 
-def _watch(url: str, daemon: subprocess.Popen[bytes], *, follow: bool, timeout_s: float,
-           console: Console) -> dict[str, Any] | None:
-    """Show the status until it settles (or until Ctrl-C with ``follow``); the last document."""
-    deadline = time.monotonic() + timeout_s
-    last: dict[str, Any] | None = None
-    seen: dict[str, str] = {}
-    t0 = time.monotonic()
+class DemoView:
+    """What the newcomer sees while the daemon works: on a terminal the live status table, at
+    the terminal's width; into a pipe a line per state change, then the table once."""
 
-    def step() -> bool:
-        nonlocal last
-        if daemon.poll() is not None:
-            return False
-        doc = _status(url)
-        if doc is None:
-            return True
-        last = doc
-        for b in doc["backends"]:
-            if seen.get(b["name"]) != b["state"]:
-                if not console.is_terminal:
-                    console.print(
-                        f"{time.monotonic() - t0:6.1f}s {b['name']}: {seen.get(b['name'], '-')} -> "
-                        f"{b['state']}" + (f" ({b['detail']})" if b.get("detail") else "")
-                    )
-                seen[b["name"]] = b["state"]
-        return follow or not _settled(doc)
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.seen: dict[str, str] = {}
+        self.t0 = time.monotonic()
 
-    try:
+    def watch(self, url: str, daemon: subprocess.Popen[bytes], *, follow: bool,
+              timeout_s: float | None) -> dict[str, Any] | None:
+        """Show the status until it settles (``follow``: until Ctrl-C, which propagates as
+        ``KeyboardInterrupt``); the last document, or None when the daemon exited."""
+        console = self.console
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last: dict[str, Any] | None = None
+
+        def step() -> bool:
+            nonlocal last
+            if daemon.poll() is not None:
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            doc = _status(url)
+            if doc is None:
+                return True
+            last = doc
+            for b in doc["backends"]:
+                if self.seen.get(b["name"]) != b["state"]:
+                    if not console.is_terminal:
+                        console.print(
+                            f"{time.monotonic() - self.t0:6.1f}s {b['name']}: "
+                            f"{self.seen.get(b['name'], '-')} -> {b['state']}"
+                            + (f" ({b['detail']})" if b.get("detail") else ""),
+                            highlight=False,
+                        )
+                    self.seen[b["name"]] = b["state"]
+            return follow or not _settled(doc)
+
         if console.is_terminal:
             with Live(console=console, refresh_per_second=4) as live:
-                while time.monotonic() < deadline and step():
+                while step():
                     if last:
-                        live.update(render_table(last))
+                        live.update(render_table(last, console.width))
                     time.sleep(0.25)
                 if last:
-                    live.update(render_table(last))
+                    live.update(render_table(last, console.width))
         else:
-            while time.monotonic() < deadline and step():
+            while step():
                 time.sleep(0.25)
             if last:
-                console.print(render_table(last))
-    except KeyboardInterrupt:
-        pass
-    if daemon.poll() is not None:
-        return None
-    if last is None:
-        raise GpumgrError("the daemon's status API never answered")
-    return last
+                console.print(render_table(last, console.width))
+        if daemon.poll() is not None:
+            return None
+        if last is None:
+            raise GpumgrError("the daemon's status API never answered")
+        return last

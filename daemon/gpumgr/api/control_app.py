@@ -101,6 +101,14 @@ def _refusal(exc: GpumgrError) -> HTTPException:
     return HTTPException(400, redact_text(str(exc)))
 
 
+def _same_provider(operator: Operator, old: str, new: str) -> bool:
+    """Whether two names mean one provider (a bad name is left to the operation's own refusal)."""
+    try:
+        return operator.resolve(old) == operator.resolve(new)
+    except GpumgrError:
+        return False
+
+
 def _run_streamed(
     operator: Operator, what: Callable[[list[str]], str], names: list[str],
     work: Callable[[Callable[[str], None]], Awaitable[Outcome]],
@@ -190,6 +198,9 @@ def add_control_routes(
 
     @router.post("/swap", response_class=StreamingResponse)
     async def swap(body: SwapBody) -> StreamingResponse:
+        if _same_provider(operator, body.old, body.new):
+            raise HTTPException(400, f"swap {body.old} {body.new}: both name "
+                                     f"{operator.resolve(body.old)}; name two providers")
         return _run_streamed(operator, lambda n: f"swap {n[0]} → {n[1]}", [body.old, body.new],
                              lambda p: operator.swap(body.old, body.new, p, timeout_s=body.timeout_s))
 
@@ -218,6 +229,9 @@ def add_control_routes(
                    follow: bool = False) -> StreamingResponse:
         try:
             backend = operator.resolve(name)
+        except NotManaged:
+            raise HTTPException(400, f"{name} is not run by gpumgr, so gpumgr keeps no log of "
+                                     "it: read that backend's own log") from None
         except GpumgrError as exc:
             raise _refusal(exc) from None
         path = log_path(operator.manager.config.paths.log_dir, backend)

@@ -35,6 +35,10 @@ class ControlInputError(InputError):
     """The daemon refused the request as invalid (unknown or ambiguous name)."""
 
 
+class NoLogYet(GpumgrError):
+    """A managed engine with an empty or missing log (exit 1: nothing wrong with the request)."""
+
+
 def socket_path(ctx: click.Context, config_dir: str | None) -> Path:
     """The control socket of the configured ``runtime_dir`` (a broken config on disk still
     finds the socket through the environment and defaults)."""
@@ -206,6 +210,8 @@ def swap(ctx: click.Context, config_dir: str | None, old: str, new: str,
          timeout_s: float | None) -> None:
     """Replace OLD by NEW with no failed requests: refused before anything stops when NEW cannot
     fit; rolled back to OLD when NEW fails."""
+    if old == new:  # names that differ but mean one provider: the daemon answers 400 (exit 2)
+        raise InputError(f"swap {old} {new}: OLD and NEW are the same; name two providers")
     run_operation(ctx, config_dir, "/v1/control/swap",
                   {"old": old, "new": new, "timeout_s": timeout_s})
 
@@ -231,13 +237,20 @@ def reload(ctx: click.Context, config_dir: str | None) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.pass_context
 def logs(ctx: click.Context, config_dir: str | None, name: str, lines: int, follow: bool) -> None:
-    """The log of NAME's engine (secrets masked)."""
+    """The log of NAME's engine (secrets masked). Only the engines gpumgr runs have one here:
+    NAME is an Ollama, cloud or other backend gpumgr does not run → one line, exit 2; an
+    engine that has written nothing yet → one line, exit 1."""
     client = ControlClient(socket_path(ctx, config_dir))
+    shown = 0
     try:
         for line in client.lines(f"/v1/control/logs/{name}", {"n": lines, "follow": follow}):
             click.echo(line)
+            shown += 1
     except KeyboardInterrupt:
         sys.exit(0)
+    if shown == 0 and lines > 0:
+        raise NoLogYet(f"{name} has no log yet: gpumgr has not run its engine on this host "
+                       f"(`gpumgr start {name}` starts it)")
 
 
 __all__ = ["logs", "reload", "restart", "sleep", "start", "stop", "swap", "wake"]

@@ -7,13 +7,15 @@ report only: ``{"ok", "counts", "duration_s", "checks": [{"name", "status", "sum
 from __future__ import annotations
 
 import os
-import sys
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from rich.padding import Padding
+from rich.text import Text
 
 from gpumgr.cli.common import config_dir_option, emit_json
+from gpumgr.cli.tables import Column, build_table, cell_width, choose_columns, console_for_output
 from gpumgr.doctor import Level, Report
 from gpumgr.doctor.runner import DoctorOptions, run_doctor
 from gpumgr.errors import EXIT_OK, EXIT_RUNTIME
@@ -22,14 +24,32 @@ from gpumgr.logs import redact_text
 _STYLE = {Level.OK: "green", Level.WARN: "yellow", Level.FAIL: "bold red"}
 
 
+DOCTOR_COLUMNS = [
+    Column("status", keep=True),
+    Column("check", keep=True),
+    Column("finding", flexible=True, min_width=20),
+    Column("fix", flexible=True, min_width=20),
+]
+
+
 def render_report(report: Report, console: Console) -> None:
-    table = Table(title="gpumgr doctor", show_lines=False)
-    for col in ("status", "check", "finding", "fix"):
-        table.add_column(col, overflow="fold")
-    for c in report.checks:
-        table.add_row(f"[{_STYLE[c.level]}]{c.level.value}[/]", c.name, redact_text(c.summary),
-                      redact_text(c.fix))
-    console.print(table)
+    """A table of the checks laid out for the console's width; where the check names leave too
+    little room, each check on its own line with its finding and fix wrapped under it."""
+    rows = [[f"[{_STYLE[c.level]}]{c.level.value}[/]", escape(c.name),
+             escape(redact_text(c.summary)), escape(redact_text(c.fix))] for c in report.checks]
+    chosen = choose_columns(DOCTOR_COLUMNS, rows, console.width)
+    if chosen is not None:
+        console.print(build_table(DOCTOR_COLUMNS, rows, chosen, title="gpumgr doctor"))
+    else:
+        console.print("[bold]gpumgr doctor[/]")
+        for status, name, finding, fix in rows:
+            line = Text.from_markup(status) + " " * (5 - cell_width(status)) + Text.from_markup(name)
+            line.no_wrap = True
+            console.print(line)
+            console.print(Padding(Text.from_markup(finding, overflow="fold"), (0, 0, 0, 5)))
+            if fix:
+                console.print(Padding(Text.from_markup(f"fix: {fix}", overflow="fold"),
+                                      (0, 0, 0, 5)))
     console.print(f"{report.count(Level.OK)} ok, {report.count(Level.WARN)} warn, "
                   f"{report.count(Level.FAIL)} fail in {report.duration_s:.1f} s")
 
@@ -50,5 +70,5 @@ def doctor(ctx: click.Context, config_dir: str | None, as_json: bool,
     if as_json:
         emit_json(report.to_dict())
     else:
-        render_report(report, Console(width=None if sys.stdout.isatty() else 160))
+        render_report(report, console_for_output())
     ctx.exit(EXIT_RUNTIME if report.failed else EXIT_OK)

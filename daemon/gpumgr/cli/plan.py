@@ -10,12 +10,11 @@ stderr), 2 for bad input.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from gpumgr.actions.plan_report import by_card, plan_document, select_providers
 from gpumgr.cli.common import config_dir_option, emit_json, load_config_from_ctx
@@ -27,6 +26,7 @@ from gpumgr.cli.plan_inputs import (
     open_backend,
     snapshot_path,
 )
+from gpumgr.cli.tables import Column, console_for_output, fit_table
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider
 from gpumgr.errors import DaemonUnavailable, InputError, PlanInfeasible
@@ -84,6 +84,20 @@ def daemon_document(cfg: Config, names: tuple[str, ...]) -> dict[str, Any] | str
     return doc
 
 
+PLAN_COLUMNS = [
+    Column("#", priority=0, justify="right"),
+    Column("provider", keep=True),
+    Column("fraction", keep=True, justify="right"),
+    Column("budget MiB", priority=6, justify="right"),
+    Column("weights MiB", priority=2, justify="right"),
+    Column("KV MiB", priority=1, justify="right"),
+    Column("KV tokens", priority=3, justify="right"),
+    Column("max len", priority=5, justify="right"),
+    Column("concurrency", priority=4, justify="right"),
+]
+"""The provider and its slice are always shown whole; the rest as the width allows."""
+
+
 def render_plan(gpu: dict[str, Any], console: Console) -> None:
     """One card's plan as a table (from the JSON document, whoever made it)."""
     extra = gpu["ollama_extra_reserved_mib"]
@@ -96,14 +110,10 @@ def render_plan(gpu: dict[str, Any], console: Console) -> None:
     )
     if gpu["unload_ollama"]:
         console.print(f"unloads Ollama model(s) first: {', '.join(gpu['unload_ollama'])}")
-    t = Table()
-    for col in ("#", "provider", "fraction", "budget MiB", "weights MiB",
-                "KV MiB", "KV tokens", "max len", "concurrency"):
-        t.add_column(col, justify="left" if col == "provider" else "right")
-    for i in gpu["instances"]:
-        t.add_row(
+    rows = [
+        [
             str(i["start_index"] + 1),
-            i["provider"],
+            escape(i["provider"]),
             f"{i['gpu_memory_utilization']:.2f}" + (" (pinned)" if i["pinned"] else ""),
             str(i["budget_mib"]),
             f"{i['weights_bytes'] // (1 << 20)} ({i['weights_source']})",
@@ -111,8 +121,10 @@ def render_plan(gpu: dict[str, Any], console: Console) -> None:
             str(i["kv_tokens"]),
             str(i["max_model_len"]),
             f"{i['max_concurrency']:.2f}x",
-        )
-    console.print(t)
+        ]
+        for i in gpu["instances"]
+    ]
+    console.print(fit_table(PLAN_COLUMNS, rows, console.width))
     if gpu["feasible"]:
         console.print(f"[green]fits[/green]: {max(0, gpu['unused_mib'])} MiB left unused")
     for p in gpu["problems"]:
@@ -142,7 +154,7 @@ def plan(
     if as_json:
         emit_json(doc)
     else:
-        console = Console(width=None if sys.stdout.isatty() else 120)
+        console = console_for_output()
         console.print(doc["source_note"])
         if not doc["gpus"]:
             console.print("nothing to plan: no active vLLM providers (name some to plan them)")

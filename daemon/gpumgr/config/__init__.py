@@ -165,7 +165,7 @@ def inspect_config(
         settings=st,
         paths=paths,
         listen=resolve_listen(st, env, listen),
-        simulate=resolve_simulate(env, simulate),
+        simulate=resolve_simulate(env, simulate) or st.simulate.enabled,
         warnings=_sorted(warnings),
     )
     return ConfigReport(cfg, (), cfg.warnings)

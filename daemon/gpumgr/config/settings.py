@@ -105,6 +105,9 @@ class SimGpuConfig(_Section):
 class SimulateSettings(_Section):
     """The simulated GPU and engines used by ``--simulate``, ``GPUMGR_SIMULATE=1`` and ``demo``."""
 
+    enabled: bool = False
+    """Simulate without the flag or the variable (the demo's workspace sets it, so that its
+    config directory alone points every command at the simulated box)."""
     gpus: list[SimGpuConfig] = Field(default_factory=lambda: [SimGpuConfig()])
     load_seconds: float | None = Field(default=None, ge=0)
     """Fixed simulated engine load time; default derives it from the weights size."""

@@ -65,7 +65,10 @@ def start_sim_ollama(
     token_delay_s: float = 0.0,
     env: Mapping[str, str] | None = None,
     ready_timeout_s: float = 15.0,
+    new_session: bool = False,
 ) -> SimOllamaProcess:
+    """``new_session``: out of the caller's process group (a Ctrl-C in its terminal does not
+    reach it; the caller stops it)."""
     argv = [sys.executable, "-m", "gpumgr.sim.ollama", "--port", "0", "--mode", mode,
             "--token-delay-s", str(token_delay_s)]
     if pulled:
@@ -75,7 +78,8 @@ def start_sim_ollama(
     for name, mib in (sizes_mib or {}).items():
         argv += ["--size", f"{name}={mib}"]
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+        argv, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+        start_new_session=new_session,
     )
     deadline = time.monotonic() + ready_timeout_s
     sel = selectors.DefaultSelector()
