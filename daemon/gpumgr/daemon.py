@@ -153,13 +153,15 @@ class Daemon:
             on_weights=status.weights_ready, system=self._system,
         )
         status.expected_startup_s = manager.startup_times.expected_s
+        status.desired_engines = lambda: (manager.desired.names, manager.desired.sleeping)
         self.poller = poller = GpuPoller(inventory, manager.managed_pids, status.gpus_read)
         status.on_state_change.append(lambda _t: poller.refresh_soon())
         self.operator = operator = Operator(manager)
         token = control_token(self.config)
 
         def control(app: FastAPI, token: str | None = None) -> None:
-            add_control_routes(app, operator, self.reload, token=token)
+            add_control_routes(app, operator, self.reload, token=token,
+                               observe=status.observe_operation)
 
         await status.start_api(
             functools.partial(control, token=token) if token is not None else None
@@ -259,6 +261,7 @@ class Daemon:
         self.status.reload(config)
         report = await self.manager.reconcile(config)
         self.status.prune()
+        self.status.reloaded(report.restarted)
         self._notifier.status(
             f"reloaded: {len(report.started)} started, {len(report.stopped)} stopped, "
             f"{len(report.restarted)} restarted"
