@@ -49,6 +49,7 @@ class LifecycleTracker:
     def seed(self, backend: str, state: BackendState | str, since: float) -> None:
         """A backend's state when the tracker first hears of it (daemon start, a reload)."""
         self._entered.setdefault(backend, (str(state), since))
+        self._metrics.know_backend(backend)
 
     def probe_ok(self, backend: str, at: float) -> None:
         self._last_ok[backend] = at

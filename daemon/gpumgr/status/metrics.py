@@ -227,6 +227,16 @@ class _LifecycleCollector(Collector):
             desired.add_metric([b.name, b.type], 1.0 if view.desired_up.get(b.name) else 0.0)
         yield desired
 
+        checked = GaugeMetricFamily(
+            "gpumgr_backend_last_check_timestamp_seconds",
+            "When the backend was last probed (Unix time); a stale one means probes stopped",
+            labels=["backend"],
+        )
+        for b in doc.backends:
+            if b.last_check is not None:
+                checked.add_metric([b.name], b.last_check.timestamp())
+        yield checked
+
         in_state = CounterMetricFamily(
             "gpumgr_backend_state_seconds",
             "Seconds each backend has spent in each state since the daemon started",
@@ -303,6 +313,12 @@ class LifecycleMetrics:
             "gpumgr_swap_duration_seconds",
             "Time a swap took, from the request to the new model serving (or the failure)",
             labelnames=["mode", "outcome"], buckets=SWAP_BUCKETS_S, registry=registry)
+        self.swaps = Counter(
+            "gpumgr_swaps",
+            "Swaps by outcome: ok, failed, rolled_back (the old model is back)",
+            labelnames=["outcome"], registry=registry)
+        for outcome in SWAP_OUTCOMES:  # present at 0, so increase() sees the first failure
+            self.swaps.labels(outcome)
         self.operation = Histogram(
             "gpumgr_operation_duration_seconds",
             "Time a control operation (start, stop, restart, sleep, wake, swap) took",
@@ -341,9 +357,15 @@ class LifecycleMetrics:
         self.operation.labels(record.kind, record.outcome).observe(record.seconds)
         if record.kind == "swap":
             self.swap.labels(record.mode, record.outcome).observe(record.seconds)
+            self.swaps.labels(record.outcome).inc()
         wake_s = record.timings_s.get("wake")
         if wake_s is not None and record.backends:
             self.wake.labels(record.backends[-1]).observe(wake_s)
+
+    def know_backend(self, backend: str) -> None:
+        """Create a backend's restart counters at 0, so ``increase()`` sees its first restart."""
+        for reason in RESTART_REASONS:
+            self.restarts.labels(backend, reason)
 
     def observe_start_estimate(self, backend: str, estimate_s: float, actual_s: float) -> None:
         self.estimate_error.labels(backend).set(round(actual_s - estimate_s, 3))
