@@ -24,6 +24,8 @@ from gpumgr.status.metrics import (
     classify_operation,
 )
 from gpumgr.status.targets import desired_up, prometheus_targets
+from gpumgr.engines.probe_result import LoadedModel
+from gpumgr.status_wiring import ollama_spill
 from gpumgr.supervisor.events import ChildExited, ChildReady, ChildStarted, Restarting
 
 T0 = datetime(2026, 1, 2, tzinfo=UTC)
@@ -225,3 +227,12 @@ def test_vram_planned_and_used_per_engine_and_ollama_cpu_share() -> None:
     assert p.value("gpumgr_backend_desired_up", backend="qwen-7b", type="vllm") == 1
     assert p.value("gpumgr_backend_desired_up", backend="qwen-14b", type="vllm") == 0
     assert p.value("gpumgr_ollama_model_cpu_ratio", backend="ollama", model="llama3:latest") == 0.25
+
+
+def test_an_ollama_model_with_part_of_it_on_the_cpu_gives_the_degraded_reason_with_the_share() -> None:
+    gib = 2**30
+    assert ollama_spill([LoadedModel("llama3:latest", 8 * gib, 8 * gib)]) == ""
+    assert ollama_spill([]) == ""
+    assert ollama_spill([LoadedModel("llama3:latest", 8 * gib, 8 * gib),
+                         LoadedModel("big:latest", 12 * gib, 9 * gib)]) == (
+        "spilling to CPU: big:latest 25 % on CPU (3.0 of 12.0 GiB)")

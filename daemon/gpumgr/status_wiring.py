@@ -17,7 +17,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 
 import httpx2
@@ -28,7 +28,7 @@ from gpumgr.api.server import ApiServer, parse_listen
 from gpumgr.api.status_app import create_status_app
 from gpumgr.backend_state import BackendState
 from gpumgr.config import Config
-from gpumgr.engines.probe_result import ProbeResult
+from gpumgr.engines.probe_result import LoadedModel, ProbeResult
 from gpumgr.gpu import GpuInventory
 from gpumgr.engines.probes import is_probed
 from gpumgr.health.machine import NOT_PROBED, BackendHealth, Transition
@@ -48,6 +48,18 @@ from gpumgr.supervisor.events import ChildStarted, OllamaEvicted, SupervisorEven
 from gpumgr.weights import Snapshot
 
 log = structlog.get_logger(__name__)
+
+
+def ollama_spill(loaded: Iterable[LoadedModel]) -> str:
+    """Why an Ollama backend is ``degraded``: each loaded model with part of it on the CPU
+    (``size_vram < size`` in ``/api/ps``) and that share; empty when all sit in VRAM."""
+    parts = []
+    for m in loaded:
+        if m.spilled and m.size_bytes > 0:
+            on_cpu = m.size_bytes - m.size_vram_bytes
+            parts.append(f"{m.name} {100.0 * on_cpu / m.size_bytes:.0f} % on CPU "
+                         f"({on_cpu / 2**30:.1f} of {m.size_bytes / 2**30:.1f} GiB)")
+    return f"spilling to CPU: {', '.join(parts)}" if parts else ""
 
 
 def _utc(ts: float) -> datetime:
@@ -312,6 +324,9 @@ class StatusWiring:
         if provider is not None and provider.type is ProviderType.OLLAMA and result.ok:
             self._ollama_loaded[name] = tuple(
                 LoadedModelView(m.name, m.size_bytes, m.size_vram_bytes) for m in result.loaded)
+            # Spilled to the CPU: serving, but slower than planned: ``degraded`` through the
+            # state machine's shortfall (the same up <-> degraded path as a vLLM KV shortfall).
+            self.scheduler.kv_measured(name, ollama_spill(result.loaded))
         unavailable = {m.name: m.reason or "unavailable" for m in result.models if not m.available}
         self._probe_unavailable[name] = unavailable
         models = self.publisher.backend(name)
