@@ -8,9 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client import generate_latest
 
 from gpumgr.backend_state import BackendState as S
 from gpumgr.config.registry import Provider
@@ -21,6 +19,7 @@ from gpumgr.status.metrics import (
     LifecycleMetrics,
     LifecycleView,
     LoadedModelView,
+    StatusMetrics,
     classify_operation,
 )
 from gpumgr.status.targets import desired_up, prometheus_targets
@@ -112,16 +111,16 @@ def test_operations_are_classified_from_the_operators_wording() -> None:
 
 class _Probe:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
         self.view = LifecycleView()
         self.doc = _doc()
-        self.metrics = LifecycleMetrics(self.registry, lambda: self.doc, lambda: self.view)
+        self.status = StatusMetrics(lambda: self.doc)
+        self.metrics = LifecycleMetrics(self.status, lambda: self.doc, lambda: self.view)
         self.now = 1000.0
         self.tracker = LifecycleTracker(self.metrics, clock=lambda: self.now)
 
     def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         out = {}
-        for fam in text_string_to_metric_families(generate_latest(self.registry).decode()):
+        for fam in text_string_to_metric_families(self.status.render().decode()):
             for s in fam.samples:
                 out[(s.name, frozenset(s.labels.items()))] = s.value
         return out

@@ -134,7 +134,7 @@ class StatusWiring:
         without a manager) the registry's ``active`` vLLM providers."""
         self._ollama_loaded: dict[str, tuple[LoadedModelView, ...]] = {}
         self.lifecycle_metrics = LifecycleMetrics(
-            self.publisher.metrics.registry, lambda: self.publisher.document, self._lifecycle_view)
+            self.publisher.metrics, lambda: self.publisher.document, self._lifecycle_view)
         self.lifecycle = LifecycleTracker(self.lifecycle_metrics)
         for name, h in self.scheduler.healths().items():
             self.lifecycle.seed(name, h.state, h.since)

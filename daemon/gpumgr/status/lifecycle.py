@@ -61,14 +61,14 @@ class LifecycleTracker:
         if isinstance(event, ChildExited):
             self._last_exit[event.backend] = event
         elif isinstance(event, Restarting):
-            self._metrics.restarts.labels(event.backend, self._restart_reason(event)).inc()
+            self._metrics.count_restart(event.backend, self._restart_reason(event))
         elif isinstance(event, ChildStarted):
             if event.adopted:
                 self._adopted.add(event.backend)
             else:
                 self._adopted.discard(event.backend)
         elif isinstance(event, ChildReady) and not event.adopted:
-            self._metrics.cold_start.labels(event.backend).observe(max(0.0, event.startup_s))
+            self._metrics.observe_cold_start(event.backend, event.startup_s)
 
     def after_event(self, event: SupervisorEvent) -> None:
         self._in_event = None
@@ -84,7 +84,7 @@ class LifecycleTracker:
     def reloaded(self, restarted: Iterable[str]) -> None:
         """A reload restarted these engines (their launch identity changed)."""
         for name in restarted:
-            self._metrics.restarts.labels(name, "reload").inc()
+            self._metrics.count_restart(name, "reload")
 
     def transition(self, t: Transition, estimate_s: float | None) -> None:
         """One state change; ``estimate_s``: the expected start announced when ``t`` enters
@@ -96,13 +96,13 @@ class LifecycleTracker:
         self._entered[t.backend] = (new, t.at)
 
         if old == "draining":
-            self._metrics.drain.labels(t.backend).observe(max(0.0, t.at - since))
+            self._metrics.observe_drain(t.backend, t.at - since)
         if old in SERVING and new not in SERVING:
             last_ok = self._last_ok.get(t.backend)
             exited = self._in_event == t.backend and t.backend in self._last_exit
             if last_ok is not None and (exited or new == "down"):
                 kind = "death" if exited else "hang"
-                self._metrics.detection.labels(t.backend, kind).observe(max(0.0, t.at - last_ok))
+                self._metrics.observe_detection(t.backend, kind, t.at - last_ok)
         if new == "starting":
             if old == "sleeping" or t.backend in self._adopted:
                 self._starting.pop(t.backend, None)

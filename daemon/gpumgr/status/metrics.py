@@ -87,7 +87,8 @@ class _DocumentCollector(Collector):
 
 
 class StatusMetrics:
-    """The daemon's Prometheus metrics: the document's view plus the probe-latency histogram."""
+    """The daemon's Prometheus metrics: the document's view plus the probe-latency histogram,
+    followed by what ``add_renderer`` adds (the lifecycle metrics' cached text)."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -101,6 +102,11 @@ class StatusMetrics:
             buckets=PROBE_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self._renderers: list[Callable[[], bytes]] = []
+
+    def add_renderer(self, render: Callable[[], bytes]) -> None:
+        """More exposition text, appended to every scrape (metric families of its own)."""
+        self._renderers.append(render)
 
     def observe_probe(self, backend: str, latency_s: float) -> None:
         self._probe_latency.labels(backend=backend).observe(latency_s)
@@ -114,7 +120,8 @@ class StatusMetrics:
 
     def render(self) -> bytes:
         """The text exposition format served on ``GET /metrics``."""
-        return generate_latest(self.registry)
+        out = generate_latest(self.registry)
+        return out + b"".join(r() for r in self._renderers) if self._renderers else out
 
 
 # -- lifecycle metrics (issue 20) ------------------------------------------------------------
@@ -122,14 +129,12 @@ class StatusMetrics:
 # minutes (a 14B cold start); a cold start 20 s to 10 min; a wake 0.5–10 s; a drain is bounded by
 # ``drain_timeout_s`` (30 s by default); a death is seen in milliseconds (the supervisor's wait),
 # a hang after ``interval_s × retry_attempts`` (6 s by default).
-SWAP_BUCKETS_S = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0)
-COLD_START_BUCKETS_S = (
-    0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0, 900.0
-)
-WAKE_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
-DRAIN_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
-DETECTION_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0)
-ESTIMATE_ERROR_BUCKETS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+SWAP_BUCKETS_S = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+COLD_START_BUCKETS_S = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)
+WAKE_BUCKETS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+DRAIN_BUCKETS_S = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+DETECTION_BUCKETS_S = (0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+ESTIMATE_ERROR_BUCKETS_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 RESTART_REASONS = ("crash", "oom", "hang", "reload")
 SWAP_OUTCOMES = ("ok", "failed", "rolled_back")
@@ -300,15 +305,23 @@ class LifecycleMetrics:
 
     Everything is observed from the state machine's transitions and the supervisor's events by
     ``gpumgr.status.lifecycle``, and from the control API's operation outcomes, not from hooks
-    inside the actions."""
+    inside the actions.
+
+    The histograms and counters change only when something happens, so they live on a registry
+    of their own whose text is rendered once per change and served from that cache: a scrape
+    pays for the scrape-time view only (bench/metrics.py). Every observation goes through a
+    method here, which is what invalidates the cache."""
 
     def __init__(
         self,
-        registry: CollectorRegistry,
+        status: StatusMetrics,
         document: Callable[[], StatusDocument],
         view: Callable[[], LifecycleView],
     ) -> None:
-        registry.register(_LifecycleCollector(document, view))
+        status.registry.register(_LifecycleCollector(document, view))
+        registry = self.registry = CollectorRegistry(auto_describe=False)
+        self._text: bytes | None = None
+        status.add_renderer(self.render)
         self.swap = Histogram(
             "gpumgr_swap_duration_seconds",
             "Time a swap took, from the request to the new model serving (or the failure)",
@@ -353,7 +366,30 @@ class LifecycleMetrics:
             "The last start's real duration minus the estimate (positive: slower than announced)",
             labelnames=["backend"], registry=registry)
 
+    def render(self) -> bytes:
+        """The event metrics' exposition text, rendered again only after a change."""
+        if self._text is None:
+            self._text = generate_latest(self.registry)
+        return self._text
+
+    def observe_cold_start(self, backend: str, seconds: float) -> None:
+        self.cold_start.labels(backend).observe(max(0.0, seconds))
+        self._text = None
+
+    def observe_drain(self, backend: str, seconds: float) -> None:
+        self.drain.labels(backend).observe(max(0.0, seconds))
+        self._text = None
+
+    def observe_detection(self, backend: str, kind: str, seconds: float) -> None:
+        self.detection.labels(backend, kind).observe(max(0.0, seconds))
+        self._text = None
+
+    def count_restart(self, backend: str, reason: str) -> None:
+        self.restarts.labels(backend, reason).inc()
+        self._text = None
+
     def observe_operation(self, record: OperationRecord) -> None:
+        self._text = None
         self.operation.labels(record.kind, record.outcome).observe(record.seconds)
         if record.kind == "swap":
             self.swap.labels(record.mode, record.outcome).observe(record.seconds)
@@ -366,13 +402,16 @@ class LifecycleMetrics:
         """Create a backend's restart counters at 0, so ``increase()`` sees its first restart."""
         for reason in RESTART_REASONS:
             self.restarts.labels(backend, reason)
+        self._text = None
 
     def observe_start_estimate(self, backend: str, estimate_s: float, actual_s: float) -> None:
+        self._text = None
         self.estimate_error.labels(backend).set(round(actual_s - estimate_s, 3))
         self.estimate_abs_error.labels(backend).observe(abs(actual_s - estimate_s))
 
     def forget_backend(self, backend: str) -> None:
         """Drop a removed backend's series (labelled by backend first)."""
+        self._text = None
         for metric in (self.cold_start, self.wake, self.drain, self.estimate_abs_error,
                        self.estimate_error):
             with contextlib.suppress(KeyError):
