@@ -48,3 +48,37 @@ def test_a_rolled_back_swap_is_counted_rolled_back_and_the_failed_engine_is_no_t
         assert b.daemon.stop() == 0
     finally:
         b.daemon.cleanup()
+
+
+def test_a_sleep_mode_swap_keeps_the_sleeper_listed_asleep_and_times_the_wake(tmp_path: Path) -> None:
+    def sleepy(name: str, repo: str, status: str) -> str:
+        return provider(name, free_port(), repo, status=status, max_model_len=4096).replace(
+            "    max_num_seqs: 4\n", "    max_num_seqs: 4\n    swap_mode: sleep\n")
+
+    b = Box(tmp_path, sleepy("qwen-7b", QWEN_7B, "active") + sleepy("qwen-14b", QWEN_14B, "standby"))
+    try:
+        d = b.daemon
+        d.start()
+        d.wait_up("qwen-7b", 60)
+        assert b.cli("swap", "qwen-7b", "qwen-14b").returncode == 0
+        d.wait_up("qwen-14b", 30)
+        listed = {g["labels"]["gpumgr_backend"]: g["labels"]
+                  for g in d.get("/v1/prometheus/targets").json()}
+        assert listed["qwen-7b"]["gpumgr_asleep"] == "true"  # asleep on purpose: still a target
+        assert listed["qwen-14b"]["gpumgr_asleep"] == "false"
+        done = b.cli("swap", "qwen-14b", "qwen-7b")  # wakes qwen-7b
+        assert done.returncode == 0 and "waking qwen-7b" in done.stdout
+        d.wait_up("qwen-7b", 30)
+        s = _samples(d.get("/metrics").text)
+        assert s[("gpumgr_swap_duration_seconds_count",
+                  frozenset({("mode", "sleep"), ("outcome", "ok")}))] == 2
+        assert s[("gpumgr_backend_wake_seconds_count", frozenset({("backend", "qwen-7b")}))] == 1
+        assert s[("gpumgr_backend_desired_up", frozenset({("backend", "qwen-14b"),
+                                                          ("type", "vllm")}))] == 0
+        listed = {g["labels"]["gpumgr_backend"]: g["labels"]
+                  for g in d.get("/v1/prometheus/targets").json()}
+        assert listed["qwen-14b"]["gpumgr_asleep"] == "true"
+        assert listed["qwen-7b"]["gpumgr_asleep"] == "false"
+        assert d.stop() == 0
+    finally:
+        b.daemon.cleanup()

@@ -43,7 +43,7 @@ from gpumgr.status.metrics import LifecycleMetrics, LifecycleView, LoadedModelVi
 from gpumgr.status.targets import TargetGroup, desired_up, prometheus_targets
 from gpumgr.status.publisher import BackendChanges, StatusPublisher
 from gpumgr.status.seed import initial_backend, initial_backends
-from gpumgr.config.registry import ProviderType
+from gpumgr.config.registry import ProviderStatus, ProviderType
 from gpumgr.supervisor.events import ChildStarted, OllamaEvicted, SupervisorEvent
 from gpumgr.weights import Snapshot
 
@@ -364,7 +364,7 @@ class StatusWiring:
     # -- monitoring (issue 20; docs/monitoring.md) ---------------------------------------------
     def _registry_desired(self) -> tuple[frozenset[str], frozenset[str]]:
         return frozenset(p.name for p in self.config.providers.values()
-                         if p.is_vllm and p.status.value == "active"), frozenset()
+                         if p.is_vllm and p.status is ProviderStatus.ACTIVE), frozenset()
 
     def desired_up(self) -> dict[str, bool]:
         """Backend → whether gpumgr means it to serve now (``gpumgr_backend_desired_up``):
