@@ -225,6 +225,7 @@ TITLES = {
     "swap": "Swap overhead and failed requests: gpumgr against the old script",
     "router": "Router: LiteLLM with and without the callback over an outage",
     "suite": "The test suite's own duration",
+    "metrics": "/metrics with 8 backends: server CPU per scrape before and after the lifecycle metrics",
 }
 
 READING = {

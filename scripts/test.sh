@@ -6,5 +6,11 @@ bash "$ROOT/scripts/bootstrap.sh" test
 # The LiteLLM proxy of tests/test_litellm_proxy.py runs from its own venv, as a router does:
 # litellm 1.108.7 pins huggingface_hub < 2, which gpumgr's own venv must not get.
 GPUMGR_VENV="$ROOT/.venv-litellm" bash "$ROOT/scripts/bootstrap.sh" litellm
+# promtool and prometheus for the monitoring tests (Debian's package ships both); quiet and
+# non-fatal: without them those tests skip and say why.
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus) >/dev/null 2>&1 \
+    || echo "note: could not install the prometheus package; the monitoring tests will skip" >&2
+fi
 cd "$ROOT"
 exec "$ROOT/.venv/bin/python" -m pytest -q "$@"

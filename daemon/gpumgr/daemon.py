@@ -177,6 +177,7 @@ class Daemon:
             base_env=self.runtime.environ, **_simulated_parts(self.config),
         )
         status.expected_startup_s = manager.startup_times.expected_s
+        status.desired_engines = lambda: (manager.desired.names, manager.desired.sleeping)
         self.poller = poller = GpuPoller(inventory, manager.managed_pids, status.gpus_read)
         status.on_state_change.append(lambda _t: poller.refresh_soon())
         self.reconciler = reconciler = Reconciler(manager)
@@ -184,7 +185,8 @@ class Daemon:
         self._token = token = control_token(self.config, self.runtime.environ)
 
         def control(app: FastAPI, token: str | None = None) -> None:
-            add_control_routes(app, operator, self.reload, token=token)
+            add_control_routes(app, operator, self.reload, token=token,
+                               observe=status.observe_operation)
 
         await status.start_api(
             functools.partial(control, token=token) if token is not None else None
@@ -288,6 +290,7 @@ class Daemon:
             self.status.reload(config)
             report = await reconciler.reload(config)
             self.status.prune()
+            self.status.reloaded(report.restarted)
         self._notifier.status(
             f"reloaded: {len(report.started)} started, {len(report.stopped)} stopped, "
             f"{len(report.restarted)} restarted"

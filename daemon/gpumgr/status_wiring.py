@@ -17,7 +17,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 
 import httpx2
@@ -28,7 +28,7 @@ from gpumgr.api.server import ApiServer, parse_listen
 from gpumgr.api.status_app import create_status_app
 from gpumgr.backend_state import BackendState
 from gpumgr.config import Config
-from gpumgr.engines.probe_result import ProbeResult
+from gpumgr.engines.probe_result import LoadedModel, ProbeResult
 from gpumgr.gpu import GpuInventory
 from gpumgr.engines.probes import is_probed
 from gpumgr.health.machine import NOT_PROBED, BackendHealth, Transition
@@ -38,12 +38,28 @@ from gpumgr.logs import register_secret
 from gpumgr.redaction import provider_secrets, redactor_for
 from gpumgr.sd_notify import Notifier
 from gpumgr.status.document import BackendStatus, DaemonInfo, GpuStatus
+from gpumgr.status.lifecycle import LifecycleTracker
+from gpumgr.status.metrics import LifecycleMetrics, LifecycleView, LoadedModelView, classify_operation
+from gpumgr.status.targets import TargetGroup, desired_up, prometheus_targets
 from gpumgr.status.publisher import BackendChanges, StatusPublisher
 from gpumgr.status.seed import initial_backend, initial_backends
+from gpumgr.config.registry import ProviderStatus, ProviderType
 from gpumgr.supervisor.events import ChildStarted, OllamaEvicted, SupervisorEvent
 from gpumgr.weights import Snapshot
 
 log = structlog.get_logger(__name__)
+
+
+def ollama_spill(loaded: Iterable[LoadedModel]) -> str:
+    """Why an Ollama backend is ``degraded``: each loaded model with part of it on the CPU
+    (``size_vram < size`` in ``/api/ps``) and that share; empty when all sit in VRAM."""
+    parts = []
+    for m in loaded:
+        if m.spilled and m.size_bytes > 0:
+            on_cpu = m.size_bytes - m.size_vram_bytes
+            parts.append(f"{m.name} {100.0 * on_cpu / m.size_bytes:.0f} % on CPU "
+                         f"({on_cpu / 2**30:.1f} of {m.size_bytes / 2**30:.1f} GiB)")
+    return f"spilling to CPU: {', '.join(parts)}" if parts else ""
 
 
 def _utc(ts: float) -> datetime:
@@ -111,12 +127,23 @@ class StatusWiring:
         """The expected seconds from spawn to serving of a backend (its last measured start)."""
         self.on_state_change: list[Callable[[Transition], object]] = []
         """Called on every state transition (the daemon refreshes the GPU figures)."""
+        self.desired_engines: Callable[[], tuple[frozenset[str], frozenset[str]]] = (
+            self._registry_desired)
+        """The managed engines gpumgr means to run (asleep ones included) and, of them, those
+        kept asleep: the daemon points this at the manager's desired state; until then (and
+        without a manager) the registry's ``active`` vLLM providers."""
+        self._ollama_loaded: dict[str, tuple[LoadedModelView, ...]] = {}
+        self.lifecycle_metrics = LifecycleMetrics(
+            self.publisher.metrics, lambda: self.publisher.document, self._lifecycle_view)
+        self.lifecycle = LifecycleTracker(self.lifecycle_metrics)
+        for name, h in self.scheduler.healths().items():
+            self.lifecycle.seed(name, h.state, h.since)
 
     # -- lifecycle -------------------------------------------------------------------------
     def app(self) -> FastAPI:
         """A status app over this publisher (the TCP listener's, or the socket's to extend)."""
         host, _ = parse_listen(self.config.listen)
-        return create_status_app(self.publisher, listen_host=host)
+        return create_status_app(self.publisher, listen_host=host, targets=self.prometheus_targets)
 
     async def start_api(self, extend: Callable[[FastAPI], None] | None = None) -> None:
         """Bind the status listener (``listen``): read-only, unless ``extend`` adds control
@@ -175,7 +202,11 @@ class StatusWiring:
             if event.fraction is not None:  # an adopted child's slice may be unknown
                 extra["gpu_memory_utilization"] = event.fraction
             self._schedule_flush()
-        apply_supervisor_event(self.scheduler, event)
+        self.lifecycle.before_event(event)
+        try:
+            apply_supervisor_event(self.scheduler, event)
+        finally:
+            self.lifecycle.after_event(event)
 
     def weights_ready(self, backend: str, snapshot: Snapshot) -> None:
         self.publisher.update_backend(backend, weights_commit=snapshot.commit)
@@ -222,6 +253,11 @@ class StatusWiring:
             providers, config.settings.health, config.providers_file.health_checks,
             initial_states={b.name: b.state for b in backends},
         )
+        for name, h in self.scheduler.healths().items():
+            self.lifecycle.seed(name, h.state, h.since)
+        for name in set(current) - set(providers):
+            self.lifecycle.forget(name)
+            self._ollama_loaded.pop(name, None)
 
     # -- publication -----------------------------------------------------------------------
     def _on_change(self, health: BackendHealth) -> None:
@@ -272,6 +308,8 @@ class StatusWiring:
         ):
             self._evicted = {m: v for m, v in self._evicted.items() if v[0] != t.backend}
             self._publish_unavailable()
+        self.lifecycle.transition(
+            t, self.expected_startup_s(t.backend) if t.new is BackendState.STARTING else None)
         for hook in self.on_state_change:
             hook(t)
         healths = self.scheduler.healths().values()
@@ -280,6 +318,15 @@ class StatusWiring:
         self._notifier.status(f"{up}/{total} backends up; {t.backend} {t.new.value}")
 
     def _on_probe(self, name: str, result: ProbeResult, health: BackendHealth) -> None:
+        if result.ok:
+            self.lifecycle.probe_ok(name, time.time())
+        provider = self.scheduler.providers().get(name)
+        if provider is not None and provider.type is ProviderType.OLLAMA and result.ok:
+            self._ollama_loaded[name] = tuple(
+                LoadedModelView(m.name, m.size_bytes, m.size_vram_bytes) for m in result.loaded)
+            # Spilled to the CPU: serving, but slower than planned: ``degraded`` through the
+            # state machine's shortfall (the same up <-> degraded path as a vLLM KV shortfall).
+            self.scheduler.kv_measured(name, ollama_spill(result.loaded))
         unavailable = {m.name: m.reason or "unavailable" for m in result.models if not m.available}
         self._probe_unavailable[name] = unavailable
         models = self.publisher.backend(name)
@@ -313,3 +360,42 @@ class StatusWiring:
                     self._dirty.setdefault(name, {})
             if self._dirty:
                 self._schedule_flush()
+
+    # -- monitoring (issue 20; docs/monitoring.md) ---------------------------------------------
+    def _registry_desired(self) -> tuple[frozenset[str], frozenset[str]]:
+        return frozenset(p.name for p in self.config.providers.values()
+                         if p.is_vllm and p.status is ProviderStatus.ACTIVE), frozenset()
+
+    def desired_up(self) -> dict[str, bool]:
+        """Backend → whether gpumgr means it to serve now (``gpumgr_backend_desired_up``):
+        read from ``desired_engines``, i.e. the manager's desired state."""
+        running, asleep = self.desired_engines()
+        return desired_up(self.scheduler.providers(), running, asleep)
+
+    def prometheus_targets(self) -> list[TargetGroup]:
+        """What ``GET /v1/prometheus/targets`` serves (``gpumgr.status.targets``)."""
+        running, asleep = self.desired_engines()
+        return prometheus_targets(self.publisher.document, self.scheduler.providers(), running, asleep)
+
+    def _lifecycle_view(self) -> LifecycleView:
+        providers = self.scheduler.providers()
+        return LifecycleView(
+            desired_up=self.desired_up(),
+            gpu_of={n: p.gpu for n, p in providers.items() if p.runs_here and (
+                p.is_vllm or p.type is ProviderType.OLLAMA)},
+            state_seconds=self.lifecycle.state_seconds(),
+            ollama_loaded=dict(self._ollama_loaded),
+        )
+
+    def observe_operation(
+        self, what: str, ok: bool, seconds: float, timings_s: Mapping[str, float] | None,
+        text: str,
+    ) -> None:
+        """A control operation ended (the control API calls this once per operation):
+        ``what`` is its claim (``"swap a → b"``), ``text`` its message or error."""
+        self.lifecycle_metrics.observe_operation(
+            classify_operation(what, ok, seconds, timings_s, text))
+
+    def reloaded(self, restarted: list[str]) -> None:
+        """A reload restarted these engines (counted as restarts with reason ``reload``)."""
+        self.lifecycle.reloaded(restarted)

@@ -15,9 +15,11 @@ operation runs in its own task: a client that disconnects does not cancel a swap
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,9 @@ class SwapBody(_Body):
 
 
 Reload = Callable[[], Awaitable[object]]
+ObserveOperation = Callable[[str, bool, float, "dict[str, float] | None", str], None]
+"""Told once per operation: (claim, ok, seconds, timings, message or error) — the lifecycle
+metrics (``StatusWiring.observe_operation``)."""
 
 
 def _bearer(token: str | None) -> Callable[[Request], None]:
@@ -109,9 +114,10 @@ def _same_provider(operator: Operator, old: str, new: str) -> bool:
         return False
 
 
-def _run_streamed(
+def _run_streamed_impl(
     operator: Operator, what: Callable[[list[str]], str], names: list[str],
     work: Callable[[Callable[[str], None]], Awaitable[Outcome]],
+    observe: ObserveOperation | None = None,
 ) -> StreamingResponse:
     """Refuse at once what cannot start (a bad name, another mutation running); else claim the
     one-mutation slot as ``what(resolved names)``, run ``work`` in its own task and stream its
@@ -126,14 +132,19 @@ def _run_streamed(
         queue.put_nowait(_line({"event": "progress", "message": redact_text(message)}))
 
     async def run() -> None:
+        t0 = time.monotonic()
+        ended: tuple[bool, dict[str, float] | None, str] = (False, None, "")  # for ``observe``
         try:
             outcome = await work(progress)
+            ended = (True, outcome.timings_s, outcome.message)
             queue.put_nowait(_line({"event": "done", "ok": True, "message": outcome.message,
                                     "timings_s": outcome.timings_s}))
         except OperationFailed as exc:
+            ended = (False, None, str(exc))
             queue.put_nowait(_line({"event": "done", "ok": False, "error": redact_text(str(exc)),
                                     "log_tail": [redact_text(x) for x in exc.log_tail]}))
         except GpumgrError as exc:
+            ended = (False, None, str(exc))
             queue.put_nowait(_line({"event": "done", "ok": False, "error": redact_text(str(exc)),
                                     "log_tail": []}))
         except Exception as exc:  # noqa: BLE001 - reported to the caller, logged, never raised
@@ -144,6 +155,8 @@ def _run_streamed(
         finally:
             operator.release(claim)  # if the operation never took it over (failed before)
             queue.put_nowait(None)
+            if observe is not None:
+                observe(claim.what, ended[0], time.monotonic() - t0, ended[1], ended[2])
 
     task = asyncio.get_running_loop().create_task(run(), name="operation")
     operator_tasks.add(task)
@@ -161,9 +174,12 @@ operator_tasks: set[asyncio.Task[None]] = set()
 
 
 def add_control_routes(
-    app: FastAPI, operator: Operator, reload: Reload, *, token: str | None = None
+    app: FastAPI, operator: Operator, reload: Reload, *, token: str | None = None,
+    observe: ObserveOperation | None = None,
 ) -> None:
-    """Add the control endpoints to ``app`` (the socket's app; the TCP app only with a token)."""
+    """Add the control endpoints to ``app`` (the socket's app; the TCP app only with a token);
+    ``observe`` is told how each operation ended (the lifecycle metrics)."""
+    _run_streamed = functools.partial(_run_streamed_impl, observe=observe)
     router = APIRouter(
         prefix="/v1/control", tags=["control"],
         dependencies=[Depends(_bearer(token)), Depends(_small_body)],

@@ -1,7 +1,8 @@
 """The read-only status app: what the router and operators read (DESIGN.md §5).
 
 ``GET /v1/status``, ``GET /v1/backends/{name}``, ``GET /v1/events`` (Server-Sent Events),
-``GET /metrics`` and ``GET /healthz``. It only reads the publisher; nothing here changes state,
+``GET /metrics``, ``GET /healthz`` and ``GET /v1/prometheus/targets`` (Prometheus HTTP service
+discovery, docs/monitoring.md). It only reads the publisher; nothing here changes state,
 which is why it may listen on TCP. The control endpoints (start/stop/swap) are a separate app on
 a unix socket, built by their own factory and served by the same ``gpumgr.api.server``.
 
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from fastapi import FastAPI, Query
@@ -24,6 +26,7 @@ from pydantic import BaseModel
 from gpumgr.api.hosts import AllowedHosts
 from gpumgr.status.document import HEARTBEAT_S, BackendStatus, StatusDocument, utc_now
 from gpumgr.status.publisher import BackendEvent, StatusPublisher
+from gpumgr.status.targets import TargetGroup
 
 DEFAULT_HEARTBEAT_S = HEARTBEAT_S
 """At most this long without a frame on ``/v1/events`` (the document states ``max_age_s``)."""
@@ -56,6 +59,7 @@ HEARTBEAT_FRAME = b": heartbeat\n\n"
 def create_status_app(
     publisher: StatusPublisher, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     listen_host: str | None = None,
+    targets: Callable[[], list[TargetGroup]] | None = None,
 ) -> FastAPI:
     # No Swagger/ReDoc pages: they load their JavaScript from a CDN (broken offline); the
     # contract is /openapi.json. ``listen_host``: gpumgr.yaml's listen host (DNS rebinding guard).
@@ -124,6 +128,21 @@ def create_status_app(
     )
     async def get_metrics() -> Response:
         return Response(publisher.metrics.render(), media_type=publisher.metrics.content_type)
+
+    @app.get(
+        "/v1/prometheus/targets",
+        response_class=Response,
+        responses={200: {"content": {JSON: {}}, "description": "http_sd_configs target groups"}},
+        summary="Prometheus HTTP service discovery",
+        description=(
+            "The engines gpumgr means to be up (and Ollama), as `http_sd_configs` target groups "
+            "with the labels gpumgr_backend, model_name, gpu, provider_type, gpumgr_asleep "
+            "(docs/monitoring.md). An engine stopped on purpose is not listed."
+        ),
+    )
+    async def get_prometheus_targets() -> Response:
+        groups = targets() if targets is not None else []
+        return Response(json.dumps(groups).encode(), media_type=JSON)
 
     @app.get("/healthz", response_model=Healthz, summary="The daemon itself is alive")
     async def get_healthz() -> Healthz:
