@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gpumgr.actions.names import AmbiguousName, NotManaged, UnknownName
 from gpumgr.actions.operator import Busy, OperationFailed, Operator, Outcome
+from gpumgr.api.control_guard import ControlGuard
 from gpumgr.errors import GpumgrError
 from gpumgr.logs import redact_text
 from gpumgr.supervisor.logs import log_path, tail_lines
@@ -154,7 +155,11 @@ operator_tasks: set[asyncio.Task[None]] = set()
 def add_control_routes(
     app: FastAPI, operator: Operator, reload: Reload, *, token: str | None = None
 ) -> None:
-    """Add the control endpoints to ``app`` (the socket's app; the TCP app only with a token)."""
+    """Add the control endpoints to ``app`` (the socket's app; the TCP app only with a token).
+
+    ``ControlGuard`` checks the token and the body's size on the headers, before FastAPI reads
+    a body; the dependencies below repeat both checks for a request that reaches a route."""
+    app.add_middleware(ControlGuard, token=token, max_body=MAX_BODY_BYTES)
     router = APIRouter(
         prefix="/v1/control", tags=["control"],
         dependencies=[Depends(_bearer(token)), Depends(_small_body)],
