@@ -150,7 +150,7 @@ async def test_events_push_each_state_change_with_the_new_backend_object(tmp_pat
         assert delay_s < 0.5
         assert len(log.events) == 1, "probe timings alone are not events"
         (event,) = log.events
-        assert event["event"] == "backend" and int(event["id"]) == pub.seq
+        assert event["event"] == "backend" and event["id"] == f"{pub.epoch}:{pub.seq}"
         backend = BackendStatus.model_validate_json(event["data"])
         assert backend.name == "qwen-7b" and backend.available is False
         assert backend.detail == "process exited (SIGKILL)"

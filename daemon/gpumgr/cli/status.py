@@ -20,6 +20,7 @@ from gpumgr.cli.common import config_dir_option, emit_json, load_config_from_ctx
 from gpumgr.config.paths import resolve_listen
 from gpumgr.config.settings import Settings
 from gpumgr.errors import ConfigError, DaemonUnavailable
+from gpumgr.sse import SseMessage, SseParser
 
 _STATE_STYLE = {
     "up": "green", "starting": "yellow", "downloading": "cyan", "restarting": "yellow",
@@ -105,8 +106,9 @@ def watch_status(listen: str, width: int | None) -> None:
             try:
                 with httpx2.stream("GET", base + "/v1/events",
                                    timeout=httpx2.Timeout(5.0, read=30.0)) as events:
-                    for line in events.iter_lines():
-                        if line.startswith("data:"):
+                    parser = SseParser()
+                    for chunk in events.iter_bytes():
+                        if any(isinstance(item, SseMessage) for item in parser.feed(chunk)):
                             live.update(render_table(fetch_status(listen), console.width),
                                         refresh=True)
             except httpx2.HTTPError as exc:
