@@ -66,3 +66,47 @@ def test_a_restarted_daemon_has_a_new_epoch_and_the_follower_takes_its_lower_seq
         if follower is not None:
             follower.stop()
         daemon.cleanup()
+
+
+def test_status_watch_redraws_on_a_pushed_change(tmp_path: Path) -> None:
+    """``gpumgr status --watch`` reads the stream through ``gpumgr.sse`` and redraws the table
+    when the daemon pushes a change (here: a backend added by a reload)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    dead = free_port()
+
+    def providers(*names: str) -> str:
+        return "providers:\n" + "".join(
+            f"  {n}:\n    type: ollama\n    base_url: http://127.0.0.1:{dead}\n"
+            f"    status: active\n    models: [m-{n}]\n" for n in names)
+
+    daemon = DaemonHarness(tmp_path, providers("first-backend"),
+                           FAST_HEALTH_YAML.format(restart_after_s=60) + FAST_LIFECYCLE_YAML)
+    watch: subprocess.Popen[str] | None = None
+    try:
+        daemon.start()
+        env = {**daemon.env, "GPUMGR_LISTEN": daemon.base_url.removeprefix("http://"),
+               "COLUMNS": "200"}
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "gpumgr.cli", "status", "--watch", "--config-dir",
+             str(daemon.config_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        time.sleep(2.0)  # connected, first table drawn
+        (daemon.config_dir / "providers.yaml").write_text(
+            providers("first-backend", "added-backend"))
+        assert daemon.cli("reload").returncode == 0
+        time.sleep(2.0)
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=10)
+        assert "first-backend" in out, err
+        assert "added-backend" in out, out + err
+        assert "Traceback" not in err
+    finally:
+        if watch is not None and watch.poll() is None:
+            os.kill(watch.pid, signal.SIGKILL)
+            watch.wait()
+        daemon.cleanup()
