@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from pathlib import Path
 
 import psutil
 import pytest
