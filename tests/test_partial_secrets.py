@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon_harness import (
     FAST_HEALTH_YAML,
@@ -120,3 +122,20 @@ def test_a_key_cut_by_the_upstream_is_masked_in_status_sse_file_and_log(tmp_path
         daemon.cleanup()
         for c in clouds.values():
             c.stop()
+
+
+
+
+@settings(max_examples=300)
+@given(secrets=st.lists(st.text(alphabet="abcdef0123456789-_xyz", min_size=8, max_size=48),
+                        min_size=1, max_size=4),
+       around=st.lists(st.text(max_size=30), min_size=2, max_size=6),
+       cuts=st.lists(st.tuples(st.integers(0, 47), st.integers(8, 48)), min_size=1, max_size=5))
+def test_no_window_of_a_secret_survives_whatever_text_surrounds_its_pieces(
+    secrets: list[str], around: list[str], cuts: list[tuple[int, int]],
+) -> None:
+    pieces = [s[a:a + n] for s in secrets for a, n in cuts if len(s[a:a + n]) >= 8]
+    text = around[0] + "".join(p + around[(i + 1) % len(around)] for i, p in enumerate(pieces))
+    out = redactor_for(secrets)(text)
+    for s in secrets:
+        assert _leaks(out, s) == [], (text, out)

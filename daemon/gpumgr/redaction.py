@@ -54,7 +54,7 @@ def redactor_for(secrets: Iterable[str]) -> Redactor:
             if windows else None)
 
     def fragments(text: str) -> str:
-        if runs is None:
+        if runs is None or runs.search(text) is None:
             return text
         out: list[str] = []
         at = 0
@@ -79,16 +79,22 @@ def redactor_for(secrets: Iterable[str]) -> Redactor:
     heads = {n: {v[:n] for v in values if n < len(v)} for n in edge_lengths}
     tails = {n: {v[-n:] for v in values if n < len(v)} for n in edge_lengths}
 
+    # quick rejection: the last (first) MIN_SECRET_CHARS characters of every head (tail)
+    head_ends = {h[-MIN_SECRET_CHARS:] for hs in heads.values() for h in hs}
+    tail_starts = {t[:MIN_SECRET_CHARS] for ts in tails.values() for t in ts}
+
     def apply(text: str) -> str:
         out = fragments(pattern.sub(REDACTED, text))
-        for n in edge_lengths:
-            if len(out) >= n and out[-n:] in heads[n]:
-                out = out[:-n] + REDACTED
-                break
-        for n in edge_lengths:
-            if len(out) >= n and out[:n] in tails[n]:
-                out = REDACTED + out[n:]
-                break
+        if out[-MIN_SECRET_CHARS:] in head_ends:
+            for n in edge_lengths:
+                if len(out) >= n and out[-n:] in heads[n]:
+                    out = out[:-n] + REDACTED
+                    break
+        if out[:MIN_SECRET_CHARS] in tail_starts:
+            for n in edge_lengths:
+                if len(out) >= n and out[:n] in tails[n]:
+                    out = REDACTED + out[n:]
+                    break
         return out
 
     return apply
