@@ -27,6 +27,7 @@ import httpx2
 import psutil
 
 from gpumgr.sim.gpu import SimGpuSpec, SimGpuState, sim_uuid
+from gpumgr.sse import SseComment, SseMessage, SseParser
 
 Json = dict[str, Any]
 
@@ -137,6 +138,8 @@ class SseRecorder:
     def __init__(self, url: str) -> None:
         self.url = url
         self.frames: list[tuple[float, Json]] = []
+        self.ids: list[str | None] = []
+        """Each frame's SSE id (``epoch:seq``), in the order of ``frames``."""
         self._cond = threading.Condition()
         self._connected = threading.Event()
         self.error: BaseException | None = None
@@ -153,19 +156,17 @@ class SseRecorder:
             timeout = httpx2.Timeout(5.0, read=None)
             with httpx2.stream("GET", self.url, timeout=timeout) as r:
                 r.raise_for_status()
-                data: list[str] = []
-                for line in r.iter_lines():
-                    if line.startswith(":"):
-                        self._connected.set()  # ": connected", heartbeats
-                        continue
-                    if line.startswith("data:"):
-                        data.append(line[5:].strip())
-                    elif line == "" and data:
-                        frame = json.loads("\n".join(data))
-                        data = []
-                        with self._cond:
-                            self.frames.append((time.monotonic(), frame))
-                            self._cond.notify_all()
+                parser = SseParser()
+                for chunk in r.iter_bytes():
+                    for item in parser.feed(chunk):
+                        if isinstance(item, SseComment):
+                            self._connected.set()  # ": connected", heartbeats
+                        elif isinstance(item, SseMessage):
+                            frame = json.loads(item.data)
+                            with self._cond:
+                                self.frames.append((time.monotonic(), frame))
+                                self.ids.append(item.id)
+                                self._cond.notify_all()
         except BaseException as exc:  # noqa: BLE001 - reported to the reader, not raised here
             self.error = exc
             self._connected.set()

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from gpumgr.sse import SseMessage, SseParser
 from gpumgr.api.server import ApiServer
 from gpumgr.api.status_app import create_status_app
 from gpumgr.backend_state import BackendState
@@ -61,11 +62,12 @@ async def _subscriber(base: str, ready: asyncio.Event, latest: dict[str, str]) -
         async with client.stream("GET", "/v1/events") as response:
             assert response.status_code == 200
             ready.set()
-            async for line in response.aiter_lines():
-                if line.startswith("data: "):
-                    data = line[len("data: "):]
-                    latest[json.loads(data)["name"]] = data
-                    count += 1
+            parser = SseParser()
+            async for chunk in response.aiter_bytes():
+                for item in parser.feed(chunk):
+                    if isinstance(item, SseMessage):
+                        latest[json.loads(item.data)["name"]] = item.data
+                        count += 1
     return count
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from gpumgr.sse import SseComment, SseMessage, SseParser
 from gpumgr.api.server import ApiServer, parse_listen
 from gpumgr.api.status_app import create_status_app
 from gpumgr.errors import GpumgrError, InputError
@@ -69,19 +70,16 @@ async def read_sse(
     async with client.stream("GET", url) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        current: dict[str, str] = {}
-        async for line in response.aiter_lines():
-            if line.startswith(":"):
-                log.comments.append(line[1:].strip())
-            elif line == "":
-                if current:
-                    log.events.append(current)
-                    current = {}
-            else:
-                key, _, value = line.partition(": ")
-                current[key] = value
-            if callable(until) and until(log):
-                return
+        parser = SseParser()
+        async for chunk in response.aiter_bytes():
+            for item in parser.feed(chunk):
+                if isinstance(item, SseComment):
+                    log.comments.append(item.text)
+                elif isinstance(item, SseMessage):
+                    log.events.append({"event": item.event, "data": item.data,
+                                       **({"id": item.id} if item.id is not None else {})})
+                if callable(until) and until(log):
+                    return
 
 
 async def test_status_endpoint_serves_the_publishers_document(tmp_path: Path) -> None:
@@ -150,7 +148,7 @@ async def test_events_push_each_state_change_with_the_new_backend_object(tmp_pat
         assert delay_s < 0.5
         assert len(log.events) == 1, "probe timings alone are not events"
         (event,) = log.events
-        assert event["event"] == "backend" and int(event["id"]) == pub.seq
+        assert event["event"] == "backend" and event["id"] == f"{pub.epoch}:{pub.seq}"
         backend = BackendStatus.model_validate_json(event["data"])
         assert backend.name == "qwen-7b" and backend.available is False
         assert backend.detail == "process exited (SIGKILL)"

@@ -8,11 +8,12 @@ from gpumgr.cli.watch import change_line, sse_messages
 def test_sse_messages_skip_comments_join_data_lines_and_keep_the_id() -> None:
     lines = [": connected", "", "event: backend", "id: 7", 'data: {"a":', "data: 1}", "",
              ": heartbeat", "", "id: 8-2", "data:{}", ""]
-    assert list(sse_messages(lines)) == [("7", '{"a":\n1}'), ("8-2", "{}")]
+    assert list(sse_messages(["\n".join(lines).encode() + b"\n"])) == [
+        ("7", '{"a":\n1}'), ("8-2", "{}")]
 
 
 def test_a_message_cut_off_before_its_blank_line_is_not_reported() -> None:
-    assert list(sse_messages(["id: 3", "data: {}"])) == []
+    assert list(sse_messages([b"id: 3\n", b"data: {}\n"])) == []
 
 
 def test_a_change_line_names_the_backend_both_states_and_the_detail() -> None:

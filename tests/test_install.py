@@ -50,14 +50,33 @@ def _run(root: Path, shims: tuple[Path, Path], *args: str) -> subprocess.Complet
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_install_reinstall_and_uninstall(tmp_path: Path, shims: tuple[Path, Path]) -> None:
+def _host_calls(shims: tuple[Path, Path]) -> list[str]:
+    """What the recording stubs of useradd, usermod and systemctl saw (bootstrap aside)."""
+    log = shims[1]
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [x for x in lines if not x.startswith("bootstrap ")]
+
+
+def _outside(root: Path, before: set[Path], tmp: Path) -> set[Path]:
+    """Paths under ``tmp`` created since ``before``, other than under ``root`` and the log."""
+    now = {p for p in tmp.rglob("*")}
+    return {p for p in now - before
+            if root not in p.parents and p != root and p.name != "calls.log"}
+
+
+def test_install_reinstall_and_uninstall_under_root_touch_nothing_outside_it(
+    tmp_path: Path, shims: tuple[Path, Path],
+) -> None:
     root = tmp_path / "root"
+    before = set(tmp_path.rglob("*"))
     first = _run(root, shims)
     assert first.returncode == 0, first.stdout + first.stderr
-    calls = shims[1].read_text()
-    assert "useradd --system" in calls and "usermod -aG video gpumgr" in calls
-    assert "render" not in calls, "no render group on this host: not asked for"
-    assert "systemctl daemon-reload" in calls
+    assert _host_calls(shims) == [], "with --root no host command runs"
+    assert "would run: useradd --system" in first.stdout
+    assert "would run: usermod -aG video gpumgr" in first.stdout
+    assert "render" not in first.stdout, "no render group on this host: not asked for"
+    assert "would run: systemctl daemon-reload" in first.stdout
+    assert _outside(root, before, tmp_path) == set()
     etc = root / "etc" / "gpumgr"
     assert {p.name for p in etc.glob("*.yaml")} == {"providers.yaml", "model-mappings.yaml", "gpumgr.yaml"}
     assert stat.S_IMODE((etc / "credentials").stat().st_mode) == 0o700
@@ -66,7 +85,12 @@ def test_install_reinstall_and_uninstall(tmp_path: Path, shims: tuple[Path, Path
     assert link.is_symlink() and os.readlink(link) == str(root / "opt/gpumgr/.venv/bin/gpumgr")
     assert (root / "opt/gpumgr/daemon/gpumgr/__init__.py").exists()
     assert "gpumgr validate:" in first.stdout and "ok: " in first.stdout
-    assert "gpumgr doctor" in first.stdout and "Next steps" in first.stdout
+    assert "Next steps" in first.stdout
+    manifest = (root / "var/lib/gpumgr/install.manifest").read_text().splitlines()
+    assert f"tree {root}/opt/gpumgr" in manifest
+    assert f"file {root}/etc/systemd/system/gpumgr.service" in manifest
+    assert f"link {link}" in manifest
+    assert f"config {etc}/providers.yaml" in manifest
 
     # an operator edits the configuration; a re-install (upgrade) keeps it
     (etc / "providers.yaml").write_text((etc / "providers.yaml").read_text() + "# mine\n")
@@ -74,14 +98,63 @@ def test_install_reinstall_and_uninstall(tmp_path: Path, shims: tuple[Path, Path
     assert second.returncode == 0, second.stderr
     assert (etc / "providers.yaml").read_text().endswith("# mine\n")
     assert f"kept {etc}/providers.yaml" in second.stdout
+    assert len(manifest) == len(set(
+        (root / "var/lib/gpumgr/install.manifest").read_text().splitlines())), "no duplicates"
 
     third = _run(root, shims, "--uninstall")
     assert third.returncode == 0, third.stderr
-    assert "systemctl disable --now gpumgr.service" in shims[1].read_text()
+    assert _host_calls(shims) == [], "--uninstall --root never runs systemctl on the host"
+    assert "would run: systemctl disable --now gpumgr.service" in third.stdout
     assert not (root / "etc/systemd/system/gpumgr.service").exists()
     assert not link.exists() and not link.is_symlink()
     assert not (root / "opt/gpumgr").exists()
+    assert not (root / "var/lib/gpumgr/install.manifest").exists()
     assert (etc / "providers.yaml").read_text().endswith("# mine\n"), "configuration kept"
+    assert _outside(root, before, tmp_path) == set()
+
+
+@pytest.mark.parametrize("theirs", ["usr/local/bin/gpumgr", "etc/systemd/system/gpumgr.service",
+                                    "opt/gpumgr/their-file"])
+def test_install_stops_before_replacing_a_file_gpumgr_did_not_install(
+    tmp_path: Path, shims: tuple[Path, Path], theirs: str,
+) -> None:
+    root = tmp_path / "root"
+    path = root / theirs
+    path.parent.mkdir(parents=True)
+    path.write_text("#!/bin/sh\necho the operator's own\n")
+    refused = _run(root, shims)
+    assert refused.returncode == 1
+    assert "not installed by gpumgr" in refused.stderr and "--force" in refused.stderr
+    assert str(path.parent if theirs.startswith("opt/") else path) in refused.stderr
+    assert path.read_text() == "#!/bin/sh\necho the operator's own\n"
+    assert not (root / "etc/gpumgr").exists(), "nothing written before the refusal"
+    assert not (root / "var/lib/gpumgr/install.manifest").exists()
+
+    forced = _run(root, shims, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "--force: replacing" in forced.stdout
+    assert (root / "usr/local/bin/gpumgr").is_symlink()
+
+
+def test_uninstall_removes_only_what_the_manifest_lists(
+    tmp_path: Path, shims: tuple[Path, Path],
+) -> None:
+    root = tmp_path / "root"
+    nothing = _run(root, shims, "--uninstall")
+    assert nothing.returncode == 1 and "nothing removed" in nothing.stdout
+    assert _run(root, shims).returncode == 0
+    # the operator replaces the command with their own after the install: not ours any more
+    link = root / "usr/local/bin/gpumgr"
+    link.unlink()
+    link.write_text("#!/bin/sh\necho mine\n")
+    other = root / "usr/local/bin/other-tool"
+    other.write_text("#!/bin/sh\n")
+    done = _run(root, shims, "--uninstall")
+    assert done.returncode == 0, done.stderr
+    assert link.read_text() == "#!/bin/sh\necho mine\n", "a listed link that is now a file stays"
+    assert other.exists()
+    assert not (root / "opt/gpumgr").exists()
+    assert _host_calls(shims) == []
 
 
 def test_install_refuses_to_run_unprivileged_without_root(tmp_path: Path) -> None:

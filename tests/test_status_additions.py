@@ -57,8 +57,10 @@ async def test_seq_in_the_document_is_the_id_of_the_event_that_carries_the_chang
     snapshot = pub.snapshot_events()
     assert {e.seq for e in snapshot} == {event.seq}
     ids = [e.event_id for e in snapshot]
-    assert len(set(ids)) == len(ids) and all(i.startswith(f"{event.seq}-") for i in ids)
-    assert event.event_id == str(event.seq)
+    assert len(set(ids)) == len(ids)
+    assert all(i.startswith(f"{pub.epoch}:{event.seq}-") for i in ids)
+    assert event.event_id == f"{pub.epoch}:{event.seq}"
+    assert _doc(pub)["epoch"] == pub.epoch
     pub.close()
 
 

@@ -62,7 +62,7 @@ def test_document_carries_exactly_the_contract_field_names() -> None:
     assert set(data) == {
         "version", "generated_at", "daemon", "gpus", "backends", "models",
         # additions (docs/status.md): seq, "no information yet" flags, the stated max age
-        "seq", "adoption_done", "first_probe_round_done", "max_age_s", "gpu_error",
+        "seq", "epoch", "adoption_done", "first_probe_round_done", "max_age_s", "gpu_error",
     }
     assert data["version"] == 1
     assert set(data["daemon"]) == {"pid", "started_at", "simulated"}

@@ -15,12 +15,23 @@ import psutil
 import pytest
 
 from gpumgr.supervisor.logs import last_error, rotate_before_start, rotate_live, tail_lines
-from gpumgr.supervisor.records import ChildRecord, ChildRecords, is_same_process, port_listener_pid
+from gpumgr.supervisor.process import SPAWN_MARKER_ENV
+from gpumgr.supervisor.records import (
+    ChildRecord,
+    ChildRecords,
+    is_same_process,
+    not_ours,
+    port_listener_pid,
+)
+
+
+MARKER = "0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
 def sleeper() -> Iterator[psutil.Process]:
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                            env={**os.environ, SPAWN_MARKER_ENV: MARKER})
     try:
         yield psutil.Process(proc.pid)
     finally:
@@ -39,6 +50,7 @@ def _record_of(p: psutil.Process, backend: str = "qwen-7b") -> ChildRecord:
         gpu_uuid="GPU-x",
         fraction=0.42,
         started_at="2026-01-01T00:00:00Z",
+        spawn_marker=MARKER,
     )
 
 
@@ -64,6 +76,12 @@ def test_same_process_needs_pid_create_time_and_command_line(sleeper: psutil.Pro
     assert is_same_process(rec)
     assert not is_same_process(replace(rec, create_time=rec.create_time - 100))
     assert not is_same_process(replace(rec, cmdline=[*rec.cmdline, "--port", "9"]))
+    assert not_ours(replace(rec, spawn_marker="f" * 32)) == (
+        "not ours: its environment lacks the recorded spawn marker")
+    assert not_ours(replace(rec, spawn_marker="")) == (
+        "not provably ours: the record has no spawn marker")
+    assert not_ours(replace(rec, pgid=rec.pgid + 100000)) == (
+        "not ours: its process group is not the recorded one")
     sleeper.kill()
     sleeper.wait(5)
     assert not is_same_process(rec)

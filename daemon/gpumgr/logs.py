@@ -16,21 +16,30 @@ from typing import Any
 
 import structlog
 
-from gpumgr.redaction import MIN_SECRET_CHARS, REDACTED, redact
+from gpumgr.redaction import MIN_SECRET_CHARS, REDACTED, Redactor, redactor_for
 
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api_key|apikey|authorization|bearer)", re.I)
 _secret_values: set[str] = set()
+_redactor: Redactor | None = None
+"""``redactor_for(_secret_values)``, built once per change of the set (it precomputes every
+8-character window of every secret), not once per string."""
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a secret's value so that it is masked wherever it appears in a log event."""
-    if value and len(value) >= MIN_SECRET_CHARS:
+    """Remember a secret's value so that it (or any 8-character run of it) is masked wherever
+    it appears in a log event."""
+    global _redactor
+    if value and len(value) >= MIN_SECRET_CHARS and value not in _secret_values:
         _secret_values.add(value)
+        _redactor = None
 
 
 def redact_text(text: str) -> str:
     """``text`` with every registered secret masked (CLI errors, log fields)."""
-    return redact(text, _secret_values)
+    global _redactor
+    if _redactor is None:
+        _redactor = redactor_for(_secret_values)
+    return _redactor(text)
 
 
 def _redact_value(value: Any) -> Any:

@@ -200,6 +200,7 @@ def _record(spec: LaunchSpec, child: process.ChildProcess, cmdline: list[str]) -
         fraction=spec.fraction,
         started_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         extra={"identity": spec.identity} if spec.identity is not None else {},
+        spawn_marker=child.spawn_marker or "",
     )
 
 

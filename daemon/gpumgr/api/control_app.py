@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gpumgr.actions.names import AmbiguousName, NotManaged, UnknownName
 from gpumgr.actions.operator import Busy, OperationFailed, Operator, Outcome
 from gpumgr.actions.plan_report import daemon_plan
+from gpumgr.api.control_guard import ControlGuard
 from gpumgr.errors import GpumgrError, InputError
 from gpumgr.logs import redact_text
 from gpumgr.supervisor.logs import log_path, tail_lines
@@ -178,8 +179,12 @@ def add_control_routes(
     observe: ObserveOperation | None = None,
 ) -> None:
     """Add the control endpoints to ``app`` (the socket's app; the TCP app only with a token);
-    ``observe`` is told how each operation ended (the lifecycle metrics)."""
+    ``observe`` is told how each operation ended (the lifecycle metrics).
+
+    ``ControlGuard`` checks the token and the body's size on the headers, before FastAPI reads
+    a body; the dependencies below repeat both checks for a request that reaches a route."""
     _run_streamed = functools.partial(_run_streamed_impl, observe=observe)
+    app.add_middleware(ControlGuard, token=token, max_body=MAX_BODY_BYTES)
     router = APIRouter(
         prefix="/v1/control", tags=["control"],
         dependencies=[Depends(_bearer(token)), Depends(_small_body)],

@@ -47,8 +47,8 @@ class Healthz(BaseModel):
 
 
 def sse_frame(event: BackendEvent) -> bytes:
-    """One SSE message: ``event: backend``, its own ``id`` (the change's sequence number, or
-    ``seq-part`` for a snapshot frame), the JSON."""
+    """One SSE message: ``event: backend``, its own ``id`` (``epoch:seq``: the daemon's boot id
+    and the change's sequence number, or ``epoch:seq-part`` for a snapshot frame), the JSON."""
     # The JSON is compact (no newlines), so a single data line carries it.
     return b"event: backend\nid: %s\ndata: %s\n\n" % (event.event_id.encode(), event.data)
 
@@ -102,7 +102,7 @@ def create_status_app(
                 "content": {"text/event-stream": {"schema": BackendStatus.model_json_schema()}},
                 "description": (
                     "Server-Sent Events. Each `event: backend` carries one backend object (the "
-                    "schema above) in `data` and the change's sequence number in `id`; a "
+                    "schema above) in `data` and `epoch:seq` (boot id, sequence number) in `id`; a "
                     f"`: heartbeat` comment comes every {heartbeat_s:g} s. With snapshot=true "
                     "(the default) the stream opens with every backend's current state; a "
                     "subscriber that falls behind receives every backend's current state again."

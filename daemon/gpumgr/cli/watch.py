@@ -31,6 +31,7 @@ from rich.console import Console
 from gpumgr.cli.status import base_url, fetch_status, render_table
 from gpumgr.cli.tables import output_width
 from gpumgr.errors import DaemonUnavailable
+from gpumgr.sse import SseMessage, SseParser, parse_event_id
 from gpumgr.status.document import BackendStatus, StatusDocument, build_models
 
 Json = dict[str, Any]
@@ -45,31 +46,21 @@ class _Terminated(Exception):
     """SIGTERM arrived: end the watch as Ctrl-C would."""
 
 
-def sse_messages(lines: Iterable[str]) -> Iterator[tuple[str | None, str]]:
-    """The ``(id, data)`` of each Server-Sent Events message in ``lines`` (comments such as the
-    heartbeat skipped; several ``data:`` lines joined by newlines, as the SSE spec says)."""
-    event_id: str | None = None
-    data: list[str] = []
-    for line in lines:
-        if line == "":
-            if data:
-                yield event_id, "\n".join(data)
-            event_id, data = None, []
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if field == "data":
-                data.append(value)
-            elif field == "id":
-                event_id = value
+def sse_messages(chunks: Iterable[bytes]) -> Iterator[tuple[str | None, str]]:
+    """The ``(id, data)`` of each Server-Sent Events message in a byte stream, through the
+    package's one bounded parser (``gpumgr.sse``: comments such as the heartbeat skipped)."""
+    parser = SseParser()
+    for chunk in chunks:
+        for item in parser.feed(chunk):
+            if isinstance(item, SseMessage):
+                yield item.id, item.data
 
 
 def _seq(event_id: str | None) -> int | None:
-    """The document ``seq`` of a frame: its id is ``seq`` (a change) or ``seq-part`` (snapshot)."""
-    head = (event_id or "").split("-", 1)[0]
-    return int(head) if head.isdigit() else None
+    """The document ``seq`` of a frame (ids are ``epoch:seq`` or ``seq``, ``-part`` for a
+    snapshot's frames)."""
+    parsed = parse_event_id(event_id)
+    return parsed.seq if parsed is not None else None
 
 
 def change_frames(listen: str) -> Iterator[tuple[int | None, Json]]:
@@ -82,7 +73,7 @@ def change_frames(listen: str) -> Iterator[tuple[int | None, Json]]:
             with httpx2.stream("GET", url, timeout=httpx2.Timeout(5.0, read=READ_TIMEOUT_S)) as r:
                 r.raise_for_status()
                 gone_since = None
-                for event_id, data in sse_messages(r.iter_lines()):
+                for event_id, data in sse_messages(r.iter_bytes()):
                     try:
                         frame = json.loads(data)
                     except json.JSONDecodeError:

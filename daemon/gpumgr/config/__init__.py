@@ -27,6 +27,7 @@ from gpumgr.config.paths import (
     resolve_simulate,
 )
 from gpumgr.config.registry import MappingsFile, Provider, ProvidersFile, ProviderStatus, ProviderType
+from gpumgr.config.env_secrets import check_env_values, known_secrets
 from gpumgr.config.settings import Settings
 from gpumgr.config.source import YamlSource, read_yaml
 from gpumgr.config.typos import mapping_typos, provider_typos
@@ -154,6 +155,8 @@ def inspect_config(
         issues.extend(check_providers(pf, psrc))
         if mf is not None:
             issues.extend(check_mappings(pf, mf, msrc, psrc))
+    if pf is not None and st is not None:
+        issues.extend(check_env_values(pf, psrc, known_secrets(pf, st, env)))
     if issues:
         return ConfigReport(None, _sorted(issues), _sorted(warnings))
     assert pf is not None and mf is not None and st is not None

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from gpumgr.config.env_secrets import secret_looking_name
 from gpumgr.config.hosts import bind_address
 
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -28,8 +29,8 @@ MANAGED_ENV = frozenset({
 SECRET_NAME = re.compile(
     r"(^|_)(SECRET|PASSWORD|PASSWD)(_|$)|(^|_)(KEY|APIKEY|TOKEN|CREDENTIALS?)$", re.IGNORECASE
 )
-"""Names that hold secrets: ``…_KEY``, ``…_TOKEN``, ``…_CREDENTIALS``, or any ``SECRET`` or
-``PASSWORD`` word (``GPUMGR_SIM_TOKEN_DELAY_S`` is a tuning knob, ``HF_TOKEN`` a secret)."""
+"""The first, narrow rule for secret names, kept for readers of it; ``env:`` is checked by
+``gpumgr.config.env_secrets.secret_looking_name`` (a superset: ``MYTOKEN``, ``PASSWORD1``)."""
 HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -157,7 +158,7 @@ class Provider(BaseModel):
                 raise ValueError(f"{name!r} is not an environment variable name")
             if name in MANAGED_ENV:
                 raise ValueError(f"{name} is set by gpumgr for every engine; remove it here")
-            if SECRET_NAME.search(name):
+            if secret_looking_name(name):
                 raise ValueError(
                     f"{name} looks like a secret: secrets never live in providers.yaml (name "
                     "the variable in env_var, or use a systemd credential)"

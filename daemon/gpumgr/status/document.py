@@ -156,6 +156,10 @@ class StatusDocument(_Contract):
     seq: int = Field(default=0, ge=0)
     """Increments with every change of the document; an SSE event's ``id`` is the ``seq`` of the
     document that carries the change (an addition to §5)."""
+    epoch: str = ""
+    """This daemon's boot id (random, fixed for its lifetime): ``seq`` starts again at a
+    restart, so a reader that sees a new ``epoch`` knows a lower ``seq`` is a new daemon, not a
+    replay. SSE ids are ``epoch:seq`` (an addition to §5; "" from an older daemon)."""
     adoption_done: bool = False
     """The daemon has finished adopting the children a previous daemon left running. Until then
     a backend's state is a first guess (an addition to §5)."""
@@ -183,6 +187,7 @@ class StatusDocument(_Contract):
         gpus: Sequence[GpuStatus],
         backends: Sequence[BackendStatus],
         seq: int = 0,
+        epoch: str = "",
         adoption_done: bool = False,
         first_probe_round_done: bool = False,
         gpu_error: str | None = None,
@@ -192,6 +197,7 @@ class StatusDocument(_Contract):
             generated_at=generated_at,
             gpu_error=gpu_error,
             seq=seq,
+            epoch=epoch,
             adoption_done=adoption_done,
             first_probe_round_done=first_probe_round_done,
             daemon=daemon,

@@ -20,6 +20,7 @@ waiter); subscriber queues are only touched on the loop's thread.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -40,6 +41,7 @@ from gpumgr.status.document import (
 )
 from gpumgr.status.metrics import StatusMetrics
 from gpumgr.status.statusfile import CoalescingFileWriter
+from gpumgr.sse import format_event_id
 
 log = structlog.get_logger(__name__)
 
@@ -85,10 +87,12 @@ class BackendEvent:
     part: int = 0
     """0 for a change; 1..K for the K backends of a snapshot (all of document ``seq``), so that
     every SSE frame has its own id: ``seq`` for a change, ``seq-part`` for a snapshot frame."""
+    epoch: str = ""
+    """The publishing daemon's boot id; the SSE id is ``epoch:seq`` (``epoch:seq-part``)."""
 
     @property
     def event_id(self) -> str:
-        return str(self.seq) if self.part == 0 else f"{self.seq}-{self.part}"
+        return format_event_id(self.epoch, self.seq, self.part)
 
 
 class _Marker:
@@ -169,8 +173,11 @@ class StatusPublisher:
         redact: Callable[[str], str] | None = None,
         clock: Callable[[], datetime] = utc_now,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        epoch: str | None = None,
     ) -> None:
         self._daemon = daemon
+        self.epoch = epoch if epoch is not None else new_epoch()
+        """This daemon's boot id (the document's ``epoch``, the first half of every SSE id)."""
         self._redact = redact or (lambda text: text)
         self._clock = clock
         self._queue_size = queue_size
@@ -318,7 +325,7 @@ class StatusPublisher:
         with self._lock:
             seq = self._seq
             backends = list(self._backends.values())
-        return [BackendEvent(seq, b, b.model_dump_json().encode(), part=i)
+        return [BackendEvent(seq, b, b.model_dump_json().encode(), part=i, epoch=self.epoch)
                 for i, b in enumerate(backends, start=1)]
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -357,6 +364,7 @@ class StatusPublisher:
             gpus=self._gpus,
             backends=list(self._backends.values()),
             seq=self._seq,
+            epoch=self.epoch,
             adoption_done=self._adoption_done,
             first_probe_round_done=self._first_probe_round_done,
             gpu_error=self._gpu_error,
@@ -369,7 +377,8 @@ class StatusPublisher:
         self._document, self._document_json = self._render()
         if self._writer is not None:
             self._writer.offer(self._document_json)
-        return [BackendEvent(self._seq, b, b.model_dump_json().encode()) for b in changed]
+        return [BackendEvent(self._seq, b, b.model_dump_json().encode(), epoch=self.epoch)
+                for b in changed]
 
     def _fan_out(self, events: list[BackendEvent]) -> None:
         if not events or self._loop is None:
@@ -387,6 +396,11 @@ class StatusPublisher:
         for sub in list(self._subscribers):
             for event in events:
                 sub._offer(event)
+
+
+def new_epoch() -> str:
+    """A boot id: 12 random hex digits (no ``:`` or ``-``, so ``epoch:seq-part`` parses)."""
+    return secrets.token_hex(6)
 
 
 def _significant(old: BackendStatus | None, new: BackendStatus) -> bool:

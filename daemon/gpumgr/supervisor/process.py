@@ -2,7 +2,8 @@
 
 Only this module sends signals, and only to process groups that gpumgr created: a spawned child
 is its own session leader (pgid == pid) and an adopted one was checked against its record (pid +
-create time + command line) before it is wrapped here. A group id cannot be reused by the kernel
+create time + command line + process group + the spawn marker in its environment) before it is
+wrapped here. A group id cannot be reused by the kernel
 while any member lives, so signalling the group of a dead leader still reaches only its orphans.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,6 +26,11 @@ from gpumgr.supervisor.logs import open_for_child
 from gpumgr.supervisor.system import REAL, System
 
 log = structlog.get_logger(__name__)
+
+SPAWN_MARKER_ENV = "GPUMGR_SPAWN_MARKER"
+"""Set to a fresh random token in every engine's environment at spawn and stored in its record:
+a later daemon adopts (and may signal) a recorded pid only if ``/proc/<pid>/environ`` carries
+the same token, which a process gpumgr did not start cannot have (``records.not_ours``)."""
 
 _GROUP_POLL_S = 0.05
 _MEMORY_POLL_S = 0.1
@@ -58,6 +65,8 @@ class ChildProcess:
         self.create_time = create_time
         self.cmdline = cmdline
         self.adopted = adopted
+        self.spawn_marker: str | None = None
+        """The ``GPUMGR_SPAWN_MARKER`` token this daemon gave the child (None when adopted)."""
         self.log_offset = log_offset
         """Size of the log when this child started: its own lines come after it."""
         self.system = system
@@ -151,10 +160,11 @@ async def spawn(
     The child inherits the log descriptor directly (no pipe through the daemon), has no stdin,
     and keeps running if the daemon dies. Raises ``OSError`` when the executable cannot run.
     """
+    marker = secrets.token_hex(16)
     fd = open_for_child(log_file)
     try:
         offset = os.fstat(fd).st_size
-        proc = await system.spawn(argv, child_environment(env), fd)
+        proc = await system.spawn(argv, {**child_environment(env), SPAWN_MARKER_ENV: marker}, fd)
     finally:
         os.close(fd)
     try:
@@ -165,6 +175,7 @@ async def spawn(
         backend, proc.pid, proc.pid, create_time, list(argv), adopted=False, log_offset=offset,
         system=system,
     )
+    child.spawn_marker = marker
     child._watch_spawned(proc)
     log.info("supervisor.spawn", backend=backend, pid=proc.pid, log=str(log_file))
     return child

@@ -1,7 +1,10 @@
 """Child records: what the supervisor started, kept in ``<state_dir>/children.json``.
 
 A daemon that dies leaves its children serving; the next one reads these records and adopts a
-child only if it is provably the same process (pid + create time + command line). The file is
+child only if it is provably the same process: pid, create time, command line, process group,
+and the random ``GPUMGR_SPAWN_MARKER`` token set in its environment at spawn (stored here). The
+first four can be read from /proc for any process, so a forged record could copy them; the
+marker is in no process gpumgr did not start, and another user's environment is unreadable. The file is
 replaced atomically so that a crash mid-write never leaves half a record.
 """
 
@@ -17,6 +20,7 @@ import psutil
 import structlog
 
 from gpumgr.state_numbers import PID_MAX, all_finite, int_in, number_in
+from gpumgr.supervisor.process import SPAWN_MARKER_ENV
 from gpumgr.supervisor.system import REAL, System
 
 log = structlog.get_logger(__name__)
@@ -38,6 +42,9 @@ class ChildRecord:
     started_at: str = ""
     """RFC 3339 UTC time of the spawn."""
     extra: dict[str, Any] = field(default_factory=dict)
+    spawn_marker: str = ""
+    """The ``GPUMGR_SPAWN_MARKER`` value given to the child at spawn ("" in an older record,
+    which therefore proves nothing)."""
 
 
 class ChildRecords:
@@ -107,6 +114,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "fraction": (int, float, type(None)),
     "started_at": (str,),
     "extra": (dict,),
+    "spawn_marker": (str,),
 }
 _REQUIRED = ("backend", "pid", "pgid", "create_time", "cmdline")
 
@@ -143,20 +151,35 @@ def _numbers_in_range(values: dict[str, Any]) -> bool:
 
 
 def is_same_process(record: ChildRecord) -> bool:
-    """True when ``record.pid`` is still the process gpumgr started: same create time and
-    command line, not a zombie. A reused pid fails the create-time check."""
+    """True when ``record.pid`` is still the process gpumgr started (``not_ours`` is None)."""
+    return not_ours(record) is None
+
+
+def not_ours(record: ChildRecord) -> str | None:
+    """Why ``record.pid`` is not (provably) the process gpumgr started, or None when it is: same
+    create time, command line and process group, not a zombie, and the record's spawn marker in
+    its environment. A reused pid fails the create-time check; a forged record fails the marker
+    (or cannot read the environment of another user's process)."""
     try:
         proc = psutil.Process(record.pid)
         with proc.oneshot():
             if abs(proc.create_time() - record.create_time) > _CREATE_TIME_TOLERANCE_S:
-                return False
+                return "gone (the pid now belongs to a newer process)"
             if proc.status() == psutil.STATUS_ZOMBIE:
-                return False
+                return "gone (a zombie)"
             if os.getpgid(record.pid) != record.pgid:
-                return False  # the group gpumgr would signal is not the one it started
-            return list(proc.cmdline()) == list(record.cmdline)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ProcessLookupError):
-        return False
+                return "not ours: its process group is not the recorded one"
+            if list(proc.cmdline()) != list(record.cmdline):
+                return "not ours: its command line is not the recorded one"
+            if not record.spawn_marker:
+                return "not provably ours: the record has no spawn marker"
+            if proc.environ().get(SPAWN_MARKER_ENV) != record.spawn_marker:
+                return "not ours: its environment lacks the recorded spawn marker"
+            return None
+    except psutil.AccessDenied:
+        return "not ours: its environment cannot be read (another user's process)"
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError):
+        return "gone"
 
 
 def port_listener_pid(port: int) -> int | None:

@@ -50,13 +50,19 @@ class HostStatus:
     """False until the daemon says it has adopted its children and probed every backend once
     (``adoption_done`` / ``first_probe_round_done``); a document without those fields (an older
     daemon) counts as informed."""
+    epoch: str = ""
+    """The daemon's boot id ("" from an older daemon): ``seq`` counts within one epoch."""
 
-    def with_backend(self, backend: BackendView, seq: int | None) -> HostStatus:
-        """This status after one backend event."""
+    def with_backend(self, backend: BackendView, seq: int | None,
+                     epoch: str | None = None) -> HostStatus:
+        """This status after one backend event (of daemon ``epoch``; a new epoch starts ``seq``
+        again, so its lower numbers are taken, not compared)."""
         backends = dict(self.backends)
         backends[backend.name] = backend
+        if epoch is not None and epoch != self.epoch:
+            return HostStatus(backends=backends, seq=seq, informed=self.informed, epoch=epoch)
         newer = seq if seq is not None and (self.seq is None or seq > self.seq) else self.seq
-        return HostStatus(backends=backends, seq=newer, informed=self.informed)
+        return HostStatus(backends=backends, seq=newer, informed=self.informed, epoch=self.epoch)
 
 
 def _loads(data: bytes | str | Mapping[str, Any]) -> Any:
@@ -64,6 +70,8 @@ def _loads(data: bytes | str | Mapping[str, Any]) -> Any:
         return data
     try:
         return json.loads(data)
+    except RecursionError:
+        raise MalformedStatus("not JSON a router reads: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedStatus(f"not JSON: {exc}") from None
 
@@ -117,7 +125,9 @@ def parse_document(data: bytes | str | Mapping[str, Any]) -> HostStatus:
         views[view.name] = view
     seq = obj.get("seq")
     informed = all(obj.get(flag, True) is not False for flag in INFORMED_FLAGS)
+    epoch = obj.get("epoch")
     return HostStatus(
+        epoch=epoch if isinstance(epoch, str) and len(epoch) <= 64 else "",
         backends=views,
         seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
         informed=informed,
