@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from gpumgr.cli.common import config_dir_option, load_config_from_ctx
+from gpumgr.config import MAPPINGS_FILE
 from gpumgr.errors import GpumgrError
 from gpumgr.integrations.litellm_config import (
     DEFAULT_REQUEST_TIMEOUT_S,
@@ -47,7 +48,10 @@ def litellm_config(
 ) -> None:
     """Print a LiteLLM proxy config for providers.yaml + model-mappings.yaml."""
     cfg = load_config_from_ctx(ctx, config_dir)
-    data = render_yaml(build(cfg.providers_file, cfg.mappings, request_timeout_s=request_timeout))
+    notes = [str(w) for w in cfg.warnings if w.file == MAPPINGS_FILE]
+    data = render_yaml(
+        build(cfg.providers_file, cfg.mappings, request_timeout_s=request_timeout), notes
+    )
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
