@@ -102,3 +102,35 @@ def test_plan_runs_on_the_version_with_the_slip(tmp_path: Path) -> None:
     assert code == 0, err
     (inst,) = json.loads(out)["gpus"][0]["instances"]
     assert inst["provider"] == "vllm-qwen"
+
+
+def test_type_ollama_at_a_remote_https_url_with_a_key_variable_is_the_cloud() -> None:
+    from gpumgr.config import ProviderType, load_config
+    from gpumgr.engines.probes import is_cloud
+
+    cfg = load_config(VERSIONS / "v2-no-models-list", env={})
+    cloud, local = cfg.provider("ollama-cloud"), cfg.provider("ollama")
+    assert cloud.type is ProviderType.OLLAMA_CLOUD and is_cloud(cloud)
+    assert local.type is ProviderType.OLLAMA and not is_cloud(local)
+
+
+def test_type_ollama_without_a_key_or_on_this_machine_stays_a_local_ollama(tmp_path: Path) -> None:
+    from gpumgr.config import ProviderType, load_config
+
+    (tmp_path / "providers.yaml").write_text(
+        "providers:\n"
+        "  lan:\n    type: ollama\n    base_url: https://ollama.lan:443\n    models: [a]\n"
+        "  tls-here:\n    type: ollama\n    base_url: https://localhost:11435\n"
+        "    env_var: OLLAMA_API_KEY\n    models: [b]\n")  # fmt: skip
+    cfg = load_config(tmp_path, env={})
+    assert cfg.provider("lan").type is ProviderType.OLLAMA
+    assert cfg.provider("tls-here").type is ProviderType.OLLAMA
+
+
+def test_doctor_advice_fits_the_backend() -> None:
+    from gpumgr.doctor.checks_services import check_ollama_reachable
+
+    here = check_ollama_reachable("ollama", "http://127.0.0.1:11434", None, "refused", True)
+    assert "systemctl start ollama" in here.fix
+    there = check_ollama_reachable("lan", "http://ollama.lan:11434", None, "refused", True)
+    assert "systemctl" not in there.fix and "ollama.lan" in there.fix

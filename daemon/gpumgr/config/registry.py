@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from gpumgr.config.hosts import bind_address
+from gpumgr.config.hosts import bind_address, is_loopback
 
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MANAGED_ENV = frozenset({
@@ -132,6 +132,15 @@ class Provider(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment of the engine (vLLM is often tuned that way, e.g.
     ``VLLM_ATTENTION_BACKEND``). Part of the launch identity; never a secret."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ollama_cloud_as_written(cls, data: Any) -> Any:
+        """``type: ollama`` at a remote ``https://`` base_url with an ``env_var`` is Ollama Cloud
+        (how owners write it): probed, reported and advised on as the cloud, not a local server."""
+        if isinstance(data, dict) and looks_like_ollama_cloud(data):
+            return {**data, "type": ProviderType.OLLAMA_CLOUD.value}
+        return data
 
     @field_validator("models", mode="before")
     @classmethod
@@ -252,6 +261,18 @@ class Provider(BaseModel):
     def runs_here(self) -> bool:
         """Active or standby: a provider gpumgr may act on (templates and disabled are listed only)."""
         return self.status in (ProviderStatus.ACTIVE, ProviderStatus.STANDBY)
+
+
+def looks_like_ollama_cloud(data: dict[str, Any]) -> bool:
+    """``type: ollama``, an ``https://`` base_url whose host is not this machine, an ``env_var``."""
+    url, env_var = data.get("base_url"), data.get("env_var")
+    if data.get("type") != ProviderType.OLLAMA.value or not isinstance(url, str) or not env_var:
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme == "https" and bool(parts.hostname) and not is_loopback(parts.hostname)
 
 
 def _check_url(url: str) -> None:
