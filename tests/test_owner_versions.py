@@ -134,3 +134,23 @@ def test_doctor_advice_fits_the_backend() -> None:
     assert "systemctl start ollama" in here.fix
     there = check_ollama_reachable("lan", "http://ollama.lan:11434", None, "refused", True)
     assert "systemctl" not in there.fix and "ollama.lan" in there.fix
+
+
+def test_the_daemon_runs_on_the_version_with_the_slip_and_logs_the_warning(tmp_path: Path) -> None:
+    from daemon_harness import FAST_LIFECYCLE_YAML, DaemonHarness
+
+    text = (VERSIONS / "v3-current" / "providers.yaml").read_text()
+    for port in (":8001", ":8080", ":11434"):
+        text = text.replace(port, f":{_free_port()}")
+    harness = DaemonHarness(tmp_path, text, FAST_LIFECYCLE_YAML)
+    (harness.config_dir / "model-mappings.yaml").write_text(
+        (VERSIONS / "v3-current" / "model-mappings.yaml").read_text())
+    try:
+        harness.start()
+        warned = [e for e in harness.events() if e.get("event") == "config.warning"]
+        assert any("'llama_cpp_python' is a provider" in str(e.get("issue")) for e in warned)
+        backends = {b["name"]: b for b in harness.status()["backends"]}
+        assert backends["ollama-cloud"]["type"] == "ollama_cloud"  # reported as the cloud
+        assert backends["llama_cpp_python"]["type"] == "llama_cpp"
+    finally:
+        harness.cleanup(check_log=False)
