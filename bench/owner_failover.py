@@ -51,12 +51,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=15)
     ap.add_argument("--as-is", type=int, default=3, help="requests on the unedited file (slow)")
+    ap.add_argument("--before", type=Path, default=None, metavar="DAEMON_DIR",
+                    help="also measure the callback line with the callback of another checkout "
+                    "(its daemon/ directory, e.g. the one before issue 17)")
     args = ap.parse_args()
     from test_litellm_owner_config import as_is, merged_by_gpumgr, with_callback_line
 
     rows = [measure("as is", args.as_is, edit=as_is),
             measure("callback line", args.requests, edit=with_callback_line),
             measure("--merge", args.requests, edit=merged_by_gpumgr)]
+    if args.before is not None:
+        rows.insert(1, measure("line, before", args.as_is, edit=with_callback_line,
+                               callback_from=args.before))
     print(f"{'config':<16}{'requests':>9}{'ok':>5}{'fallback':>9}{'p50 s':>9}{'min s':>9}"
           f"{'max s':>9}")
     for r in rows:

@@ -91,9 +91,11 @@ def merged_by_gpumgr(text: str, harness: DaemonHarness) -> str:
 
 
 @contextlib.contextmanager
-def owner_stack(tmp: Path, edit: Edit = with_callback_line) -> Iterator[Stack]:
+def owner_stack(tmp: Path, edit: Edit = with_callback_line,
+                callback_from: Path = REPO_ROOT / "daemon") -> Iterator[Stack]:
     """The daemon, simulated Ollama, fake cloud, and a proxy on the owner's config (its
-    addresses pointed at this run's servers) after ``edit``."""
+    addresses pointed at this run's servers) after ``edit``; the proxy imports the callback
+    from ``callback_from`` (this checkout's by default)."""
     cloud = FakeCloud().start()
     ollama: SimOllamaProcess | None = None
     harness: DaemonHarness | None = None
@@ -136,7 +138,7 @@ def owner_stack(tmp: Path, edit: Edit = with_callback_line) -> Iterator[Stack]:
             "E2E_ATTEMPTS_FILE": str(attempts_file), "NO_PROXY": "*",
             "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True",
             "PYTHONPATH": os.pathsep.join(
-                [str(REPO_ROOT / "daemon"), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                [str(callback_from), *filter(None, [os.environ.get("PYTHONPATH")])]),
         })
         assert LITELLM_BIN is not None
         with open(proxy_log, "wb") as out:
