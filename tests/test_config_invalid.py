@@ -106,6 +106,28 @@ CASES: list[tuple[str, dict[str, str | bytes], list[str]]] = [
      ["providers.yaml:22:3: providers.ollama: duplicate key"]),
     ("ambiguous-model", {"providers.yaml": PROVIDERS_OK + "  other:\n    type: openai_compatible\n    base_url: http://127.0.0.1:9000\n    models: [qwen2.5-coder:7b]\n"},
      ["providers.yaml:25:14: providers.other.models[0]: model 'qwen2.5-coder:7b' is also served by 'ollama'"]),
+    ("chain-not-a-list", {"model-mappings.yaml": "fallback_chains:\n  qwen-coder-vllm: {chain: 5}\n"},
+     ["model-mappings.yaml:2:21: fallback_chains.qwen-coder-vllm.chain: must be a list (got int)"]),
+    ("mappings-is-a-list", {"model-mappings.yaml": "- 1\n"},
+     ["model-mappings.yaml:1:1: top level must be a mapping (got a list)"]),
+    ("settings-unknown-key", {"gpumgr.yaml": "listn: 127.0.0.1:9400\n"},
+     ["gpumgr.yaml:1:1: listn: unknown key (did you mean 'listen'?)"]),
+    ("settings-unknown-nested-key", {"gpumgr.yaml": "restart:\n  max_crash: 3\n"},
+     ["gpumgr.yaml:2:3: restart.max_crash: unknown key (did you mean 'max_crashes'?)"]),
+    ("settings-bad-listen", {"gpumgr.yaml": "listen: localhost\n"},
+     ["gpumgr.yaml:1:1: listen: must be HOST:PORT with a port 0-65535 (got 'localhost')"]),
+    ("settings-bad-eviction", {"gpumgr.yaml": "ollama:\n  eviction: sometimes\n"},
+     ["gpumgr.yaml:2:3: ollama.eviction: must be one of"]),
+    ("settings-negative-reserve", {"gpumgr.yaml": "gpu:\n  reserve_mib: -1\n"},
+     ["gpumgr.yaml:2:3: gpu.reserve_mib: must be >= 0 (got -1)"]),
+    ("settings-bool-wrong", {"gpumgr.yaml": "vllm:\n  start_timeout_s: soon\n"},
+     ["gpumgr.yaml:2:3: vllm.start_timeout_s: must be a number (got 'soon')"]),
+]
+
+
+# References in model-mappings.yaml (the router's view): warnings with the fix, exit 0;
+# `validate --strict` makes them fatal (exit 2).
+ROUTER_CASES: list[tuple[str, dict[str, str | bytes], list[str]]] = [
     ("mapping-unknown-provider", {"model-mappings.yaml": _replace(MAPPINGS_OK, "provider: qwen-7b", "provider: qwen-8b")},
      ["model-mappings.yaml:2:21: exact_matches.qwen-coder-vllm.provider: unknown provider 'qwen-8b'"]),
     ("mapping-model-not-on-multi-model-provider", {"providers.yaml": _replace(PROVIDERS_OK, "      - qwen2.5-coder:7b\n", "      - qwen2.5-coder:7b\n      - llama3.1:latest\n"), "model-mappings.yaml": "exact_matches:\n  coder: {provider: ollama}\n"},
@@ -122,24 +144,8 @@ CASES: list[tuple[str, dict[str, str | bytes], list[str]]] = [
      ["model-mappings.yaml:4:29: fallback_chains.qwen-coder-vllm.chain[0]: chain of 'qwen-coder-vllm' falls back to itself"]),
     ("chain-cycle", {"model-mappings.yaml": MAPPINGS_OK + "  qwen2.5-coder:7b: {chain: [qwen-coder-vllm]}\n"},
      ["model-mappings.yaml:4:3: fallback_chains.qwen-coder-vllm: fallback cycle: qwen-coder-vllm -> qwen2.5-coder:7b -> qwen-coder-vllm"]),
-    ("chain-not-a-list", {"model-mappings.yaml": "fallback_chains:\n  qwen-coder-vllm: {chain: 5}\n"},
-     ["model-mappings.yaml:2:21: fallback_chains.qwen-coder-vllm.chain: must be a list (got int)"]),
     ("preferred-model-unknown", {"model-mappings.yaml": "capabilities:\n  code:\n    preferred_models: [nope]\n"},
      ["model-mappings.yaml:3:24: capabilities.code.preferred_models[0]: unknown model 'nope'"]),
-    ("mappings-is-a-list", {"model-mappings.yaml": "- 1\n"},
-     ["model-mappings.yaml:1:1: top level must be a mapping (got a list)"]),
-    ("settings-unknown-key", {"gpumgr.yaml": "listn: 127.0.0.1:9400\n"},
-     ["gpumgr.yaml:1:1: listn: unknown key (did you mean 'listen'?)"]),
-    ("settings-unknown-nested-key", {"gpumgr.yaml": "restart:\n  max_crash: 3\n"},
-     ["gpumgr.yaml:2:3: restart.max_crash: unknown key (did you mean 'max_crashes'?)"]),
-    ("settings-bad-listen", {"gpumgr.yaml": "listen: localhost\n"},
-     ["gpumgr.yaml:1:1: listen: must be HOST:PORT with a port 0-65535 (got 'localhost')"]),
-    ("settings-bad-eviction", {"gpumgr.yaml": "ollama:\n  eviction: sometimes\n"},
-     ["gpumgr.yaml:2:3: ollama.eviction: must be one of"]),
-    ("settings-negative-reserve", {"gpumgr.yaml": "gpu:\n  reserve_mib: -1\n"},
-     ["gpumgr.yaml:2:3: gpu.reserve_mib: must be >= 0 (got -1)"]),
-    ("settings-bool-wrong", {"gpumgr.yaml": "vllm:\n  start_timeout_s: soon\n"},
-     ["gpumgr.yaml:2:3: vllm.start_timeout_s: must be a number (got 'soon')"]),
 ]
 
 
@@ -163,7 +169,8 @@ def test_the_base_of_the_invalid_cases_is_itself_valid(tmp_path: Path) -> None:
 
 
 def test_there_are_at_least_thirty_distinct_invalid_configurations() -> None:
-    assert len({c[0] for c in CASES}) == len(CASES) >= 30
+    every = CASES + ROUTER_CASES
+    assert len({c[0] for c in every}) == len(every) >= 30
 
 
 @pytest.mark.parametrize(("case", "files", "expected"), CASES, ids=[c[0] for c in CASES])
@@ -207,3 +214,19 @@ def test_validate_json_lists_errors(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert doc["ok"] is False
     assert doc["errors"][0].startswith("gpumgr.yaml:1:1: listn: unknown key")
+
+
+@pytest.mark.parametrize(("case", "files", "expected"), ROUTER_CASES, ids=[c[0] for c in ROUTER_CASES])
+def test_a_bad_reference_in_the_routers_view_is_a_warning_and_fatal_only_with_strict(
+    tmp_path: Path, case: str, files: dict[str, str | bytes], expected: list[str]
+) -> None:
+    _write(tmp_path / "c", files)
+    result = CliRunner().invoke(main, ["validate", "--config-dir", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for want in expected:
+        where, _, rest = want.partition(": ")
+        warned = f"{where}: warning: {rest}"
+        assert any(line.startswith(warned) for line in lines), f"{warned!r} not in {lines!r}"
+    strict = CliRunner().invoke(main, ["validate", "--strict", "--config-dir", str(tmp_path / "c")])
+    assert strict.exit_code == 2, strict.output

@@ -153,8 +153,20 @@ def test_cloud_hf_disk() -> None:
 
 
 def test_litellm_callback() -> None:
-    good = "litellm_settings:\n  callbacks: gpumgr.integrations.litellm.status_filter.status_filter\n"
+    good = "litellm_settings:\n  callbacks: gpumgr.integrations.litellm.status_filter\n"
     assert check_litellm("c.yaml", good, None).level is Level.OK
+    # LiteLLM imports module.instance: a name after status_filter is a module that does not exist
+    wrong = "litellm_settings:\n  callbacks: [gpumgr.integrations.litellm.status_filter.status_filter]\n"
+    assert check_litellm("c.yaml", wrong, None).level is Level.FAIL
+
+
+def test_doctor_suggests_the_callback_path_litellm_can_import() -> None:
+    import importlib
+
+    check = check_litellm("c.yaml", "litellm_settings:\n  callbacks: [other.x]\n", None)
+    assert "callbacks: [gpumgr.integrations.litellm.status_filter]" in check.fix
+    module, _, instance = "gpumgr.integrations.litellm.status_filter".rpartition(".")
+    assert hasattr(importlib.import_module(module), instance)  # what LiteLLM's loader does
     assert check_litellm("c.yaml", "litellm_settings:\n  callbacks: [other.x]\n", None).level is Level.FAIL
     assert check_litellm("c.yaml", None, "No such file").level is Level.FAIL
 
@@ -222,7 +234,7 @@ def test_runner_reports_every_service_accurately(tmp_path: Path) -> None:
     taken.listen(1)
     vllm_port = taken.getsockname()[1]
     litellm = tmp_path / "litellm.yaml"
-    litellm.write_text("litellm_settings:\n  callbacks: [gpumgr.integrations.litellm.status_filter.f]\n")
+    litellm.write_text("litellm_settings:\n  callbacks: [gpumgr.integrations.litellm.status_filter]\n")
     bindir = _fake_systemctl(tmp_path, "inactive", "disabled")
     try:
         with running_sim_ollama(["llama3.1:latest"], loaded=["llama3.1:latest"],

@@ -3,7 +3,8 @@
 ``load_config`` reads ``providers.yaml`` (required), ``model-mappings.yaml`` and ``gpumgr.yaml``
 (both optional), reports every problem of every file in one ``ConfigError`` (each naming file,
 line, column and key path), and returns a frozen ``Config``. Warnings (a key that looks like a
-misspelt gpumgr key) never stop a load: they travel on ``Config.warnings``, and
+misspelt gpumgr key; a reference in ``model-mappings.yaml``, the router's view, that names
+nothing gpumgr runs) never stop a load: they travel on ``Config.warnings``, and
 ``inspect_config`` returns errors and warnings together for ``gpumgr validate``.
 """
 
@@ -154,7 +155,9 @@ def inspect_config(
     if pf is not None:
         issues.extend(check_providers(pf, psrc))
         if mf is not None:
-            issues.extend(check_mappings(pf, mf, msrc, psrc))
+            mapping_errors, mapping_warnings = check_mappings(pf, mf, msrc, psrc)
+            issues.extend(mapping_errors)
+            warnings.extend(mapping_warnings)
     if pf is not None and st is not None:
         issues.extend(check_env_values(pf, psrc, known_secrets(pf, st, env)))
     if issues:

@@ -6,6 +6,7 @@ provider's ``base_url``, an unknown reference on the mapping that makes it.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections import defaultdict
 
@@ -80,17 +81,53 @@ def router_names(pf: ProvidersFile, mf: MappingsFile) -> set[str]:
     return set(mf.exact_matches) | all_model_names(pf)
 
 
-def _unknown(name: str, *, providers_too: bool) -> str:
-    """A reference that names nothing at all (the one case that stays an error)."""
-    if providers_too:
-        return f"unknown model or provider '{name}'"
-    return f"unknown model '{name}'"
+def served_by(pf: ProvidersFile, mf: MappingsFile, provider: str) -> list[str]:
+    """The router names a provider serves: its own model names, then the ``exact_matches`` keys
+    pointing at it (file order; all there is for a provider without a ``models:`` list)."""
+    p = pf.providers.get(provider)
+    names = list(p.model_names) if p is not None else []
+    names += [k for k, em in mf.exact_matches.items() if em.provider == provider and k not in names]
+    return names
+
+
+def provider_model_for(pf: ProvidersFile, mf: MappingsFile, provider: str, router_name: str) -> str | None:
+    """What a fallback entry naming ``provider`` means for ``router_name``: the router name
+    itself when the provider serves it, else the first router name the provider serves."""
+    names = served_by(pf, mf, provider)
+    if router_name in names:
+        return router_name
+    return names[0] if names else None
+
+
+def _fix_for(name: str, pf: ProvidersFile, mf: MappingsFile, known: set[str]) -> str:
+    """What to write instead of ``name``: the provider's models, or the closest known name."""
+    if name in pf.providers:
+        served = served_by(pf, mf, name)
+        if served:
+            listed = ", ".join(f"'{m}'" for m in served[:3]) + (" …" if len(served) > 3 else "")
+            return f"'{name}' is a provider; it serves {listed}: name a model here"
+        return f"'{name}' is a provider and serves no router name yet: name a model here"
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown model '{name}'{hint}"
+
+
+def _unknown_ref(name: str, known: set[str], providers: set[str]) -> str:
+    """An ``exact_matches`` fallback that names neither a model nor a provider."""
+    close = difflib.get_close_matches(name, sorted(known | providers), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown model or provider '{name}'{hint}"
 
 
 def check_mappings(
     pf: ProvidersFile, mf: MappingsFile, src: YamlSource, providers_src: YamlSource
-) -> list[ConfigIssue]:
-    issues: list[ConfigIssue] = []
+) -> tuple[list[ConfigIssue], list[ConfigIssue]]:
+    """(errors, warnings). The daemon never routes by ``model-mappings.yaml``: a bad reference
+    there is the router's problem, a warning with its fix (``litellm-config`` leaves it out).
+    The one error is a model two providers serve with nothing saying which (``gpumgr swap``
+    and the status would not know which backend a name means)."""
+    errors: list[ConfigIssue] = []
+    warnings: list[ConfigIssue] = []
     known_models = router_names(pf, mf)
     known_providers = set(pf.providers)
 
@@ -98,10 +135,14 @@ def check_mappings(
         here = ("exact_matches", model)
         provider = pf.providers.get(em.provider)
         if provider is None:
-            issues.append(src.issue((*here, "provider"), f"unknown provider '{em.provider}'"))
+            close = difflib.get_close_matches(em.provider, sorted(known_providers), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            warnings.append(src.issue((*here, "provider"), f"unknown provider '{em.provider}'{hint}"))
+        elif not provider.models:
+            pass  # no models: list (a llama.cpp server serves what it loaded): any name is its
         elif em.backend_model is not None:
             if em.backend_model not in provider.model_names:
-                issues.append(
+                warnings.append(
                     src.issue(
                         (*here, "backend_model"),
                         f"provider '{em.provider}' does not list model '{em.backend_model}' "
@@ -110,7 +151,7 @@ def check_mappings(
                 )
         elif model not in provider.model_names and len(provider.models) != 1:
             # One model: the router name is that model. Several: which one is ambiguous.
-            issues.append(
+            warnings.append(
                 src.issue(
                     here,
                     f"provider '{em.provider}' does not list model '{model}'; set backend_model "
@@ -121,29 +162,42 @@ def check_mappings(
         for i, fb in enumerate(fallbacks):
             if fb not in known_models and fb not in known_providers:
                 path = (*here, "fallback") + ((i,) if isinstance(em.fallback, list) else ())
-                issues.append(src.issue(path, _unknown(fb, providers_too=True)))
+                warnings.append(src.issue(path, _unknown_ref(fb, known_models, known_providers)))
+
+    if isinstance(mf.patterns, list):
+        for i, rule in enumerate(mf.patterns):
+            if rule.provider is not None and rule.provider not in known_providers:
+                warnings.append(
+                    src.issue(("patterns", i, "provider"), f"unknown provider '{rule.provider}'")
+                )
+            if rule.model is not None and rule.model not in known_models:
+                warnings.append(
+                    src.issue(("patterns", i, "model"), _fix_for(rule.model, pf, mf, known_models))
+                )
 
     for cap_name, cap in mf.capabilities.items():
         for i, m in enumerate(cap.preferred_models):
             if m not in known_models:
-                issues.append(
+                warnings.append(
                     src.issue(
                         ("capabilities", cap_name, "preferred_models", i),
-                        _unknown(m, providers_too=False),
+                        _fix_for(m, pf, mf, known_models),
                     )
                 )
 
     chains = {k: list(c.chain) for k, c in mf.fallback_chains.items()}
     for key, chain in chains.items():
         if key != DEFAULT_CHAIN and key not in known_models:
-            issues.append(src.issue(("fallback_chains", key), _unknown(key, providers_too=False)))
+            warnings.append(
+                src.issue(("fallback_chains", key), _fix_for(key, pf, mf, known_models))
+            )
         for i, entry in enumerate(chain):
             path = ("fallback_chains", key, "chain", i)
             if entry == key:
-                issues.append(src.issue(path, f"chain of '{key}' falls back to itself"))
-            elif entry not in known_models:
-                issues.append(src.issue(path, _unknown(entry, providers_too=False)))
-    issues.extend(_cycles(chains, src))
+                warnings.append(src.issue(path, f"chain of '{key}' falls back to itself"))
+            elif entry not in known_models and entry not in known_providers:
+                warnings.append(src.issue(path, _fix_for(entry, pf, mf, known_models)))
+    warnings.extend(_cycles(chains, src))
 
     # A model served by several providers is ambiguous unless exact_matches pins it, or the
     # providers are same-port vLLM swap partners (only one of them runs at a time).
@@ -155,14 +209,14 @@ def check_mappings(
             continue
         second = owners[1]
         idx = pf.providers[second].served_names.index(model)
-        issues.append(
+        errors.append(
             providers_src.issue(
                 ("providers", second, "models", min(idx, len(pf.providers[second].models) - 1)),
                 f"model '{model}' is also served by '{owners[0]}'; add an exact_matches entry in "
                 "model-mappings.yaml to say which backend serves it",
             )
         )
-    return issues
+    return errors, warnings
 
 
 def _cycles(chains: dict[str, list[str]], src: YamlSource) -> list[ConfigIssue]:

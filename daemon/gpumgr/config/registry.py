@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from gpumgr.config.env_secrets import secret_looking_name
-from gpumgr.config.hosts import bind_address
+from gpumgr.config.hosts import bind_address, is_loopback
 
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MANAGED_ENV = frozenset({
@@ -133,6 +133,15 @@ class Provider(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment of the engine (vLLM is often tuned that way, e.g.
     ``VLLM_ATTENTION_BACKEND``). Part of the launch identity; never a secret."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ollama_cloud_as_written(cls, data: Any) -> Any:
+        """``type: ollama`` at a remote ``https://`` base_url with an ``env_var`` is Ollama Cloud
+        (how owners write it): probed, reported and advised on as the cloud, not a local server."""
+        if isinstance(data, dict) and looks_like_ollama_cloud(data):
+            return {**data, "type": ProviderType.OLLAMA_CLOUD.value}
+        return data
 
     @field_validator("models", mode="before")
     @classmethod
@@ -255,13 +264,25 @@ class Provider(BaseModel):
         return self.status in (ProviderStatus.ACTIVE, ProviderStatus.STANDBY)
 
 
+def looks_like_ollama_cloud(data: dict[str, Any]) -> bool:
+    """``type: ollama``, an ``https://`` base_url whose host is not this machine, an ``env_var``."""
+    url, env_var = data.get("base_url"), data.get("env_var")
+    if data.get("type") != ProviderType.OLLAMA.value or not isinstance(url, str) or not env_var:
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme == "https" and bool(parts.hostname) and not is_loopback(parts.hostname)
+
+
 def _check_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"must be an http(s) URL with a host (got {url!r})")
     try:
         port = parts.port
-    except ValueError as exc:
+    except ValueError:
         raise ValueError(f"port must be 1-65535 (got {url!r})") from None
     if port is None and parts.scheme == "http":
         raise ValueError(f"must carry a port, e.g. http://127.0.0.1:8001 (got {url!r})")

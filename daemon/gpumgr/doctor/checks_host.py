@@ -261,12 +261,14 @@ def check_socket(path: str, exists: bool, connect_error: str | None, daemon_up: 
 # -- LiteLLM -------------------------------------------------------------------------------------
 
 GPUMGR_CALLBACK = "gpumgr.integrations.litellm.status_filter"
+"""What LiteLLM imports: module ``gpumgr.integrations.litellm``, instance ``status_filter``
+(LiteLLM splits the last dot off as the instance name; nothing follows it)."""
 
 
 def check_litellm(path: str, text: str | None, read_error: str | None) -> Check:
     """The proxy's config loads gpumgr's callback (``litellm_settings.callbacks``)."""
-    fix = (f"add `{GPUMGR_CALLBACK}.<instance>` under litellm_settings.callbacks "
-           "(`gpumgr litellm-config` writes a config that has it)")
+    fix = (f"add `callbacks: [{GPUMGR_CALLBACK}]` under litellm_settings (or run "
+           "`gpumgr litellm-config --merge` on this file)")
     if text is None:
         return fail("litellm", f"{path}: {read_error}", "point LITELLM_CONFIG (or "
                     "--litellm-config) at the proxy's config.yaml")
@@ -281,7 +283,6 @@ def check_litellm(path: str, text: str | None, read_error: str | None) -> Check:
         callbacks = [callbacks]
     if not isinstance(callbacks, list):
         return fail("litellm", f"{path}: no litellm_settings.callbacks", fix)
-    if any(isinstance(c, str) and (c == GPUMGR_CALLBACK or c.startswith(GPUMGR_CALLBACK + "."))
-           for c in callbacks):
+    if GPUMGR_CALLBACK in callbacks:
         return ok("litellm", f"{path}: loads {GPUMGR_CALLBACK}")
     return fail("litellm", f"{path}: callbacks {callbacks} lack {GPUMGR_CALLBACK}", fix)

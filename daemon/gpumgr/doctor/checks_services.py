@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+from gpumgr.config.hosts import is_loopback
 from gpumgr.doctor import Check, fail, ok, warn
 
 GIB = 1024**3
@@ -30,7 +32,12 @@ def check_ollama_reachable(provider: str, url: str, version: str | None, error: 
     if version is not None:
         return ok(name, f"Ollama {version} at {url}")
     summary = f"Ollama at {url} does not answer ({error})"
-    fix = "`systemctl start ollama` (or fix the provider's base_url)"
+    host = urlsplit(url).hostname
+    if is_loopback(host) or host in ("0.0.0.0", "::"):
+        fix = "`systemctl start ollama` (or fix the provider's base_url)"
+    else:  # another machine's Ollama: nothing to start here
+        fix = f"start Ollama on {host} and check it listens beyond loopback (OLLAMA_HOST), " \
+              "or fix the provider's base_url"
     return fail(name, summary, fix) if active else warn(name, summary, fix)
 
 

@@ -24,11 +24,12 @@ What it writes (docs/litellm.md explains each choice):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
-from gpumgr.config.crosscheck import DEFAULT_CHAIN
+from gpumgr.config.crosscheck import DEFAULT_CHAIN, provider_model_for
 from gpumgr.config.registry import MappingsFile, ModelEntry, Provider, ProvidersFile, ProviderType
 
 CALLBACK = "gpumgr.integrations.litellm.status_filter"
@@ -113,10 +114,16 @@ def model_list(providers: ProvidersFile, mappings: MappingsFile) -> list[dict[st
     out: dict[str, dict[str, Any]] = {}
     for name, em in mappings.exact_matches.items():
         provider = providers.providers.get(em.provider)
-        if provider is None or not provider.runs_here or not provider.models:
+        if provider is None or not provider.runs_here:
+            continue
+        if not provider.models:
+            # No models: list (a llama.cpp server serves what it loaded): any name is its.
+            out[name] = _entry(name, provider, ModelEntry(name=em.backend_model or name))
             continue
         model = _model_for(provider, em.backend_model or name)
         if model is None:
+            if em.backend_model is not None or len(provider.models) != 1:
+                continue  # `gpumgr validate` warns: which model serves it is unknown
             model = provider.models[0]  # one model: the router name is that model
         out[name] = _entry(name, provider, model)
     for provider in providers.providers.values():
@@ -129,14 +136,17 @@ def model_list(providers: ProvidersFile, mappings: MappingsFile) -> list[dict[st
     return list(out.values())
 
 
-def _resolve(target: str, providers: ProvidersFile, known: set[str]) -> str | None:
-    """A fallback target as a router name: itself, or the first model of a provider it names."""
+def _resolve(
+    target: str, router_name: str, providers: ProvidersFile, mappings: MappingsFile, known: set[str]
+) -> str | None:
+    """A fallback target of ``router_name`` as a router name: itself, or, when it names a
+    provider, that provider's model for ``router_name`` (``provider_model_for``)."""
     if target in known:
         return target
     provider = providers.providers.get(target)
-    if provider is not None and provider.runs_here and provider.models:
-        first = provider.models[0].served_name
-        return first if first in known else None
+    if provider is not None and provider.runs_here:
+        name = provider_model_for(providers, mappings, target, router_name)
+        return name if name in known else None
     return None
 
 
@@ -148,7 +158,7 @@ def fallbacks(
     out: list[dict[str, list[str]]] = []
     default: list[str] = []
     for name, chain in mappings.fallback_chains.items():
-        targets = _dedupe(_resolve(t, providers, known) for t in chain.chain)
+        targets = _dedupe(_resolve(t, name, providers, mappings, known) for t in chain.chain)
         targets = [t for t in targets if t != name]
         if name == DEFAULT_CHAIN:
             default = targets
@@ -159,7 +169,10 @@ def fallbacks(
         if name in chained or name not in known or em.fallback is None:
             continue
         given = [em.fallback] if isinstance(em.fallback, str) else list(em.fallback)
-        targets = [t for t in _dedupe(_resolve(t, providers, known) for t in given) if t != name]
+        targets = [
+            t for t in _dedupe(_resolve(t, name, providers, mappings, known) for t in given)
+            if t != name
+        ]
         if targets:
             out.append({name: targets})
     return out, default
@@ -214,9 +227,23 @@ def litellm_config(
     }
 
 
-def render_yaml(config: dict[str, Any]) -> bytes:
-    """Stable bytes: keys in the order built, block style, no line folding, a fixed header."""
-    body = yaml.safe_dump(
-        config, sort_keys=False, default_flow_style=False, allow_unicode=True, width=10_000
+def notes_block(notes: Sequence[str]) -> str:
+    """YAML comment lines saying what was left out and why (``gpumgr validate``'s warnings on
+    ``model-mappings.yaml``: every reference they name is one this config does not carry)."""
+    if not notes:
+        return ""
+    lines = ["# Not carried over (`gpumgr validate` warns about these in model-mappings.yaml):"]
+    lines += [f"#   {' '.join(n.split())}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def dump_yaml(data: Any) -> str:
+    """Block style, keys in the order built, no line folding: the same data, the same text."""
+    return yaml.safe_dump(
+        data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=10_000
     )
-    return (HEADER + body).encode()
+
+
+def render_yaml(config: dict[str, Any], notes: Sequence[str] = ()) -> bytes:
+    """Stable bytes: a fixed header, the left-out notes as comments, then the config."""
+    return (HEADER + notes_block(notes) + dump_yaml(config)).encode()

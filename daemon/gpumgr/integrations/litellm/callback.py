@@ -3,8 +3,10 @@
 LiteLLM calls ``async_filter_deployments`` on every pick (first try, retries, fallbacks), after its
 cooldown filter. The hook does no I/O: it looks the deployments up in an index built from the
 followers' latest documents (rebuilt only when a document changes) and returns the deployments
-worth trying (``matching.choose``). It never raises into LiteLLM — an exception there fails the
-user's request — so any surprise returns the deployments unfiltered (logged once).
+worth trying (``matching.choose``). When gpumgr's status empties the group it raises the one
+error LiteLLM hands to the fallbacks without retrying (``failover``: a 503 with
+``num_retries=0``); any surprise of its own returns the deployments unfiltered (logged once):
+gpumgr never fails a user's request.
 
 A daemon not heard from for ``max_age_s`` is stale: its backends are not filtered (fail open)
 until it is heard from again; the change is logged once each way.
@@ -23,8 +25,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from gpumgr.integrations.litellm.failover import group_unavailable
 from gpumgr.integrations.litellm.follower import StatusFollower
-from gpumgr.integrations.litellm.matching import StatusIndex, choose, verdict
+from gpumgr.integrations.litellm.matching import Located, StatusIndex, choose, verdict
 from gpumgr.integrations.litellm.settings import FilterSettings
 
 log = logging.getLogger("gpumgr.integrations.litellm")
@@ -113,12 +116,17 @@ class GpumgrStatusFilter(_Base):
 
     def filter(self, deployments: list[Any]) -> list[Any]:
         """The deployments worth trying now (pure lookups; what the hook returns)."""
+        return self._filter(deployments)[0]
+
+    def _filter(self, deployments: list[Any]) -> tuple[list[Any], list[Located | None]]:
+        """The deployments worth trying now, and where each given one sends (for the reason)."""
         index = self._index
+        located = [index.locate(d) for d in deployments]
         verdicts = [
-            verdict(*index.locate(d), fresh=self.fresh, informed=index.informed)
-            for d in deployments
+            verdict(loc, model, fresh=self.fresh, informed=index.informed)
+            for loc, model in located
         ]
-        return choose(deployments, verdicts)
+        return choose(deployments, verdicts), [loc for loc, _ in located]
 
     async def async_filter_deployments(
         self,
@@ -131,9 +139,16 @@ class GpumgrStatusFilter(_Base):
         try:
             if self._autostart and not self._tasks:
                 self.start()
-            return self.filter(healthy_deployments)
+            kept, located = self._filter(healthy_deployments)
+            emptied = bool(healthy_deployments) and not kept
+            error = group_unavailable(model, located) if emptied else None
         except Exception:  # noqa: BLE001 - never fail a user's request for the filter's sake
             if not self._hook_failed:
                 self._hook_failed = True
                 log.exception("gpumgr.filter.failed model=%s: returning deployments unfiltered", model)
             return healthy_deployments
+        if error is not None:
+            # Every deployment is down by gpumgr's word: an error LiteLLM sends straight to the
+            # fallbacks, instead of an empty list it retries with back-off (failover.py).
+            raise error
+        return kept

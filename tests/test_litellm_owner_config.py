@@ -1,0 +1,226 @@
+"""The owner's own LiteLLM config plus the one callback line: a stopped vLLM model is answered
+by its fallback at once (issue 17), on a real LiteLLM 1.108.7 proxy and a real simulated daemon.
+
+The config is ``tests/data/owner-dialect/litellm-config.yaml`` as the owner writes it
+(``num_retries: 3``, ``retry_after: 5``, ``allowed_fails: 3``, ``cooldown_time: 30``, per-model
+timeouts, a Redis cache, auth off), with only its addresses pointed at this run's servers (the
+Redis at a closed port: the cache fails soft) and, for the "after" run, the callback line. The
+proxy gets ``PYTHONPATH`` of this checkout, so it imports this checkout's callback.
+
+Without the line a request to the stopped model waits out the retries and their back-off
+(~30 s: bench/owner_failover.py measures it); with it, the filter's error is one LiteLLM hands
+straight to the fallbacks (integrations/litellm/failover.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+import yaml
+
+from test_litellm_proxy import (  # noqa: E402 - skips the module when there is no proxy
+    CARD_MIB,
+    COUNTER,
+    ENGINE,
+    HEALTH_YAML,
+    KEY_ENV,
+    LIFECYCLE_YAML,
+    LITELLM_BIN,
+    MAPPINGS,
+    MASTER_KEY,
+    PULLED,
+    VLLM_NAME,
+    FakeCloud,
+    Result,
+    Stack,
+    _proxy_ready,
+    providers_yaml,
+)
+
+from daemon_harness import DaemonHarness, free_port, sim_gpu_path, wait_for
+from gpumgr.integrations.litellm_config import CALLBACK
+from gpumgr.sim.gpu import SimGpuSpec, SimGpuState, sim_uuid
+from gpumgr.sim.ollama_process import SimOllamaProcess, start_sim_ollama
+
+pytestmark = [pytest.mark.slow, pytest.mark.litellm]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OWNER_LITELLM = REPO_ROOT / "tests" / "data" / "owner-dialect" / "litellm-config.yaml"
+P50_WITHIN_S = 0.5
+
+
+def owner_config(engine: str, ollama: str, cloud: str, redis_port: int) -> str:
+    """The owner's file, its addresses pointed at this run's servers (nothing else changed)."""
+    return (OWNER_LITELLM.read_text()
+            .replace("http://127.0.0.1:8001", engine)
+            .replace("http://127.0.0.1:11434", ollama)
+            .replace("https://ollama.com", cloud)
+            .replace("port: 6379", f"port: {redis_port}"))  # fmt: skip
+
+
+Edit = Callable[[str, DaemonHarness], str]
+
+
+def with_callback_line(text: str, harness: DaemonHarness | None = None) -> str:
+    """The documented smallest edit: one line under ``litellm_settings``."""
+    return text.replace("litellm_settings:\n", f"litellm_settings:\n  callbacks: [{CALLBACK}]\n", 1)
+
+
+def as_is(text: str, harness: DaemonHarness | None = None) -> str:
+    return text
+
+
+def merged_by_gpumgr(text: str, harness: DaemonHarness) -> str:
+    """``gpumgr litellm-config --merge`` of the owner's file, written with ``--output``."""
+    src, dest = harness.config_dir.parent / "owner-litellm.yaml", harness.config_dir.parent / "merged.yaml"
+    src.write_text(text)
+    r = harness.cli("litellm-config", "--merge", str(src), "--output", str(dest))
+    assert r.returncode == 0, r.stderr
+    assert "litellm_settings.callbacks: added" in r.stdout
+    return dest.read_text()
+
+
+@contextlib.contextmanager
+def owner_stack(tmp: Path, edit: Edit = with_callback_line,
+                callback_from: Path = REPO_ROOT / "daemon") -> Iterator[Stack]:
+    """The daemon, simulated Ollama, fake cloud, and a proxy on the owner's config (its
+    addresses pointed at this run's servers) after ``edit``; the proxy imports the callback
+    from ``callback_from`` (this checkout's by default)."""
+    cloud = FakeCloud().start()
+    ollama: SimOllamaProcess | None = None
+    harness: DaemonHarness | None = None
+    proxy: subprocess.Popen[bytes] | None = None
+    try:
+        gpu_uuid = sim_uuid(0)
+        SimGpuState(sim_gpu_path(tmp)).ensure([SimGpuSpec(
+            index=0, uuid=gpu_uuid, name="Quadro RTX 5000", memory_total_mib=CARD_MIB,
+            display_used_mib=300, compute_capability="7.5")])
+        ollama = start_sim_ollama(
+            [PULLED], env={"GPUMGR_SIM_GPU_STATE": str(sim_gpu_path(tmp)),
+                           "CUDA_VISIBLE_DEVICES": gpu_uuid})
+        engine_port = free_port()
+        harness = DaemonHarness(
+            tmp, providers_yaml(engine_port, ollama.base_url, cloud.base_url),
+            HEALTH_YAML + LIFECYCLE_YAML, env={KEY_ENV: "sk-e2e-cloud"},
+        )
+        (harness.config_dir / "model-mappings.yaml").write_text(MAPPINGS)
+        harness.start()
+        harness.wait_up(ENGINE)
+        wait_for(lambda: (doc := harness.status()).get("adoption_done")
+                 and doc.get("first_probe_round_done"), 10, "a daemon whose states are facts")
+        proxy_dir = tmp / "proxy"
+        proxy_dir.mkdir()
+        text = edit(owner_config(f"http://127.0.0.1:{engine_port}", ollama.base_url,
+                                 cloud.base_url, free_port()), harness)
+        data = yaml.safe_load(text)
+        settings = data.setdefault("litellm_settings", {})
+        settings["callbacks"] = [*settings.get("callbacks", []), "gpumgr_e2e_counter.counter"]
+        (proxy_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        (proxy_dir / "gpumgr_e2e_counter.py").write_text(COUNTER)
+        port = free_port()
+        proxy_log = tmp / "litellm.log"
+        attempts_file = tmp / "attempts.jsonl"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUMGR_", "LITELLM"))}
+        env.update({
+            # This LiteLLM refuses to start without a master key, auth off or not.
+            "LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "GPUMGR_STATUS_URL": harness.base_url + "/v1/status", "OLLAMA_API_KEY": "sk-e2e",
+            "E2E_ATTEMPTS_FILE": str(attempts_file), "NO_PROXY": "*",
+            "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True",
+            "PYTHONPATH": os.pathsep.join(
+                [str(callback_from), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        })
+        assert LITELLM_BIN is not None
+        with open(proxy_log, "wb") as out:
+            proxy = subprocess.Popen(
+                [str(LITELLM_BIN), "--config", str(proxy_dir / "config.yaml"),
+                 "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=proxy_dir,
+            )
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _proxy_ready(url, proxy, proxy_log), 90, "the LiteLLM proxy", 0.2)
+        s = Stack(harness, ollama, cloud, proxy, url, attempts_file, engine_port, proxy_log)
+        wait_for(lambda: s.ask(VLLM_NAME).status == 200, 30, "a first answer through the proxy")
+        yield s
+        s.client.close()
+    finally:
+        if proxy is not None and proxy.poll() is None:
+            os.killpg(proxy.pid, signal.SIGTERM)
+            try:
+                proxy.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proxy.pid, signal.SIGKILL)
+                proxy.wait()
+        if harness is not None:
+            harness.cleanup(check_log=False)
+        if ollama is not None:
+            ollama.stop()
+        cloud.stop()
+
+
+def ask_fresh(s: Stack, model: str) -> Result:
+    """One request with a prompt never sent before: the owner's cache (``cache: true``) must
+    not answer it, so the time measured is the router's."""
+    start = time.monotonic()
+    try:
+        r = s.client.post("/v1/chat/completions", json={
+            "model": model, "max_tokens": 8,
+            "messages": [{"role": "user", "content": f"hi {uuid.uuid4().hex}"}],
+        })
+        status, base, error = r.status_code, r.headers.get("x-litellm-model-api-base", ""), (
+            "" if r.status_code == 200 else r.text[:300])
+    except httpx2.HTTPError as exc:
+        status, base, error = 0, "", repr(exc)
+    return Result(start, time.monotonic() - start, status, base, error)
+
+
+def stop_engine(s: Stack) -> None:
+    r = s.harness.cli("stop", ENGINE)
+    assert r.returncode == 0, r.stderr
+    s.harness.wait_backend(ENGINE, lambda b: not b.get("available"), 30, "the engine stopped")
+
+
+def test_a_stopped_vllm_model_is_answered_by_its_fallback_at_once_on_the_owners_config(
+    tmp_path: Path,
+) -> None:
+    with owner_stack(tmp_path) as s:
+        stop_engine(s)
+        results = [ask_fresh(s, VLLM_NAME) for _ in range(15)]
+        assert all(r.status == 200 for r in results), [r.error for r in results if r.status != 200]
+        assert all(r.api_base.rstrip("/") == s.ollama.base_url.rstrip("/") for r in results), \
+            [r.api_base for r in results]  # answered by the fallback, not a cache
+        p50 = statistics.median(r.took_s for r in results)
+        assert p50 <= P50_WITHIN_S, sorted(r.took_s for r in results)
+
+
+def test_the_merged_owner_config_starts_a_proxy_that_keeps_their_settings_and_fails_over(
+    tmp_path: Path,
+) -> None:
+    with owner_stack(tmp_path, merged_by_gpumgr) as s:
+        merged = yaml.safe_load((tmp_path / "proxy" / "config.yaml").read_text())
+        router = merged["router_settings"]
+        assert (router["num_retries"], router["retry_after"], router["allowed_fails"],
+                router["cooldown_time"]) == (3, 5, 3, 30)  # fmt: skip
+        assert merged["litellm_settings"]["cache_params"]["type"] == "redis"
+        assert "master_key" not in merged["general_settings"]
+        entries = {m["model_name"]: m for m in merged["model_list"]}
+        assert entries[PULLED]["litellm_params"]["num_gpu_layers"] == 99
+        assert entries[VLLM_NAME]["litellm_params"]["timeout"] == 60
+        assert entries[VLLM_NAME]["model_info"]["gpumgr_backend"] == ENGINE
+        assert {"code_generation": ["qwen2.5-coder:7b", "qwen3-coder:480b-cloud"]} in router["fallbacks"]
+        stop_engine(s)
+        results = [ask_fresh(s, VLLM_NAME) for _ in range(9)]
+        assert all(r.status == 200 for r in results), [r.error for r in results if r.status != 200]
+        assert all(r.api_base.rstrip("/") == s.ollama.base_url.rstrip("/") for r in results)
+        assert statistics.median(r.took_s for r in results) <= P50_WITHIN_S
