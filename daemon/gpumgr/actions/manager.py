@@ -17,32 +17,30 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import httpx2
-import psutil
 import structlog
 
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider
-from gpumgr.engines.vllm_log import find_oom, vllm_last_error
 from gpumgr.errors import GpuUnavailable
-from gpumgr.gpu import MIB, GpuBackend, GpuInventory
+from gpumgr.gpu import GpuBackend, GpuInventory
 from gpumgr.health.machine import BackendHealth
 from gpumgr.supervisor import process
 from gpumgr.secrets import read_secret
 from gpumgr.supervisor.events import BackendFailed, EventSink, OllamaEvicted
-from gpumgr.supervisor.logs import log_path, tail_lines
 from gpumgr.supervisor.records import ChildRecord, ChildRecords
 from gpumgr.supervisor.restart import RestartPolicy
 from gpumgr.supervisor.system import REAL, System
 
+from .cards import Cards
 from .desired import DesiredState, DesiredStore, Identity, launch_identity, managed_providers
 from .keeper import BackendKeeper, FirstAttempt
 from .lease import GpuLease, GpuLocks
 from .ollama_room import OllamaRoom
-from .prepare import LaunchPlanner, PlanView, engine_health_url
+from .prepare import LaunchPlanner, PlanView, engine_health_url, plan_view
 from .weights import BackendWeights, HubEndpoint, WeightsHook, default_hub
-from .start import LaunchSpec, Prepare, PrepareHint, StartContext, StartTiming
+from .start import LaunchSpec, Prepare, PrepareHint, StartContext
 from .startup_times import StartupTimes
-from .stop import Drain, StopTiming, stop_engine
+from .stop import Drain, stop_engine
 
 log = structlog.get_logger(__name__)
 
@@ -96,8 +94,7 @@ class BackendManager:
         self._identity: dict[str, Identity] = {}
         """Backend → the launch identity its keeper runs with."""
         self.weights = BackendWeights(lambda: self.config, sink, hub, on_weights)
-        self._gpus: dict[int, str] = {}
-        self._gpu_error: str | None = None
+        self.cards = Cards()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.configure(config)
 
@@ -107,25 +104,11 @@ class BackendManager:
         touched (the reconciler decides what a reload restarts)."""
         self.config = config
         settings = config.settings
-        vllm = settings.vllm
         self.policy = RestartPolicy.from_settings(settings.restart)
-        self.ctx = StartContext(
-            log_dir=config.paths.log_dir,
-            records=self.records,
-            locks=self.locks,
-            sink=self._sink,
-            find_oom=find_oom,
-            last_error=vllm_last_error,
-            timing=StartTiming(
-                start_timeout_s=vllm.start_timeout_s, poll_s=settings.health.starting_poll_s
-            ),
-            log_max_bytes=vllm.log_max_bytes,
-            log_backups=vllm.log_backups,
-            stop=StopTiming(vllm.stop_timeout_s, vllm.memory_release_timeout_s),
-            memory_released=self._memory_released,
-            system=self._system,
-            startup_times=self.startup_times,
-            http=self.http,
+        self.ctx = StartContext.for_settings(
+            settings, config.paths.log_dir, self.records, self.locks, self._sink,
+            memory_released=self._memory_released, system=self._system,
+            startup_times=self.startup_times, http=self.http,
         )
         self.planner = LaunchPlanner(
             settings=settings,
@@ -162,29 +145,11 @@ class BackendManager:
         """pid (== pgid) → backend of the engines running now."""
         return {k.child.pid: n for n, k in self.keepers.items() if k.child is not None}
 
-    def running_fractions(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for name, keeper in self.keepers.items():
-            fraction = keeper.running_fraction
-            if fraction is not None:
-                out[name] = fraction
-        return out
-
     def plan_view(self) -> PlanView:
-        """A frozen picture of what runs, for the planner's worker thread."""
-        managed = managed_providers(self.config)
-        facts = self.weights.facts()
-        return PlanView(
-            providers=tuple(
-                p for n, p in managed.items()
-                if n in self.desired.running and (n in self.weights.snapshots or n in facts)
-                and not self._asleep(n)
-            ),
-            snapshots=dict(self.weights.snapshots),
-            facts=facts,
-            managed_pids=self.managed_pids(),
-            running_fractions=self.running_fractions(),
-        )
+        """A frozen picture of what runs, for the planner's worker thread (a sleeping engine is
+        not planned: what it still holds, its CUDA context, is taken like any process's)."""
+        return plan_view(managed_providers(self.config), self.desired.names, self.weights,
+                         self.keepers)
 
     def _announce_eviction(self, backend: str, models: tuple[str, ...]) -> None:
         """From the planner's worker thread: publish (on the loop) that ``models`` are being
@@ -202,12 +167,6 @@ class BackendManager:
         except (TimeoutError, RuntimeError) as exc:
             log.warning("ollama.eviction_notice_failed", backend=backend, error=type(exc).__name__)
 
-    def _asleep(self, name: str) -> bool:
-        """A sleeping engine is not planned: what it still holds (its CUDA context) is simply
-        taken, like any other process's memory."""
-        keeper = self.keepers.get(name)
-        return keeper is not None and keeper.asleep
-
     async def _memory_released(self, pids: frozenset[int]) -> bool:
         inv = await asyncio.to_thread(self._inventory.read)
         if not inv.available:
@@ -218,18 +177,12 @@ class BackendManager:
     def attach(self, first_read: GpuInventory) -> None:
         """Before the first command: the loop the planner's threads report to, and the cards."""
         self._loop = asyncio.get_running_loop()
-        self._read_gpus(first_read)
-
-    def _read_gpus(self, inventory: GpuInventory) -> None:
-        self._gpu_error = None if inventory.available else (inventory.error or "GPU unavailable")
-        if self._gpu_error:
-            log.error("gpu.unavailable", error=self._gpu_error)
-        self._gpus = {g.index: g.uuid for g in inventory.gpus}
+        self.cards.read(first_read)
 
     async def refresh_gpus(self) -> None:
         """Read the cards again when they could not be read before (a driver came back)."""
-        if self._gpu_error is not None:
-            self._read_gpus(await asyncio.to_thread(self._inventory.read))
+        if self.cards.error is not None:
+            self.cards.read(await asyncio.to_thread(self._inventory.read))
 
     async def stop_adopted(self, child: process.ChildProcess, record: ChildRecord) -> None:
         """Stop an adopted engine that is not (or no longer) the one asked for; provably ours."""
@@ -264,14 +217,10 @@ class BackendManager:
         self._identity[name] = identity
         if adopted is None:  # its weights are looked up first
             self.weights.expect(name)
-        uuid = gpu_uuid or self._gpus.get(provider.gpu)
-        if adopted is None and self._gpu_error is not None:
-            self._sink(BackendFailed(name, self._gpu_error))
-            if first is not None:
-                first.settle(GpuUnavailable(self._gpu_error))
-            return
-        if uuid is None:
-            why = f"GPU {provider.gpu} not found ({len(self._gpus)} card(s))"
+        uuid = gpu_uuid or self.cards.known_uuid(provider.gpu)
+        why = self.cards.why_not(provider.gpu) if adopted is None or uuid is None else None
+        if why is not None or uuid is None:
+            why = why or f"GPU {provider.gpu} not found"
             self._sink(BackendFailed(name, why))
             if first is not None:
                 first.settle(GpuUnavailable(why))
@@ -335,13 +284,7 @@ class BackendManager:
         keeper = self.keepers.get(name)
         if keeper is not None:
             return keeper.gpu_uuid
-        provider = self._provider(name)
-        if self._gpu_error is not None:
-            raise GpuUnavailable(self._gpu_error)
-        uuid = self._gpus.get(provider.gpu)
-        if uuid is None:
-            raise GpuUnavailable(f"GPU {provider.gpu} not found ({len(self._gpus)} card(s))")
-        return uuid
+        return self.cards.uuid(self._provider(name).gpu)
 
     async def ensure_weights(self, name: str) -> None:
         await self.weights.ensure(self._provider(name))
@@ -404,44 +347,14 @@ class BackendManager:
         return await self.keepers[name].wake(lease)
 
     def asleep(self, name: str) -> bool:
-        return self._asleep(name)
-
-    def sleep_level(self, name: str) -> tuple[int, str]:
-        """Level 1 (weights to host RAM) when host RAM holds them, else level 2 (weights
-        dropped, reloaded from disk on wake); with the words for it."""
-        weights = self.weights_bytes(name)
-        available = psutil.virtual_memory().available
-        if weights is None or available > weights * 1.2:
-            where = f"{weights / 1024 / MIB:.1f} GiB of weights in host RAM" if weights else "weights in host RAM"
-            return 1, where
-        return 2, "weights dropped (host RAM short)"
+        keeper = self.keepers.get(name)
+        return keeper is not None and keeper.asleep
 
     def running_identity(self, name: str) -> Identity | None:
         return self._identity.get(name)
 
     def weights_bytes(self, name: str) -> int | None:
         return self.weights.bytes_of(name)
-
-    async def free_bytes(self, name: str) -> int:
-        """Free bytes on ``name``'s card now (0 when the card cannot be read)."""
-        inv = await asyncio.to_thread(self._inventory.read)
-        if not inv.available:
-            return 0
-        index = self._provider(name).gpu
-        return next((g.memory_free_bytes for g in inv.gpus if g.index == index), 0)
-
-    def foreign_port_holder(self, name: str) -> str | None:
-        """Who holds ``name``'s port when gpumgr runs no engine for it ("pid 123, not started
-        by gpumgr"), None when nobody listens."""
-        port = self._provider(name).port
-        holder = self._system.port_listener_pid(port) if port is not None else None
-        if holder is None:
-            return None
-        who = f"pid {holder}" if holder else "a process of another user"
-        return f"port {port} is held by {who}, not started by gpumgr: left alone"
-
-    def log_tail(self, name: str, n: int = 20) -> list[str]:
-        return tail_lines(log_path(self.config.paths.log_dir, name), n)
 
     # -- shutdown ------------------------------------------------------------------------------
     async def shutdown(self) -> None:

@@ -147,7 +147,7 @@ class Operator:
         async with r.mutating(f"stop {name}"):
             if name not in self.manager.keepers:
                 await r.write(r.desired.without(name))
-                held = self.manager.foreign_port_holder(name)
+                held = foreign_port_holder(self.manager, name)
                 return Outcome(f"{name} was not running" + (f" ({held})" if held else ""))
             steps = await r.apply(f"stop {name}", r.desired.without(name), [name], progress)
             return Outcome(f"{name} stopped", steps.timings_s)
@@ -228,10 +228,10 @@ class Operator:
                 total = sum(steps.timings_s.values())
                 return Outcome(f"swapped {old} → {new} (make-before-break) in {total:.1f} s",
                                {**steps.timings_s, "total": round(total, 3)})
-            before = await manager.free_bytes(new)
+            before = await free_bytes(manager, new)
 
             async def released() -> None:
-                freed = max(0, await manager.free_bytes(new) - before)
+                freed = max(0, await free_bytes(manager, new) - before)
                 progress(f"memory released {freed / 1024 / MIB:.1f} GiB")
 
             steps = await r.apply(what, target, [old, new], progress,
@@ -240,3 +240,22 @@ class Operator:
             mode = " (sleep mode)" if sleeping or waking else ""
             return Outcome(f"swapped {old} → {new}{mode} in {total:.1f} s",
                            {**steps.timings_s, "total": round(total, 3)})
+
+
+async def free_bytes(manager: BackendManager, name: str) -> int:
+    """Free bytes on ``name``'s card now (0 when the card cannot be read)."""
+    inv = await asyncio.to_thread(manager.planner.inventory.read)
+    if not inv.available:
+        return 0
+    index = manager.provider(name).gpu
+    return next((g.memory_free_bytes for g in inv.gpus if g.index == index), 0)
+
+
+def foreign_port_holder(manager: BackendManager, name: str) -> str | None:
+    """Who holds ``name``'s port when gpumgr runs no engine for it, None when nobody listens."""
+    port = manager.provider(name).port
+    holder = manager.ctx.system.port_listener_pid(port) if port is not None else None
+    if holder is None:
+        return None
+    who = f"pid {holder}" if holder else "a process of another user"
+    return f"port {port} is held by {who}, not started by gpumgr: left alone"

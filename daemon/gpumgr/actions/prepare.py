@@ -26,6 +26,7 @@ from gpumgr.errors import PlanInfeasible
 from gpumgr.gpu import MIB, GpuBackend, GpuInfo
 from gpumgr.gpu.attribution import attribute
 from gpumgr.modelfiles import ModelDims, read_model_dims, weights_bytes
+from gpumgr.supervisor.process import ChildProcess
 from gpumgr.plan import (
     InstanceBudget,
     InstanceRequest,
@@ -316,3 +317,40 @@ class LaunchPlanner:
 
 __all__ = ["LaunchPlanner", "PlanFacts", "PlanView", "engine_health_url", "launch_for_budget",
            "without_owners"]
+
+
+def plan_view(managed: Mapping[str, Provider], wanted: Collection[str], weights: BackendWeightsView,
+              keepers: Mapping[str, KeeperView]) -> PlanView:
+    """What runs, frozen for a worker thread: the providers that should run whose weights (or
+    hub facts) are known, except sleeping engines (what a sleeper still holds is simply taken,
+    like any process's memory), with the pids and slices of the live engines."""
+    facts = weights.facts()
+    return PlanView(
+        providers=tuple(
+            p for n, p in managed.items()
+            if n in wanted and (n in weights.snapshots or n in facts)
+            and not (n in keepers and keepers[n].asleep)
+        ),
+        snapshots=dict(weights.snapshots),
+        facts=facts,
+        managed_pids={k.child.pid: n for n, k in keepers.items() if k.child is not None},
+        running_fractions={n: f for n, k in keepers.items()
+                           if (f := k.running_fraction) is not None},
+    )
+
+
+class BackendWeightsView(Protocol):
+    snapshots: dict[str, Path]
+
+    def facts(self) -> dict[str, PlanFacts]: ...
+
+
+class KeeperView(Protocol):
+    @property
+    def asleep(self) -> bool: ...
+
+    @property
+    def child(self) -> ChildProcess | None: ...
+
+    @property
+    def running_fraction(self) -> float | None: ...

@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
@@ -30,35 +30,21 @@ from gpumgr.aio import spawn_task
 from gpumgr.config import Config
 from gpumgr.errors import GpumgrError
 from gpumgr.gpu import GpuInventory
-from gpumgr.supervisor.events import BackendStopped, Draining
+from gpumgr.supervisor.events import BackendStopped
 
-from .adopt import adopt_recorded
+from .boot import boot, changed
 from .desired import DesiredState, Intent, desired_for, launch_identity
-from .drain import wait_idle
 from .lease import GpuLease
 from .manager import BackendManager, ReconcileReport
-from .prepare import LaunchPlanner
+from .steps import EngineSteps, OperationFailed, Progress, StartOptions, Steps, quiet
+
+__all__ = ["Busy", "Mutation", "OperationFailed", "Progress", "Reconciler", "StartOptions",
+           "Steps", "quiet"]
 
 log = structlog.get_logger(__name__)
 
-Progress = Callable[[str], None]
-"""Receives one human line per step ("draining qwen-7b…", "memory released 7.9 GiB")."""
-
-
-def quiet(_line: str) -> None:
-    """A progress receiver that drops everything."""
-
-
 class Busy(GpumgrError):
     """Another operator mutation runs or waits (never queued silently)."""
-
-
-class OperationFailed(GpumgrError):
-    """The operation did not succeed; what was rolled back is said, with the engine's last lines."""
-
-    def __init__(self, message: str, log_tail: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.log_tail = log_tail or []
 
 
 @dataclass(frozen=True)
@@ -70,32 +56,14 @@ class Mutation:
         return f"{self.what} since {datetime.fromtimestamp(self.since).strftime('%H:%M:%S')}"
 
 
-@dataclass
-class Steps:
-    """What converging did, step by step (seconds), for the operation's outcome."""
-
-    timings_s: dict[str, float] = field(default_factory=dict)
-
-    def add(self, key: str, seconds: float) -> None:
-        self.timings_s[key] = round(self.timings_s.get(key, 0.0) + seconds, 3)
-
-
-@dataclass(frozen=True)
-class StartOptions:
-    """How a start inside an operation runs: its health deadline, and the planner to use (one
-    that may unload Ollama models when the operator asked for it)."""
-
-    timeout_s: float | None = None
-    planner: LaunchPlanner | None = None
-
-
 class Reconciler:
     def __init__(self, manager: BackendManager) -> None:
         self.manager = manager
+        self.steps = EngineSteps(manager)
         self._turn = asyncio.Lock()
         self.mutation: Mutation | None = None
         self._claimed: Mutation | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         self._hung: set[str] = set()
         self._closed = False
 
@@ -181,87 +149,18 @@ class Reconciler:
         live = manager.has_live_keeper(name)
         if wanted is None or (live and (restart or manager.running_identity(name) != wanted)):
             if name in manager.keepers:
-                steps.add("stop", await self._stop(name, lease, progress))
+                steps.add("stop", await self.steps.stop(name, lease, progress))
             if wanted is None:
                 return steps
             live = False
         if not live:
-            steps.add("start", await self._start(name, lease, progress, start))
+            steps.add("start", await self.steps.start(name, lease, progress, start))
         keeper = manager.keepers.get(name)
         if keeper is not None and keeper.asleep and not asleep_wanted:
-            steps.add("wake", await self._wake(name, lease, progress))
+            steps.add("wake", await self.steps.wake(name, lease, progress))
         elif keeper is not None and not keeper.asleep and asleep_wanted:
-            steps.add("sleep", await self._sleep(name, lease, progress))
+            steps.add("sleep", await self.steps.sleep(name, lease, progress))
         return steps
-
-    def _drain(self, name: str, progress: Progress) -> Callable[[], Awaitable[None]]:
-        """The drain of a stop or sleep: ``draining`` (the router skips it), then the requests
-        in flight finish (bounded by ``vllm.drain_timeout_s``)."""
-        manager = self.manager
-        timeout_s = manager.config.settings.vllm.drain_timeout_s
-
-        async def drain() -> None:
-            keeper = manager.keepers.get(name)
-            child = keeper.child if keeper is not None else None
-            if child is not None:
-                manager.ctx.sink(Draining(name, child.pid))
-            progress(f"draining {name}…")
-            left = await wait_idle(keeper.engine, timeout_s) if keeper is not None else 0
-            if left > 0:
-                progress(f"{left} request(s) still running after {timeout_s:g} s; stopping anyway")
-
-        return drain
-
-    async def _stop(self, name: str, lease: GpuLease, progress: Progress) -> float:
-        t0 = time.monotonic()
-        keeper = self.manager.keepers.get(name)
-        serving = keeper is not None and keeper.running and not keeper.asleep
-        outcome = await self.manager.stop_under(
-            name, lease, self._drain(name, progress) if serving else None
-        )
-        if outcome is not None:
-            how = "killed" if outcome.killed else "stopped"
-            progress(f"{name} {how} in {outcome.stop_s:.1f} s"
-                     + ("" if outcome.memory_released else "; GPU memory not yet released"))
-        return time.monotonic() - t0
-
-    async def _start(self, name: str, lease: GpuLease, progress: Progress,
-                     options: StartOptions) -> float:
-        manager = self.manager
-        progress(f"starting {name}…")
-        try:
-            startup_s = await manager.start_under(name, lease, options.timeout_s, options.planner)
-        except TimeoutError:
-            raise OperationFailed(
-                f"{name} did not become healthy within {options.timeout_s:g} s",
-                manager.log_tail(name),
-            ) from None
-        except GpumgrError as exc:
-            raise OperationFailed(f"{name} failed to start: {exc}", manager.log_tail(name)) from None
-        progress(f"{name} healthy in {startup_s:.1f} s")
-        return startup_s
-
-    async def _sleep(self, name: str, lease: GpuLease, progress: Progress) -> float:
-        t0 = time.monotonic()
-        level, where = self.manager.sleep_level(name)
-        try:
-            await self.manager.sleep_under(name, lease, level,
-                                           f"asleep (level {level}): {where}",
-                                           self._drain(name, progress))
-        except GpumgrError as exc:
-            raise OperationFailed(f"{name} did not go to sleep: {exc}",
-                                  self.manager.log_tail(name)) from None
-        progress(f"{name} asleep (level {level}) in {time.monotonic() - t0:.1f} s")
-        return time.monotonic() - t0
-
-    async def _wake(self, name: str, lease: GpuLease, progress: Progress) -> float:
-        progress(f"waking {name}…")
-        try:
-            wake_s = await self.manager.wake_under(name, lease)
-        except GpumgrError as exc:
-            raise OperationFailed(f"{name} failed to wake: {exc}", self.manager.log_tail(name)) from None
-        progress(f"{name} awake and answering in {wake_s:.1f} s")
-        return wake_s
 
     # -- operations ----------------------------------------------------------------------------
     async def apply(
@@ -304,10 +203,10 @@ class Reconciler:
         """Converge what the operation changed back to ``previous`` (reverse order), then
         raise ``exc`` saying what came back. A backend the operation did not change (a restart)
         is handed to its keeper, whose restart policy goes on trying."""
-        changed = set(_changed(previous, target))
-        back = [n for n in reversed(done) if n in changed]
+        differs = set(changed(previous, target))
+        back = [n for n in reversed(done) if n in differs]
         for name in done:
-            if name not in changed and name in previous.running and name not in self.manager.keepers:
+            if name not in differs and name in previous.running and name not in self.manager.keepers:
                 self.manager.launch(name)
         if not back:
             await self.write(previous)
@@ -347,83 +246,9 @@ class Reconciler:
         async with self.turn("boot adoption"):
             self.mutation = Mutation("boot adoption", time.time())
             try:
-                return await self._boot(first_read)
+                return await boot(self, first_read)
             finally:
                 self.mutation = None
-
-    async def _boot(self, first_read: GpuInventory) -> ReconcileReport:
-        manager = self.manager
-        manager.attach(first_read)
-        desired = desired_for(manager.config, await manager.load_desired())
-        intent = desired.intent
-        wanted = set(desired.names) | (set(intent.previous.names) if intent else set())
-        adoption = await adopt_recorded(manager.records, wanted, manager.config.paths.log_dir)
-        involved: list[str] = []
-        follow: tuple[DesiredState, DesiredState] | None = None
-        if intent is not None:
-            target, previous = desired.with_intent(None), intent.previous
-            involved = _changed(previous, target)
-            if all(n in adoption.adopted for n in previous.running):
-                log.warning("boot.intent_undone", operation=intent.operation,
-                            why="the daemon died during it; what ran before still runs")
-                desired = previous
-                follow = (previous, previous)
-            else:
-                log.warning("boot.intent_resumed", operation=intent.operation,
-                            why="the daemon died during it; going on to its target")
-                desired = target
-                follow = (target, previous)
-        await self.write(desired)
-        report = ReconcileReport()
-        for name, child in adoption.adopted.items():
-            if name not in desired.running:
-                adoption.unwanted.append((child, adoption.records[name]))
-        for child, record in adoption.unwanted:
-            log.info("adopt.unwanted", backend=child.backend, pid=child.pid)
-            await manager.stop_adopted(child, record)
-            report.stopped.append(child.backend)
-        for name, identity in desired.running.items():
-            found, kept = adoption.records.get(name), adoption.adopted.get(name)
-            if kept is None or found is None:
-                if name in involved:
-                    continue  # the operation's follow-up starts it (or rolls back)
-                if name in desired.sleeping:
-                    log.info("adopt.sleeper_gone", backend=name)  # asleep means "not serving"
-                    await self.write(self.desired.without(name))
-                    continue
-                manager.launch(name)
-                report.started.append(name)
-                continue
-            recorded = found.extra.get("identity")
-            if isinstance(recorded, dict) and recorded != identity:
-                # the configuration changed while no daemon ran: not the engine asked for now
-                log.info("adopt.changed", backend=name, pid=kept.pid)
-                await manager.stop_adopted(kept, found)
-                manager.launch(name)
-                report.restarted.append(name)
-                continue
-            manager.launch(name, kept, found.fraction, found.gpu_uuid)
-            report.adopted.append(name)
-        if follow is not None and intent is not None:
-            spawn_task(self._tasks, self._finish(intent.operation, *follow, involved), "finish")
-        log.info("reconciler.booted", **vars(report))
-        return report
-
-    async def _finish(self, operation: str, target: DesiredState, previous: DesiredState,
-                      involved: Sequence[str]) -> None:
-        """After a boot that found an operation's intent: converge the backends it touched to
-        ``target`` (waking or putting to sleep adopted engines, starting missing ones), rolling
-        back to ``previous`` if that fails."""
-        await self.manager.settled(involved)
-        order = sorted(involved, key=lambda n: (n in target.running
-                                                and n not in target.sleeping, n))
-        what = f"finish {operation}"
-        try:
-            async with self.turn(what):
-                await self.apply(what, target, [n for n in order if n in self.manager.known()],
-                                 previous=previous)
-        except GpumgrError as exc:
-            log.error("boot.finish_failed", operation=operation, error=str(exc))
 
     # -- reload ----------------------------------------------------------------------------
     async def reload(self, config: Config) -> ReconcileReport:
@@ -460,7 +285,7 @@ class Reconciler:
         if name in self._hung or self._closed:
             return False
         self._hung.add(name)
-        spawn_task(self._tasks, self._restart_hung(name, reason), f"hung:{name}")
+        spawn_task(self.tasks, self._restart_hung(name, reason), f"hung:{name}")
         return True
 
     async def _restart_hung(self, name: str, reason: str) -> None:
@@ -479,15 +304,8 @@ class Reconciler:
         """The last command: no new ones are accepted; what is queued is cancelled; every engine
         stops (desired state is kept: the next boot starts the same set)."""
         self._closed = True
-        for task in list(self._tasks):
+        for task in list(self.tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         async with self._turn:
             await self.manager.shutdown()
-
-
-def _changed(a: DesiredState, b: DesiredState) -> list[str]:
-    """The backends whose desired running, identity or sleep differs between ``a`` and ``b``."""
-    names = set(a.running) | set(b.running)
-    return sorted(n for n in names if a.running.get(n) != b.running.get(n)
-                  or (n in a.sleeping) != (n in b.sleeping))

@@ -16,12 +16,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import psutil
 import structlog
 
-from gpumgr.engines.vllm_log import OomFinding, OomKind
+from gpumgr.config.settings import Settings
+from gpumgr.engines.vllm_log import OomFinding, OomKind, find_oom, vllm_last_error
 from gpumgr.errors import BackendUnavailable
 from gpumgr.fsio import RefusedPath
 from gpumgr.plan.oom import Move, allows, rule_for
@@ -142,6 +144,22 @@ class StartContext:
     """Where each measured start is remembered (for "loading 12 s of ~41 s")."""
     http: httpx2.AsyncClient = field(default_factory=httpx2.AsyncClient)
     """The one HTTP client every call to the engines goes through (the manager's)."""
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, log_dir: Path, records: ChildRecords, locks: GpuLocks,
+        sink: EventSink, **rest: Any,
+    ) -> StartContext:
+        """The context of vLLM engines under ``settings`` (timeouts, logs, the OOM reader)."""
+        vllm = settings.vllm
+        return cls(
+            log_dir=log_dir, records=records, locks=locks, sink=sink,
+            find_oom=find_oom, last_error=vllm_last_error,
+            timing=StartTiming(start_timeout_s=vllm.start_timeout_s,
+                               poll_s=settings.health.starting_poll_s),
+            log_max_bytes=vllm.log_max_bytes, log_backups=vllm.log_backups,
+            stop=StopTiming(vllm.stop_timeout_s, vllm.memory_release_timeout_s), **rest,
+        )
 
 
 async def wait_ready(
