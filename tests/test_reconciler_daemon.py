@@ -126,8 +126,11 @@ def test_gpumgr_reload_during_a_swap_prints_what_it_applied_after_the_swap(tmp_p
         wait_for(lambda: "starting qwen-7b-b" in (swap.stdout.readline() or ""), 60, "the start")  # type: ignore[union-attr]
         (d.config_dir / "providers.yaml").write_text(text.replace("the 7B", "edited"))
         reload = d.cli("reload")
-        assert swap.poll() is not None  # the reload answered only once the swap was over
         assert reload.returncode == 0, reload.stderr
+        # the reload waited for the swap's turn to end, then applied (from the daemon's log)
+        order = [e["event"] for e in d.events() if e.get("event") in ("operation.end", "reconciler.reloaded")
+                 or (e.get("event") == "command.begin" and e.get("what") == "reload")]
+        assert order.index("operation.end") < order.index("command.begin") < order.index("reconciler.reloaded")
         assert "reloaded" in reload.stdout
         assert swap.wait(30) == 0
         (d.config_dir / "providers.yaml").write_text(text.replace("max_model_len: 4096", "max_model_len: lots", 1))

@@ -22,7 +22,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from daemon_harness import FAST_HEALTH_YAML, DaemonHarness, free_port, wait_for
+from daemon_harness import FAST_HEALTH_YAML, DaemonHarness, alive, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -374,7 +374,7 @@ def test_a_daemon_sigkilled_mid_swap_comes_back_with_exactly_one_model_serving(
     way one engine serves the port and desired.json says which."""
     port = free_port()
     b = Box(tmp_path, provider("qwen-7b", port, QWEN_7B, served="qwen-coder",
-                               env={"GPUMGR_SIM_TOKEN_DELAY_S": "0.05"})
+                               env={"GPUMGR_SIM_TOKEN_DELAY_S": "0.5"})
             + provider("qwen-14b", port, QWEN_14B, status="standby", served="qwen-coder-14b",
                        env={"GPUMGR_SIM_LOAD_SECONDS": "4"}))
     d = b.daemon
@@ -382,7 +382,7 @@ def test_a_daemon_sigkilled_mid_swap_comes_back_with_exactly_one_model_serving(
         d.start()
         old = d.wait_up("qwen-7b", 60)["pid"]
         slow: threading.Thread | None = None
-        if phase == "draining":  # a 5 s request in flight keeps the drain going
+        if phase == "draining":  # a ~5 s answer (10 tokens) in flight keeps the drain going
             body = {"model": "qwen-coder", "prompt": "x", "max_tokens": 100}
             slow = threading.Thread(target=lambda: httpx2.post(
                 f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=30), daemon=True)
@@ -400,7 +400,7 @@ def test_a_daemon_sigkilled_mid_swap_comes_back_with_exactly_one_model_serving(
         d.proc.kill()
         d.proc.wait()
         swap.wait(30)
-        old_alive = _alive(old)  # draining: normally yes; a loaded machine may be past SIGTERM
+        old_alive = alive(old)  # draining: normally yes; a loaded machine may be past SIGTERM
         d.start()
         expected = "qwen-7b" if old_alive else "qwen-14b"
         if phase == "loading":
@@ -420,10 +420,3 @@ def test_a_daemon_sigkilled_mid_swap_comes_back_with_exactly_one_model_serving(
     finally:
         d.cleanup()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -145,9 +145,10 @@ class Operator:
         name = self.resolve(name)
         r = self.reconciler
         async with r.mutating(f"stop {name}"):
-            if name not in self.manager.keepers:
-                await r.write(r.desired.without(name))
+            keeper = self.manager.keepers.get(name)
+            if keeper is None or keeper.child is None:  # nothing of ours runs (a loop may wait)
                 held = foreign_port_holder(self.manager, name)
+                await r.apply(f"stop {name}", r.desired.without(name), [name], progress)
                 return Outcome(f"{name} was not running" + (f" ({held})" if held else ""))
             steps = await r.apply(f"stop {name}", r.desired.without(name), [name], progress)
             return Outcome(f"{name} stopped", steps.timings_s)
