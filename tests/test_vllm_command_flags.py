@@ -12,7 +12,7 @@ import pytest
 from vllm_fixtures import UUID, reference_flags, vllm_provider
 
 from gpumgr.config.settings import VllmSettings
-from gpumgr.engines import vllm_flags
+from gpumgr.vllm_tables import parser as vllm_flags
 from gpumgr.engines.vllm import GpuFacts, build_vllm_launch, emitted_flags, validate_extra_args
 from gpumgr.errors import InputError
 
