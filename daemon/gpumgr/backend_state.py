@@ -14,6 +14,10 @@ class BackendState(StrEnum):
     DOWNLOADING = "downloading"
     STARTING = "starting"
     UP = "up"
+    DEGRADED = "degraded"
+    """Serving, but with less than the plan promised (a vLLM >= 0.34 engine that committed a
+    smaller KV cache than planned after warm-up). Not ``available``: a router uses it only when
+    nothing else remains (DESIGN.md §5)."""
     DRAINING = "draining"
     STOPPING = "stopping"
     SLEEPING = "sleeping"

@@ -40,7 +40,7 @@ from gpumgr.sd_notify import Notifier
 from gpumgr.status.document import BackendStatus, DaemonInfo, GpuStatus
 from gpumgr.status.publisher import BackendChanges, StatusPublisher
 from gpumgr.status.seed import initial_backend, initial_backends
-from gpumgr.supervisor.events import ChildStarted, OllamaEvicted, SupervisorEvent
+from gpumgr.supervisor.events import ChildStarted, KvCacheMeasured, OllamaEvicted, SupervisorEvent
 from gpumgr.weights import Snapshot
 
 log = structlog.get_logger(__name__)
@@ -169,6 +169,12 @@ class StatusWiring:
             why = f"unloaded to make room for {event.backend}; back once that start is over"
             self._evicted.update({m: (event.backend, why) for m in event.models})
             self._publish_unavailable()
+        if isinstance(event, KvCacheMeasured):
+            extra = self._dirty.setdefault(event.backend, {})
+            extra["kv_cache_tokens_planned"] = event.planned_tokens
+            extra["kv_cache_tokens_actual"] = event.actual_tokens
+            extra["vllm_version"] = event.vllm_version
+            self._schedule_flush()
         if isinstance(event, ChildStarted):
             extra = self._dirty.setdefault(event.backend, {})
             extra["port"] = event.port

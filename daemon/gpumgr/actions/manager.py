@@ -26,6 +26,7 @@ from gpumgr.backend_state import BackendState
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider
 from gpumgr.engines.vllm_log import find_oom, vllm_last_error
+from gpumgr.engines.vllm_version import CACHE_FILE as VERSIONS_FILE, VllmVersions
 from gpumgr.errors import GpuUnavailable
 from gpumgr.gpu import MIB, GpuBackend, GpuInventory
 from gpumgr.health.machine import BackendHealth
@@ -148,6 +149,7 @@ class BackendManager:
             withheld_env={p.env_var for p in config.providers.values() if p.env_var},
             ollama=OllamaRoom(list(config.providers.values())),
             announce_eviction=self._announce_eviction,
+            versions=VllmVersions(config.paths.state_dir / VERSIONS_FILE),  # h19: vllm --version cache
         )
 
     def _provider(self, name: str) -> Provider:

@@ -46,6 +46,9 @@ class BackendHealth:
     """The process serving it, as the supervisor last reported (None: none runs)."""
     restarts: int = 0
     """Times it entered ``restarting``: the one restart counter the status shows."""
+    shortfall: str = ""
+    """Why the running engine serves less than planned (its KV cache reading); not empty: a
+    probe success means ``degraded`` instead of ``up``. Cleared when the process goes."""
 
 
 class _Keep:
@@ -83,8 +86,12 @@ FAILURES_IGNORED = frozenset({S.STARTING, S.RESTARTING})
 SUCCESS_KEEPS = frozenset({S.DRAINING, S.SLEEPING, S.STOPPING, S.STOPPED, S.DISABLED})
 
 _ANY_LIVE = frozenset(
-    {S.UNKNOWN, S.STARTING, S.UP, S.DRAINING, S.SLEEPING, S.DOWN, S.RATE_LIMITED, S.AUTH_FAILED}
+    {S.UNKNOWN, S.STARTING, S.UP, S.DEGRADED, S.DRAINING, S.SLEEPING, S.DOWN, S.RATE_LIMITED,
+     S.AUTH_FAILED}
 )
+# States a new process (or none) starts from: a shortfall measured for the old one is void.
+_CLEARS_SHORTFALL = frozenset({S.STARTING, S.STOPPED, S.DOWN, S.RESTARTING, S.FAILED,
+                               S.DOWNLOADING})
 
 # Lifecycle targets and the states they may come from. ``up`` is not here: only a probe proves up.
 LIFECYCLE_FROM: dict[S, frozenset[S]] = {
@@ -92,8 +99,8 @@ LIFECYCLE_FROM: dict[S, frozenset[S]] = {
     S.STARTING: frozenset(
         {S.STOPPED, S.DOWNLOADING, S.FAILED, S.DOWN, S.RESTARTING, S.UNKNOWN, S.SLEEPING}
     ),
-    S.DRAINING: frozenset({S.UP, S.RATE_LIMITED, S.SLEEPING}),
-    S.SLEEPING: frozenset({S.UP, S.DRAINING, S.STARTING}),  # from starting: adopted asleep
+    S.DRAINING: frozenset({S.UP, S.DEGRADED, S.RATE_LIMITED, S.SLEEPING}),
+    S.SLEEPING: frozenset({S.UP, S.DEGRADED, S.DRAINING, S.STARTING}),  # starting: adopted asleep
     S.STOPPING: _ANY_LIVE | {S.RESTARTING, S.FAILED},
     S.STOPPED: _ANY_LIVE | {S.STOPPING, S.DOWNLOADING, S.RESTARTING, S.FAILED},
     S.RESTARTING: (_ANY_LIVE - {S.RATE_LIMITED, S.AUTH_FAILED}) | {S.DOWNLOADING, S.STOPPED},
@@ -121,7 +128,8 @@ def _move(
     if new is h.state:
         return Step(replace(h, reason=reason, consecutive_failures=failures, pid=pid_now))
     restarts = h.restarts + (1 if new is S.RESTARTING else 0)
-    moved = BackendHealth(h.name, new, at, reason, failures, pid_now, restarts)
+    shortfall = "" if new in _CLEARS_SHORTFALL else h.shortfall
+    moved = BackendHealth(h.name, new, at, reason, failures, pid_now, restarts, shortfall)
     return Step(moved, Transition(h.name, h.state, new, reason, at))
 
 
@@ -135,9 +143,11 @@ def on_probe(
     if verdict is Verdict.SUCCESS:
         if h.state in SUCCESS_KEEPS:
             return Step(replace(h, consecutive_failures=0))
-        if h.state is S.UP:
-            return Step(replace(h, consecutive_failures=0, reason=reason))
-        return _move(h, S.UP, reason, at)
+        target = S.DEGRADED if h.shortfall else S.UP
+        if h.state is target:
+            return Step(replace(h, consecutive_failures=0,
+                                reason=h.shortfall if h.shortfall else reason))
+        return _move(h, target, h.shortfall or reason, at)
     if verdict is Verdict.RATE_LIMITED:
         return _move(h, S.RATE_LIMITED, reason, at)
     if verdict is Verdict.AUTH_FAILED:
@@ -167,6 +177,18 @@ def on_lifecycle(
     if h.state not in allowed:
         raise IllegalTransition(f"{h.name}: cannot go from {h.state} to {target} ({reason})")
     return _move(h, target, reason, at, pid=pid)
+
+
+def on_kv_reading(h: BackendHealth, shortfall: str, at: float) -> Step:
+    """A started engine's KV cache was read: ``shortfall`` (not empty) says it holds less than
+    the plan promised. ``up`` ↔ ``degraded`` at once; in any other state the reading is kept
+    for the probe that proves the engine serves (``starting`` → ``degraded``)."""
+    kept = replace(h, shortfall=shortfall)
+    if h.state is S.UP and shortfall:
+        return _move(kept, S.DEGRADED, shortfall, at)
+    if h.state is S.DEGRADED and not shortfall:
+        return _move(kept, S.UP, "KV cache back to the plan", at)
+    return Step(kept)
 
 
 def on_process_exit(h: BackendHealth, restarting: bool, reason: str, at: float) -> Step:

@@ -258,6 +258,11 @@ class HealthScheduler:
         self._generation[name] += 1
         return self._commit(name, step)
 
+    def kv_measured(self, name: str, shortfall: str) -> Transition | None:
+        """A started engine's KV cache reading (``machine.on_kv_reading``)."""
+        step = machine.on_kv_reading(self._health[name], shortfall, self._clock())
+        return self._commit(name, step)
+
     # -- probing ---------------------------------------------------------------------------------
     async def probe_now(self, name: str) -> ProbeResult | None:
         """Probe once outside the schedule (after a swap, for ``gpumgr status --refresh``)."""

@@ -84,7 +84,8 @@ class Verdict(enum.IntEnum):
     ``unknown``): the router decides as it would without gpumgr."""
     OK = 1
     DEGRADED = 2
-    """Available but ``busy``: used only when nothing better remains (a queue still answers)."""
+    """Available but ``busy``, or in state ``degraded`` (serving with less KV cache than
+    planned): used only when nothing better remains (it still answers)."""
     OUT = 3
     """Not available (down, loading, swapped out, not pulled, rate-limited …), or ``suspect``: a
     probe of it just failed, so a request sent to it is likely to hang until the router's
@@ -168,7 +169,13 @@ def verdict(
     b = located.backend
     if not b.known:
         return Verdict.KEEP
-    if not b.available or (model is not None and model in b.unavailable_models):
+    if model is not None and model in b.unavailable_models:
+        return Verdict.OUT
+    if b.state == "degraded":
+        # serving with less KV cache than planned (vLLM >= 0.34): like a busy backend, used
+        # only when nothing better remains, since it does answer (fewer requests at once)
+        return Verdict.DEGRADED
+    if not b.available:
         return Verdict.OUT
     if b.suspect:
         return Verdict.OUT
