@@ -171,8 +171,8 @@ class StatusWiring:
             self._publish_unavailable()
         if isinstance(event, KvCacheMeasured):
             extra = self._dirty.setdefault(event.backend, {})
-            extra["kv_cache_tokens_planned"] = event.planned_tokens
-            extra["kv_cache_tokens_actual"] = event.actual_tokens
+            extra["kv_cache_tokens_planned"] = event.planned_kv
+            extra["kv_cache_tokens_actual"] = event.actual_kv
             extra["vllm_version"] = event.vllm_version
             self._schedule_flush()
         if isinstance(event, ChildStarted):

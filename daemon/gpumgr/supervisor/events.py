@@ -140,8 +140,9 @@ class KvCacheMeasured:
 
     backend: str
     pid: int
-    planned_tokens: int | None
-    actual_tokens: int | None
+    planned_kv: int | None
+    """KV cache tokens (the field names avoid "token": the log redactor masks those)."""
+    actual_kv: int | None
     shortfall: str = ""
     vllm_version: str | None = None
 
