@@ -30,6 +30,7 @@ from gpumgr.engines.vllm_flags import (
     parse_serve_args,
 )
 from gpumgr.vllm_tables.releases import Release, release_for
+from gpumgr.vllm_tables.rules import card_findings
 from gpumgr.engines.vllm_log import (
     OomFinding,
     OomKind,
@@ -261,6 +262,9 @@ def build_vllm_launch(
     if gpu.capability < MIN_BF16_CAPABILITY and "--dtype" not in extra:
         argv += ["--dtype", "half"]
     quantization = _quantization(provider, checkpoint_quantization, table)
+    for finding in card_findings(extra, quantization, release, gpu.capability):
+        if finding.level == "error":  # the engine would die in its first forward pass
+            raise InputError(f"providers.{provider.name}: {finding.message}; {finding.fix}")
     if quantization:
         argv += ["--quantization", quantization]
     if provider.enforce_eager:
