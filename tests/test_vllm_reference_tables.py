@@ -126,3 +126,19 @@ def test_a_reported_version_picks_the_newest_table_not_after_it(
 ) -> None:
     r = release_for(reported)
     assert (r.table_version, r.newer_than_known) == (table_version, newer)
+
+
+def test_validate_without_a_known_release_accepts_what_some_known_release_accepts() -> None:
+    from gpumgr.config.source import YamlSource
+    from gpumgr.config.vllm_checks import check_vllm_provider
+
+    src = YamlSource("providers.yaml", {})
+    kw: dict[str, object] = {"type": "vllm", "name": "q", "base_url": "http://127.0.0.1:8001",
+                             "models": [{"name": "q", "hf_repo": "org/q"}]}
+    new_flag = ["--max-num-inflight-kv-loads", "2"]
+    assert check_vllm_provider(Provider(**kw, extra_args=new_flag), src) == []
+    pinned = Provider(**kw, extra_args=new_flag, vllm_version="0.33.0")
+    [issue] = check_vllm_provider(pinned, src)
+    assert "vllm serve 0.33.0 would reject these" in issue.message
+    [typo] = check_vllm_provider(Provider(**kw, extra_args=["--max-num-seq", "2"]), src)
+    assert "unrecognized arguments: --max-num-seq" in typo.message

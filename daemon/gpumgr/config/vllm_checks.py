@@ -4,7 +4,10 @@ They run in ``gpumgr validate``, ``gpumgr plan`` and at every reload, so a stand
 a flag vLLM would reject is refused before a swap reaches it, not after six restarts. The tables
 are ``gpumgr.vllm_tables`` (generated from each release's parser): pure data, no I/O. Each
 provider is checked against its own release: the ``release`` passed in (what ``vllm --version``
-said, where the caller asked), else the provider's ``vllm_version`` pin, else 0.33.0.
+said, where the caller asked), else the provider's ``vllm_version`` pin. When neither is known
+(``gpumgr validate`` runs nothing), a provider passes when SOME known release accepts it: the
+launch and ``gpumgr doctor`` check it again against the release its command reports, before
+anything starts, so a flag of the wrong release is still refused before a crash loop.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from gpumgr.config.registry import Provider
 from gpumgr.config.source import KeyPath, YamlSource
 from gpumgr.errors import ConfigIssue
 from gpumgr.vllm_tables.parser import FlagTable, ServeArgsError, check_extra_args, parse_serve_args
-from gpumgr.vllm_tables.releases import Release, release_for
+from gpumgr.vllm_tables.releases import DEFAULT_RELEASE, KNOWN_VERSIONS, Release, release_for
 
 
 def provider_release(p: Provider, probed: str | None = None) -> Release:
@@ -24,6 +27,8 @@ def provider_release(p: Provider, probed: str | None = None) -> Release:
 
 def check_vllm_provider(p: Provider, src: YamlSource, release: Release | None = None) -> list[ConfigIssue]:
     """Problems of an active or standby vLLM provider, each located at the key to change."""
+    if release is None and p.vllm_version is None:
+        return _any_release(p, src)
     release = release or provider_release(p)
     table = release.flags
     here = ("providers", p.name)
@@ -61,6 +66,14 @@ def check_vllm_provider(p: Provider, src: YamlSource, release: Release | None = 
         allow = extra_ok and _allows_deprecated(p, table)
         issues.extend(_check_quantization(p, src, table, allow_deprecated=allow))
     return issues
+
+
+def _any_release(p: Provider, src: YamlSource) -> list[ConfigIssue]:
+    """The issues of the release that has the fewest (the default's on a tie): a provider
+    unknown to run any particular release is fine when one known release accepts it."""
+    results = [check_vllm_provider(p, src, release_for(v)) for v in (DEFAULT_RELEASE,
+               *[k for k in KNOWN_VERSIONS if k != DEFAULT_RELEASE])]  # fmt: skip
+    return min(results, key=len)
 
 
 def _allows_deprecated(p: Provider, table: FlagTable) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gpumgr.vllm_tables.parser import ServeArgsError, parse_serve_args
-from gpumgr.vllm_tables.releases import Release, dotted
+from gpumgr.vllm_tables.releases import NEWEST_KNOWN, Release, dotted, table
 
 Capability = tuple[int, int]
 SM89: Capability = (8, 9)
@@ -55,6 +55,17 @@ def _needs_ampere(method: str) -> bool:
     return any(marker in method for marker in _NEEDS_AMPERE_MARKERS)
 
 
+def _kv_cache_dtype(extra_args: Sequence[str], release: Release) -> str | None:
+    """``--kv-cache-dtype``'s value, read with the release's parser, else with the newest one
+    (a flag of another release must not hide an fp8 KV cache; the flags check reports it)."""
+    for flags in (release.flags, table(NEWEST_KNOWN)):
+        try:
+            return parse_serve_args(list(extra_args), flags).value("kv_cache_dtype")
+        except ServeArgsError:
+            continue
+    return None
+
+
 def card_findings(
     extra_args: Sequence[str], quantization: str | None, release: Release,
     capability: Capability, card: str = "the card",
@@ -62,10 +73,7 @@ def card_findings(
     """What ``release`` cannot do on a card of ``capability`` with these settings."""
     cc = f"{capability[0]}.{capability[1]}"
     out: list[CardFinding] = []
-    try:
-        kv_dtype = parse_serve_args(list(extra_args), release.flags).value("kv_cache_dtype")
-    except ServeArgsError:
-        kv_dtype = None  # the flags check reports it
+    kv_dtype = _kv_cache_dtype(extra_args, release)
     if kv_dtype and kv_dtype.startswith("fp8") and capability < SM89 and release.fp8_kv_needs_sm89:
         out.append(CardFinding(
             "error",
