@@ -7,6 +7,7 @@ plan fits, 1 when one does not (the explanation printed, one line on stderr), 2 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,10 @@ from gpumgr.cli.plan_inputs import (
 )
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider, ProviderStatus
-from gpumgr.actions.prepare import launch_for_budget
+from gpumgr.actions.prepare import launch_for_budget, provider_release
+from gpumgr.engines.vllm_kv import minimum_tokens
+from gpumgr.engines.vllm_version import CACHE_FILE, VllmVersions
+from gpumgr.vllm_tables.releases import Release
 from gpumgr.errors import InputError, PlanInfeasible
 from gpumgr.gpu import MIB, GpuInfo
 from gpumgr.plan import (
@@ -62,7 +66,16 @@ def select_providers(cfg: Config, names: tuple[str, ...]) -> list[Provider]:
     return out
 
 
-def launch_argv(provider: Provider, budget: InstanceBudget, gpu: GpuInfo, cfg: Config) -> list[str]:
+def release_of(provider: Provider, cfg: Config) -> Release:
+    """The vLLM the provider runs (its pin, else its command's ``--version``, cached in the
+    state_dir by path and mtime, as the daemon does)."""
+    command = SIM_ENGINE_COMMAND if cfg.simulate else None
+    versions = VllmVersions(cfg.paths.state_dir / CACHE_FILE)
+    return provider_release(provider, cfg.settings, command, os.environ, versions)
+
+
+def launch_argv(provider: Provider, budget: InstanceBudget, gpu: GpuInfo, cfg: Config,
+                release: Release | None = None) -> list[str]:
     """The exact vLLM argument list the daemon would start for this budget.
 
     The snapshot path is the downloaded one; before ``gpumgr pull`` it is shown as a placeholder.
@@ -70,7 +83,7 @@ def launch_argv(provider: Provider, budget: InstanceBudget, gpu: GpuInfo, cfg: C
     snap = snapshot_path(provider, cfg, cfg.simulate) or Path(f"<snapshot of {provider.hf_repo}>")
     launch = launch_for_budget(
         provider, budget, gpu, snap, cfg.settings,
-        command=SIM_ENGINE_COMMAND if cfg.simulate else None, base_env={},
+        command=SIM_ENGINE_COMMAND if cfg.simulate else None, base_env={}, release=release,
     )
     return launch.argv
 
@@ -80,15 +93,20 @@ def instance_json(
 ) -> dict[str, Any]:
     """One provider's entry in ``plan --json``, with the ``argv`` it would launch."""
     entry = budget.to_dict()
+    release = release_of(provider, cfg)
     entry.update(
         {
+            "vllm_version": release.reported,
+            "vllm_tables": release.table_version,
+            "memory_model": "extensible_kv_cache" if release.extensible_kv_cache else "fixed",
+            "kv_cache_tokens_min": minimum_tokens(budget.max_model_len, budget.max_concurrency),
             "gpu_index": gpu.index,
             "gpu_uuid": gpu.uuid,
             "port": provider.port,
             "hf_repo": provider.hf_repo,
             "served_model_name": provider.served_model_name,
             "served_names": provider.served_names,
-            "argv": launch_argv(provider, budget, gpu, cfg),
+            "argv": launch_argv(provider, budget, gpu, cfg, release),
         }
     )
     return entry
@@ -199,6 +217,12 @@ def plan(
             console.print("nothing to plan: no active vLLM providers (name some to plan them)")
         for vram_plan, gpu in plans:
             render_plan(vram_plan, gpu, console)
+            for i in vram_plan.instances:
+                r = release_of(cfg.providers[i.provider], cfg)
+                model = ("extensible KV cache: the fraction is a cap; the engine may come up "
+                         "with less KV cache than planned" if r.extensible_kv_cache
+                         else "KV cache fixed at start; refused if the slice is not free")
+                console.print(f"{i.provider}: vLLM {r.label} ({model})")
     problems = [s for vram_plan, _ in plans for s in vram_plan.problems]
     if problems:
         raise PlanInfeasible(problems[0].message)
