@@ -165,8 +165,9 @@ class LaunchPlanner:
     """``vllm --version`` answers (pass one persisted in the state_dir to keep them across
     restarts); the release keys the flags table and what the start is checked against."""
 
-    def _request(self, provider: Provider, view: PlanView) -> InstanceRequest:
-        constants = PlannerConstants.from_settings(self.settings.planner)
+    def _request(self, provider: Provider, view: PlanView,
+                 compute_capability: str | None = None) -> InstanceRequest:
+        constants = PlannerConstants.from_settings(self.settings.planner, compute_capability)
         snap = view.snapshots.get(provider.name)
         if snap is None:
             facts = view.facts[provider.name]
@@ -190,7 +191,7 @@ class LaunchPlanner:
             replace(r, pinned_fraction=running[r.provider])
             if r.provider != starting and r.provider in running
             else r
-            for r in (self._request(p, view) for p in providers)
+            for r in (self._request(p, view, gpu.compute_capability) for p in providers)
         ]
         return plan_slices(
             request_for_gpu(

@@ -178,9 +178,10 @@ def plan(
     chosen = select_providers(cfg, names)
     all_providers = list(cfg.providers.values())
     inv = attributed_inventory(open_backend(cfg, simulate), all_providers).require()
-    constants = PlannerConstants.from_settings(cfg.settings.planner)
     requests: dict[int, list[InstanceRequest]] = {}
     for p in chosen:
+        cc = next((g.compute_capability for g in inv.gpus if g.index == p.gpu), None)
+        constants = PlannerConstants.from_settings(cfg.settings.planner, cc)
         dims, snap_bytes, hub_bytes = model_facts(p, cfg, simulate)
         try:
             req = instance_request(
