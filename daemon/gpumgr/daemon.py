@@ -28,6 +28,8 @@ from pathlib import Path
 import structlog
 from fastapi import FastAPI
 
+from gpumgr.backend_state import BackendState
+from gpumgr.health.machine import FOREIGN_SLEEP, Transition
 from gpumgr.actions.manager import BackendManager, ReconcileReport
 from gpumgr.actions.operator import Operator
 from gpumgr.aio import spawn_task
@@ -155,6 +157,7 @@ class Daemon:
         status.expected_startup_s = manager.startup_times.expected_s
         self.poller = poller = GpuPoller(inventory, manager.managed_pids, status.gpus_read)
         status.on_state_change.append(lambda _t: poller.refresh_soon())
+        status.on_state_change.append(functools.partial(_note_foreign_sleep, manager))  # h19
         self.operator = operator = Operator(manager)
         token = control_token(self.config)
 
@@ -284,3 +287,11 @@ def run_daemon(config: Config, *, sink: EventSink | None = None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _note_foreign_sleep(manager: BackendManager, t: Transition) -> None:
+    """An engine someone else put to sleep (vLLM's /sleep needs no API key) is asleep to its
+    keeper too, so `gpumgr wake NAME` wakes it; nothing wakes it on its own (issue 19)."""
+    keeper = manager.keepers.get(t.backend)
+    if keeper is not None and t.new is BackendState.SLEEPING and t.reason == FOREIGN_SLEEP:
+        keeper.asleep = True
