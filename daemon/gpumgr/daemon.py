@@ -111,6 +111,8 @@ def open_inventory(config: Config) -> GpuBackend:
     load_s = settings.simulate.load_seconds
     if load_s is not None:
         os.environ.setdefault(SIM_LOAD_ENV, f"{load_s:g}")
+    if settings.simulate.vllm_version is not None:  # the release the simulated engine imitates
+        os.environ.setdefault("GPUMGR_SIM_VLLM_VERSION", settings.simulate.vllm_version)
     return backend
 
 
