@@ -27,6 +27,7 @@ from gpumgr.config import Config
 from gpumgr.config.registry import Provider
 from gpumgr.engines.vllm_log import find_oom, vllm_last_error
 from gpumgr.engines.vllm_version import CACHE_FILE as VERSIONS_FILE, VllmVersions
+from gpumgr.gpu.contexts import CACHE_FILE as CONTEXTS_FILE, MeasuredContexts
 from gpumgr.errors import GpuUnavailable
 from gpumgr.gpu import MIB, GpuBackend, GpuInventory
 from gpumgr.health.machine import BackendHealth
@@ -150,6 +151,7 @@ class BackendManager:
             ollama=OllamaRoom(list(config.providers.values())),
             announce_eviction=self._announce_eviction,
             versions=VllmVersions(config.paths.state_dir / VERSIONS_FILE),  # h19: vllm --version cache
+            contexts=MeasuredContexts(config.paths.state_dir / CONTEXTS_FILE),  # h19
         )
 
     def _provider(self, name: str) -> Provider:

@@ -28,6 +28,7 @@ from gpumgr.vllm_tables.releases import Release, release_for
 from gpumgr.errors import PlanInfeasible
 from gpumgr.gpu import MIB, OWNER_OLLAMA, GpuBackend, GpuInfo, GpuProcess
 from gpumgr.gpu.attribution import attribute
+from gpumgr.gpu.contexts import MeasuredContexts
 from gpumgr.modelfiles import ModelDims, read_model_dims, weights_bytes
 from gpumgr.plan import (
     InstanceBudget,
@@ -161,13 +162,17 @@ class LaunchPlanner:
     """Told (from this worker thread, blocking until it is published) which Ollama models are
     about to be unloaded for which provider, so the router stops sending them requests first:
     one would load a model straight back into the memory the engine is about to take."""
+    contexts: MeasuredContexts | None = None
+    """CUDA contexts engines were seen to take per card (``<state_dir>/cuda-contexts.json``)."""
     versions: VllmVersions = field(default_factory=lambda: VllmVersions(None))
     """``vllm --version`` answers (pass one persisted in the state_dir to keep them across
     restarts); the release keys the flags table and what the start is checked against."""
 
     def _request(self, provider: Provider, view: PlanView,
-                 compute_capability: str | None = None) -> InstanceRequest:
-        constants = PlannerConstants.from_settings(self.settings.planner, compute_capability)
+                 gpu: GpuInfo | None = None) -> InstanceRequest:
+        card = self.contexts.get(gpu.uuid) if self.contexts is not None and gpu else None
+        constants = PlannerConstants.from_settings(
+            self.settings.planner, gpu.compute_capability if gpu else None, card)
         snap = view.snapshots.get(provider.name)
         if snap is None:
             facts = view.facts[provider.name]
@@ -191,7 +196,7 @@ class LaunchPlanner:
             replace(r, pinned_fraction=running[r.provider])
             if r.provider != starting and r.provider in running
             else r
-            for r in (self._request(p, view, gpu.compute_capability) for p in providers)
+            for r in (self._request(p, view, gpu) for p in providers)
         ]
         return plan_slices(
             request_for_gpu(

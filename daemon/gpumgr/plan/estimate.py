@@ -70,17 +70,19 @@ class PlannerConstants:
 
     @classmethod
     def from_settings(
-        cls, s: PlannerSettings, compute_capability: str | None = None
+        cls, s: PlannerSettings, compute_capability: str | None = None,
+        card_context_bytes: int | None = None,
     ) -> PlannerConstants:
-        """``planner:`` settings win; else the context measured for the card's compute
-        capability (``cuda_contexts.tsv``); else the defaults above."""
+        """``planner:`` settings win; else the context recorded for the card's compute
+        capability (``cuda_contexts.tsv``) or the default, raised to what engines were seen to
+        take on this very card (``card_context_bytes``, ``gpumgr.gpu.contexts``)."""
 
         def mib(v: int | None, default: int) -> int:
             return (default if v is None else v) * MIB
 
-        measured = measured_context_bytes(compute_capability)
+        measured = measured_context_bytes(compute_capability) or DEFAULT_CUDA_CONTEXT_MIB * MIB
         context = (s.cuda_context_mib * MIB if s.cuda_context_mib is not None
-                   else measured or DEFAULT_CUDA_CONTEXT_MIB * MIB)  # fmt: skip
+                   else max(measured, card_context_bytes or 0))  # fmt: skip
         return cls(
             cuda_context_bytes=context,
             activation_bytes=mib(s.activation_mib, DEFAULT_ACTIVATION_MIB),
