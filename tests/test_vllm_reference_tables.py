@@ -142,3 +142,11 @@ def test_validate_without_a_known_release_accepts_what_some_known_release_accept
     assert "vllm serve 0.33.0 would reject these" in issue.message
     [typo] = check_vllm_provider(Provider(**kw, extra_args=["--max-num-seq", "2"]), src)
     assert "unrecognized arguments: --max-num-seq" in typo.message
+
+
+def test_no_managed_flag_was_renamed_or_removed_between_0_33_and_0_34() -> None:
+    old, new = table("0.33.0"), table("0.34.0")
+    for dest in vllm_flags.MANAGED_DESTS:
+        assert old.by_dest.get(dest) == new.by_dest.get(dest), dest
+    assert set(old.flags) <= set(new.flags)  # 0.34 removed nothing
+    assert old.flags["--gpu-memory-utilization"].arity == new.flags["--gpu-memory-utilization"].arity
