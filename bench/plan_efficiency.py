@@ -11,6 +11,12 @@ random ones, some pinned), it plans each GPU and reports:
 * the instance starts vLLM's own check would refuse when the plan is applied in order (free
   memory after the instance's CUDA context below ceil(fraction x total)), with the CUDA context
   at the planner's estimate and at the simulated engine's 500 MiB. Must be 0.
+* the same starts under vLLM 0.34's memory model (extensible KV cache: the fraction is a cap, no
+  refusal; the KV cache shrinks by whatever the slice lacks after the context): starts refused
+  (not one request fits), starts with less KV cache than planned, and starts below the plan's
+  promise (whole requests at max_model_len: ``degraded``). Also at the H200's measured context
+  with cuBLAS (710 MiB) against a plan that assumed 512 MiB, to show what a wrong constant costs
+  under each model. The share handed out is the same under both (gpumgr passes the same fraction).
 
 Usage: python bench/plan_efficiency.py [--scenarios 1000] [--seed 3]
 Writes bench/results/plan_efficiency.json.
@@ -33,6 +39,8 @@ from gpumgr.plan import InstanceRequest, OllamaModel, PlanRequest, VramPlan, est
 MIB = 1 << 20
 GIB = 1 << 30
 SIM_CONTEXT_MIB = 500
+H200_CUBLAS_CONTEXT_MIB = 710
+"""docs/gpu-check.md: a torch context with a cuBLAS handle on the H200 (cc 9.0)."""
 
 # (weights GiB, KV bytes/token, typical max_model_len) of the example models (DESIGN.md §3)
 EXAMPLES = [(5.2, 56 * 1024, 8192), (9.3, 192 * 1024, 8192), (3.6, 512 * 1024, 4096),
@@ -76,11 +84,31 @@ def refused_starts(plan: VramPlan, context_bytes: int | None) -> int:
     return refused
 
 
+def outcomes_034(plan: VramPlan, context_bytes: int | None) -> tuple[int, int, int]:
+    """(refused, shrunk, below the promise) applying the plan in order under 0.34's model."""
+    free = plan.request.startable_free_bytes
+    refused = shrunk = below = 0
+    for inst in plan.instances:
+        free -= inst.context_bytes if context_bytes is None else context_bytes
+        lack = max(0, math.ceil(plan.request.total_bytes * inst.fraction) - free)
+        kvpt = inst.estimate.kv_bytes_per_token
+        tokens = (inst.kv_cache_bytes - lack) // kvpt if kvpt else inst.kv_tokens
+        promise = max(1, math.floor(inst.max_concurrency + 1e-9)) * inst.max_model_len
+        if tokens < inst.max_model_len:
+            refused += 1
+        elif lack > 0:
+            shrunk += 1
+            below += tokens < promise
+        free -= inst.budget_bytes - lack
+    return refused, shrunk, below
+
+
 def run(n: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     shares, shares_uncapped = [], []
     feasible = infeasible = unexplained = starts = 0
-    refused_planned = refused_sim = 0
+    refused_planned = refused_sim = refused_h200 = 0
+    v034 = {"planned": [0, 0, 0], "sim_500": [0, 0, 0], "h200_710": [0, 0, 0]}
     t0 = time.perf_counter()
     for _ in range(n):
         plan = plan_slices(scenario(rng))
@@ -94,6 +122,11 @@ def run(n: int, seed: int) -> dict[str, Any]:
         starts += len(plan.instances)
         refused_planned += refused_starts(plan, None)
         refused_sim += refused_starts(plan, SIM_CONTEXT_MIB * MIB)
+        refused_h200 += refused_starts(plan, H200_CUBLAS_CONTEXT_MIB * MIB)
+        for key, ctx in (("planned", None), ("sim_500", SIM_CONTEXT_MIB * MIB),
+                         ("h200_710", H200_CUBLAS_CONTEXT_MIB * MIB)):
+            for i, v in enumerate(outcomes_034(plan, ctx)):
+                v034[key][i] += v
         usable = plan.request.available_bytes
         share = plan.handed_out_bytes / usable if usable > 0 else 1.0
         shares.append(share)
@@ -117,6 +150,10 @@ def run(n: int, seed: int) -> dict[str, Any]:
         "instance_starts": starts,
         "refused_starts_planned_context": refused_planned,
         "refused_starts_sim_context_500mib": refused_sim,
+        "refused_starts_h200_context_710mib_planned_512": refused_h200,
+        "v0_34_refused_shrunk_degraded_planned_context": v034["planned"],
+        "v0_34_refused_shrunk_degraded_sim_context_500mib": v034["sim_500"],
+        "v0_34_refused_shrunk_degraded_h200_context_710mib_planned_512": v034["h200_710"],
         "share_of_usable_memory_handed_out": stats(shares),
         "share_where_none_capped_or_pinned": stats(shares_uncapped),
         "plans_per_second": round(n / elapsed, 1),

@@ -170,6 +170,7 @@ def main() -> int:
         row("NVML inventory (real card)", "available, >= 1 GPU",
             f"{g0['name']}, {g0['memory_total_mib']} MiB, driver {base.get('driver_version')}",
             True)
+        context_row(env)
         # weights: the simulated hub's header-only snapshots, where `gpumgr pull` leaves real ones
         rc, _, err = cli(env, "--config-dir", str(cfg), "pull", "--simulate", "--json", *names)
         if rc != 0:
@@ -278,6 +279,31 @@ def main() -> int:
         if (tmp / "log").is_dir():
             shutil.copytree(tmp / "log", OUT / "engine-logs", dirs_exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def context_row(env: dict[str, str]) -> None:
+    """The card's CUDA context (bare, with cuBLAS) and reserved memory as the planner's row
+    (``scripts/cuda_context_row.py``): OUTDIR/cuda_contexts.row.tsv, and appended to
+    daemon/gpumgr/plan/cuda_contexts.tsv with SELFCHECK_RECORD=1."""
+    if SIMULATE:
+        row("CUDA context row for the planner", "measured on a real card", "skipped (simulated)",
+            None)
+        return
+    args = [PY, str(ROOT / "scripts" / "cuda_context_row.py"), "0"]
+    if os.environ.get("SELFCHECK_RECORD") == "1":
+        args.append("--append")
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    line = done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else ""
+    if not line:
+        row("CUDA context row for the planner", "bare and cuBLAS MiB",
+            f"failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:80]}", False)
+        return
+    (OUT / "cuda_contexts.row.tsv").write_text(line + "\n")
+    cc, _name, _drv, bare, cublas, reserved, _src = line.split("\t")
+    facts["cuda_context"] = {"compute_capability": cc, "bare_mib": int(bare),
+                             "cublas_mib": int(cublas), "reserved_mib": reserved or None}
+    row("CUDA context row for the planner (cc, bare / cuBLAS / reserved MiB)",
+        "cuBLAS >= bare", f"{cc}: {bare} / {cublas} / {reserved or '?'}", int(cublas) >= int(bare))
 
 
 def _alive(pid: int) -> bool:

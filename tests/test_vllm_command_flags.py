@@ -12,7 +12,7 @@ import pytest
 from vllm_fixtures import UUID, reference_flags, vllm_provider
 
 from gpumgr.config.settings import VllmSettings
-from gpumgr.engines import vllm_flags
+from gpumgr.vllm_tables import parser as vllm_flags
 from gpumgr.engines.vllm import GpuFacts, build_vllm_launch, emitted_flags, validate_extra_args
 from gpumgr.errors import InputError
 
@@ -33,7 +33,8 @@ def test_packaged_flag_table_is_the_reference_list() -> None:
         ({"enforce_eager": True, "trust_remote_code": True, "enable_sleep_mode": True}, "7.5"),
         ({"quantization": "awq"}, "7.5"),
         ({"extra_args": ["--kv-cache-dtype", "fp8", "--enable-prefix-caching",
-                         "--max_num_batched_tokens=4096", "--seed", "-1"]}, "7.5"),
+                         "--max_num_batched_tokens=4096", "--seed", "-1"]}, "8.9"),
+        ({"extra_args": ["--kv-cache-dtype", "auto", "--enable-prefix-caching"]}, "7.5"),
     ],
 )  # fmt: skip
 def test_every_emitted_flag_is_accepted_by_vllm_serve_0_33(

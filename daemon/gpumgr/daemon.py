@@ -34,6 +34,8 @@ import structlog
 from fastapi import FastAPI
 
 from gpumgr.actions.hang import HangWatcher
+from gpumgr.backend_state import BackendState
+from gpumgr.health.machine import FOREIGN_SLEEP, Transition
 from gpumgr.actions.manager import BackendManager, ReconcileReport
 from gpumgr.actions.operator import Operator
 from gpumgr.actions.reconciler import Reconciler
@@ -180,6 +182,7 @@ class Daemon:
         status.desired_engines = lambda: (manager.desired.names, manager.desired.sleeping)
         self.poller = poller = GpuPoller(inventory, manager.managed_pids, status.gpus_read)
         status.on_state_change.append(lambda _t: poller.refresh_soon())
+        status.on_state_change.append(functools.partial(_note_foreign_sleep, manager))
         self.reconciler = reconciler = Reconciler(manager)
         self.operator = operator = Operator(reconciler)
         self._token = token = control_token(self.config, self.runtime.environ)
@@ -338,3 +341,11 @@ def run_daemon(config: Config, *, runtime: RuntimeEnv, sink: EventSink | None = 
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _note_foreign_sleep(manager: BackendManager, t: Transition) -> None:
+    """An engine someone else put to sleep (vLLM's /sleep needs no API key) is asleep to its
+    keeper too, so `gpumgr wake NAME` wakes it; nothing wakes it on its own (issue 19)."""
+    keeper = manager.keepers.get(t.backend)
+    if keeper is not None and t.new is BackendState.SLEEPING and t.reason == FOREIGN_SLEEP:
+        keeper.asleep = True

@@ -44,7 +44,8 @@ from gpumgr.status.targets import TargetGroup, desired_up, prometheus_targets
 from gpumgr.status.publisher import BackendChanges, StatusPublisher
 from gpumgr.status.seed import initial_backend, initial_backends
 from gpumgr.config.registry import ProviderStatus, ProviderType
-from gpumgr.supervisor.events import ChildStarted, OllamaEvicted, SupervisorEvent
+from gpumgr.gpu.contexts import CACHE_FILE as CONTEXTS_FILE, MeasuredContexts
+from gpumgr.supervisor.events import ChildStarted, KvCacheMeasured, OllamaEvicted, SupervisorEvent
 from gpumgr.weights import Snapshot
 
 log = structlog.get_logger(__name__)
@@ -90,6 +91,7 @@ class StatusWiring:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
+        self.contexts = MeasuredContexts(config.paths.state_dir / CONTEXTS_FILE)
         self._env = os.environ if env is None else env
         self._notifier = notifier or Notifier(self._env)
         secrets = provider_secrets(config.providers.values(), self._env)
@@ -196,6 +198,12 @@ class StatusWiring:
             why = f"unloaded to make room for {event.backend}; back once that start is over"
             self._evicted.update({m: (event.backend, why) for m in event.models})
             self._publish_unavailable()
+        if isinstance(event, KvCacheMeasured):
+            extra = self._dirty.setdefault(event.backend, {})
+            extra["kv_cache_tokens_planned"] = event.planned_kv
+            extra["kv_cache_tokens_actual"] = event.actual_kv
+            extra["vllm_version"] = event.vllm_version
+            self._schedule_flush()
         if isinstance(event, ChildStarted):
             extra = self._dirty.setdefault(event.backend, {})
             extra["port"] = event.port
@@ -214,8 +222,26 @@ class StatusWiring:
     def gpus_read(self, inventory: GpuInventory) -> None:
         if inventory.available:
             self.publisher.set_gpus([GpuStatus.model_validate(g.to_dict()) for g in inventory.gpus])
+            self._note_contexts(inventory)
         else:
             self.publisher.set_gpus([], error=f"GPU unavailable: {inventory.error or 'unknown'}")
+
+    def _note_contexts(self, inventory: GpuInventory) -> None:
+        """Each card's CUDA context as its serving engines show it (NVML's figure for the
+        process less its budget), for the next plan on that card (``gpumgr.gpu.contexts``).
+        Only engines known to hold their whole planned KV cache count."""
+        for g in inventory.gpus:
+            engines = []
+            for proc in g.processes:
+                b = self.publisher.backend(proc.owner)
+                if (b is None or not b.managed or b.state is not BackendState.UP
+                        or proc.used_bytes is None or b.gpu_memory_utilization is None
+                        or b.kv_cache_tokens_actual is None or not b.kv_cache_tokens_planned
+                        or b.kv_cache_tokens_actual < 0.98 * b.kv_cache_tokens_planned):
+                    continue
+                engines.append((proc.used_bytes, b.gpu_memory_utilization))
+            if engines:
+                self.contexts.record(g, engines)
 
     def reload(self, config: Config) -> None:
         """A valid new configuration, before the manager applies it: added backends appear,

@@ -21,6 +21,8 @@ import structlog
 
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider
+from gpumgr.engines.vllm_version import CACHE_FILE as VERSIONS_FILE, VllmVersions
+from gpumgr.gpu.contexts import CACHE_FILE as CONTEXTS_FILE, MeasuredContexts
 from gpumgr.errors import GpuUnavailable
 from gpumgr.gpu import GpuBackend, GpuInventory
 from gpumgr.health.machine import BackendHealth
@@ -118,6 +120,8 @@ class BackendManager:
             withheld_env={p.env_var for p in config.providers.values() if p.env_var},
             ollama=OllamaRoom(list(config.providers.values())),
             announce_eviction=self._announce_eviction,
+            versions=VllmVersions(config.paths.state_dir / VERSIONS_FILE),  # h19: vllm --version cache
+            contexts=MeasuredContexts(config.paths.state_dir / CONTEXTS_FILE),  # h19
         )
 
     def _provider(self, name: str) -> Provider:

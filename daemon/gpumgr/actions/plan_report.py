@@ -9,19 +9,22 @@ from listening ports. ``source`` says which answered.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from gpumgr.config import Config
 from gpumgr.config.registry import Provider, ProviderStatus
+from gpumgr.engines.vllm_kv import minimum_tokens
 from gpumgr.errors import InputError
 from gpumgr.plan import EstimateError
 from gpumgr.plan.decide import Decision
+from gpumgr.vllm_tables.releases import Release, release_for
 from gpumgr.weights import WeightsContext
 
 from .manager import BackendManager
-from .prepare import PlanView, launch_for_budget
+from .prepare import PlanView, launch_for_budget, provider_release
 
 
 def select_providers(cfg: Config, names: Sequence[str]) -> list[Provider]:
@@ -58,6 +61,7 @@ def plan_document(
     command: Sequence[str] | None,
     source: str,
     note: str,
+    release_of: Callable[[Provider], Release] | None = None,
 ) -> dict[str, Any]:
     """``plan --json``: per card the plan weighed (``VramPlan.to_dict``), each instance with the
     exact argv it would launch, the Ollama models that would be unloaded, and the refusal."""
@@ -74,11 +78,17 @@ def plan_document(
         for inst in plan.instances:
             provider = cfg.providers[inst.provider]
             snap = snapshot_of(provider) or Path(f"<snapshot of {provider.hf_repo}>")
+            release = release_of(provider) if release_of is not None else release_for(None)
             launch = launch_for_budget(
-                provider, inst, gpu, snap, cfg.settings, command=command, base_env={}
+                provider, inst, gpu, snap, cfg.settings, command=command, base_env={},
+                release=release,
             )
             entry = inst.to_dict()
             entry.update({
+                "vllm_version": release.reported,
+                "vllm_tables": release.table_version,
+                "memory_model": "extensible_kv_cache" if release.extensible_kv_cache else "fixed",
+                "kv_cache_tokens_min": minimum_tokens(inst.max_model_len, inst.max_concurrency),
                 "gpu_index": gpu.index,
                 "gpu_uuid": gpu.uuid,
                 "port": provider.port,
@@ -127,9 +137,12 @@ async def daemon_plan(manager: BackendManager, names: Sequence[str]) -> dict[str
                 decisions.append(planner.decide_set(on_card, sized))
             except EstimateError as exc:
                 raise InputError(str(exc)) from None
+        env = os.environ if planner.base_env is None else planner.base_env
         return plan_document(
             decisions, cfg, snapshot_of=lambda p: snaps.get(p.name),
             command=planner.command, source="daemon", note="from the running daemon",
+            release_of=lambda p: provider_release(p, planner.settings, planner.command, env,
+                                                  planner.versions),
         )
 
     return await asyncio.to_thread(run)

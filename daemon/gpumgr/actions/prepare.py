@@ -21,10 +21,15 @@ import structlog
 
 from gpumgr.config.registry import Provider
 from gpumgr.config.settings import Settings
-from gpumgr.engines.vllm import GpuFacts, VllmLaunch, build_vllm_launch
+from gpumgr.engines.vllm import GpuFacts, VllmLaunch, build_vllm_launch, resolve_vllm_command
+from gpumgr.engines.vllm_kv import DEFAULT_BLOCK_SIZE, minimum_tokens
+from gpumgr.engines.vllm_version import VllmVersions
+from gpumgr.vllm_tables.parser import ServeArgsError, parse_serve_args
+from gpumgr.vllm_tables.releases import Release, release_for
 from gpumgr.errors import PlanInfeasible
 from gpumgr.gpu import MIB, GpuBackend, GpuInfo
 from gpumgr.gpu.attribution import attribute
+from gpumgr.gpu.contexts import MeasuredContexts
 from gpumgr.modelfiles import ModelDims, read_model_dims, weights_bytes
 from gpumgr.supervisor.process import ChildProcess
 from gpumgr.plan import (
@@ -108,8 +113,10 @@ def launch_for_budget(
     command: Sequence[str] | None,
     base_env: Mapping[str, str],
     withheld_env: Collection[str] = (),
+    release: Release | None = None,
 ) -> VllmLaunch:
-    """The vLLM command line for one planned instance (the daemon's and ``plan --json``'s)."""
+    """The vLLM command line for one planned instance (the daemon's and ``plan --json``'s);
+    ``release``: the provider's vLLM (flags checked against its table)."""
     config_json = snapshot_dir / "config.json"
     return build_vllm_launch(
         provider,
@@ -125,7 +132,32 @@ def launch_for_budget(
         checkpoint_quantization=(
             read_model_dims(config_json).quantization_method if config_json.is_file() else None
         ),
+        release=release,
     )
+
+
+def provider_release(
+    provider: Provider, settings: Settings, command: Sequence[str] | None,
+    env: Mapping[str, str], versions: VllmVersions | None,
+) -> Release:
+    """The vLLM a provider runs: its ``vllm_version`` pin, else what its command's
+    ``--version`` says (cached by path and mtime), else 0.33.0 assumed."""
+    if provider.vllm_version or versions is None:
+        return release_for(provider.vllm_version)
+    try:
+        argv = resolve_vllm_command(provider, settings.vllm, command)
+    except Exception:  # noqa: BLE001 - an empty vllm.command: the launch reports it
+        return release_for(None)
+    return versions.answer(argv, env).release
+
+
+def block_size(provider: Provider, release: Release) -> int:
+    """The engine's KV block size: ``--block-size`` in ``extra_args``, else vLLM's default."""
+    try:
+        value = parse_serve_args(list(provider.extra_args), release.flags).value("block_size")
+    except ServeArgsError:
+        return DEFAULT_BLOCK_SIZE
+    return int(value) if value and value.isdigit() else DEFAULT_BLOCK_SIZE
 
 
 @dataclass(frozen=True)
@@ -145,9 +177,17 @@ class LaunchPlanner:
     """Told (from this worker thread, blocking until it is published) which Ollama models are
     about to be unloaded for which provider, so the router stops sending them requests first:
     one would load a model straight back into the memory the engine is about to take."""
+    contexts: MeasuredContexts | None = None
+    """CUDA contexts engines were seen to take per card (``<state_dir>/cuda-contexts.json``)."""
+    versions: VllmVersions = field(default_factory=lambda: VllmVersions(None))
+    """``vllm --version`` answers (pass one persisted in the state_dir to keep them across
+    restarts); the release keys the flags table and what the start is checked against."""
 
-    def _request(self, provider: Provider, view: PlanView) -> InstanceRequest:
-        constants = PlannerConstants.from_settings(self.settings.planner)
+    def _request(self, provider: Provider, view: PlanView,
+                 gpu: GpuInfo | None = None) -> InstanceRequest:
+        card = self.contexts.get(gpu.uuid) if self.contexts is not None and gpu else None
+        constants = PlannerConstants.from_settings(
+            self.settings.planner, gpu.compute_capability if gpu else None, card)
         snap = view.snapshots.get(provider.name)
         if snap is None:
             facts = view.facts[provider.name]
@@ -223,7 +263,7 @@ class LaunchPlanner:
         )
         return decide(
             card,
-            [] if wake else [self._request(p, view) for p in together],
+            [] if wake else [self._request(p, view, card) for p in together],
             names,
             room=self.room(evict),
             running_fractions=view.running_fractions,
@@ -281,11 +321,14 @@ class LaunchPlanner:
         gpu, plan = self.plan_for(provider, hint, view)
         inst = plan.instance(provider.name)
         snap = view.snapshots[provider.name]
+        env = os.environ if self.base_env is None else self.base_env
+        release = provider_release(provider, self.settings, self.command, env, self.versions)
         launch = launch_for_budget(
             provider, inst, gpu, snap, self.settings,
             command=self.command,
-            base_env=os.environ if self.base_env is None else self.base_env,
+            base_env=env,
             withheld_env=self.withheld_env,
+            release=release,
         )
         assert provider.port is not None  # build_vllm_launch refuses a provider without one
         log.info(
@@ -303,6 +346,10 @@ class LaunchPlanner:
             gpu_uuid=gpu.uuid,
             fraction=inst.fraction,
             health_url=engine_health_url(provider),
+            kv_cache_tokens_planned=inst.kv_tokens,
+            kv_cache_tokens_min=minimum_tokens(inst.max_model_len, inst.max_concurrency),
+            kv_block_size=block_size(provider, release),
+            vllm_version=release.reported or release.label,
         )
 
     def preparer(self, provider: Provider, view: Callable[[], PlanView]) -> Prepare:

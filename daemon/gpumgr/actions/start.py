@@ -23,12 +23,13 @@ import psutil
 import structlog
 
 from gpumgr.config.settings import Settings
+from gpumgr.engines.vllm_kv import read_kv
 from gpumgr.engines.vllm_log import OomFinding, OomKind, find_oom, vllm_last_error
 from gpumgr.errors import BackendUnavailable
 from gpumgr.fsio import RefusedPath
 from gpumgr.plan.oom import Move, allows, rule_for
 from gpumgr.supervisor import process
-from gpumgr.supervisor.events import ChildReady, ChildStarted, EventSink
+from gpumgr.supervisor.events import ChildReady, ChildStarted, EventSink, KvCacheMeasured
 from gpumgr.supervisor.logs import last_error, log_path, rotate_before_start, tail_lines
 from gpumgr.supervisor.records import ChildRecord, ChildRecords
 from gpumgr.supervisor.system import REAL, System
@@ -58,6 +59,12 @@ class LaunchSpec:
     identity: dict[str, object] | None = None
     """The provider's launch identity (``actions.desired``), kept in the child's record so the
     next daemon knows whether an adopted engine is the one the configuration asks for."""
+    kv_cache_tokens_planned: int | None = None
+    """The plan's KV cache (vLLM); None: nothing to read back after the start."""
+    kv_cache_tokens_min: int | None = None
+    """The plan's promise: ``max_model_len`` × whole requests at once; less is ``degraded``."""
+    kv_block_size: int = 16
+    vllm_version: str | None = None
 
     @property
     def url(self) -> str:
@@ -268,9 +275,23 @@ async def start_engine(
     await _record_or_stop(lease, ctx, child, spec, cmdline or list(spec.argv), announced=True)
     if ctx.startup_times is not None:
         await asyncio.to_thread(ctx.startup_times.record, spec.backend, startup_s)
+    if spec.kv_cache_tokens_planned is not None:
+        ctx.sink(await _kv_measured(path, child.pid, spec))
     ctx.sink(ChildReady(spec.backend, child.pid, startup_s))
     log.info("start.ready", backend=spec.backend, pid=child.pid, startup_s=round(startup_s, 2))
     return Started(child, spec, startup_s)
+
+
+async def _kv_measured(path: Path, pid: int, spec: LaunchSpec) -> KvCacheMeasured:
+    """The KV cache the ready engine reports in its log, against the plan's (vLLM >= 0.34 may
+    commit less than planned after warm-up, and nothing else says so)."""
+    lines = await asyncio.to_thread(tail_lines, path, 400)
+    reading = read_kv(lines, spec.kv_cache_tokens_planned, spec.kv_cache_tokens_min,
+                      spec.kv_block_size)  # fmt: skip
+    log.info("start.kv_cache", backend=spec.backend, planned=reading.planned_tokens,
+             actual=reading.actual_tokens, minimum=reading.minimum_tokens)  # fmt: skip
+    return KvCacheMeasured(spec.backend, pid, reading.planned_tokens, reading.actual_tokens,
+                           reading.shortfall or "", spec.vllm_version)  # fmt: skip
 
 
 async def _record_or_stop(

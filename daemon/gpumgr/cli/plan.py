@@ -10,6 +10,7 @@ stderr), 2 for bad input.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -32,6 +33,8 @@ from gpumgr.config.registry import Provider
 from gpumgr.errors import DaemonUnavailable, InputError, PlanInfeasible
 from gpumgr.plan import EstimateError, InstanceRequest, PlannerConstants
 from gpumgr.plan.decide import Decision, Room, decide
+from gpumgr.actions.prepare import provider_release
+from gpumgr.engines.vllm_version import CACHE_FILE as VERSIONS_FILE, VllmVersions
 from gpumgr.plan.provider import instance_request
 from gpumgr.sim import SIM_ENGINE_COMMAND
 
@@ -43,7 +46,6 @@ def local_document(cfg: Config, chosen: list[Provider], note: str) -> dict[str, 
     simulate = cfg.simulate
     all_providers = list(cfg.providers.values())
     inv = attributed_inventory(open_backend(cfg, simulate), all_providers).require()
-    constants = PlannerConstants.from_settings(cfg.settings.planner)
     loaded = ollama_models(all_providers)
     room = Room(
         reserve_bytes=cfg.settings.gpu.reserve_mib * (1 << 20),
@@ -53,6 +55,8 @@ def local_document(cfg: Config, chosen: list[Provider], note: str) -> dict[str, 
     decisions: list[Decision] = []
     for index, on_card in by_card(chosen).items():
         requests: list[InstanceRequest] = []
+        constants = PlannerConstants.from_settings(cfg.settings.planner,
+                                                   inv.gpu(index).compute_capability)
         for p in on_card:
             dims, snap_bytes, hub_bytes = model_facts(p, cfg, simulate)
             try:
@@ -65,9 +69,12 @@ def local_document(cfg: Config, chosen: list[Provider], note: str) -> dict[str, 
         decisions.append(
             decide(inv.gpu(index), requests, {p.name for p in on_card}, room=room, ollama=loaded)
         )
+    command = SIM_ENGINE_COMMAND if simulate else None
+    versions = VllmVersions(cfg.paths.state_dir / VERSIONS_FILE)
     return plan_document(
         decisions, cfg, snapshot_of=lambda p: snapshot_path(p, cfg, simulate),
-        command=SIM_ENGINE_COMMAND if simulate else None, source="local", note=note,
+        command=command, source="local", note=note,
+        release_of=lambda p: provider_release(p, cfg.settings, command, os.environ, versions),
     )
 
 
@@ -132,6 +139,12 @@ def render_plan(gpu: dict[str, Any], console: Console) -> None:
         console.print(f"  {p['reason']}")
         for fix in p["fixes"]:
             console.print(f"  fix: {fix}")
+    for i in gpu["instances"]:
+        model = ("extensible KV cache: the fraction is a cap; the engine may come up with less "
+                 "KV cache than planned" if i.get("memory_model") == "extensible_kv_cache"
+                 else "KV cache fixed at start; refused if the slice is not free")
+        console.print(f"{i['provider']}: vLLM {i.get('vllm_version') or i.get('vllm_tables')} "
+                      f"({model})", markup=False)
     if not gpu["feasible"] and not gpu["problems"] and gpu["refusal"]:
         console.print(f"[red]does not fit[/red]: {gpu['refusal']}")
 

@@ -32,6 +32,21 @@ SECRET_NAME = re.compile(
 """The first, narrow rule for secret names, kept for readers of it; ``env:`` is checked by
 ``gpumgr.config.env_secrets.secret_looking_name`` (a superset: ``MYTOKEN``, ``PASSWORD1``)."""
 HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+VLLM_VERSION_PIN = re.compile(r"^\d+\.\d+(\.\d+)?$")
+
+
+def served_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a served name or alias, or None.
+
+    Served names go into vLLM's argv after ``--served-model-name`` (which takes every following
+    token that is not a flag): a name starting with ``-`` would become a flag there (bypassing the
+    ``extra_args`` rule), and whitespace or ``=`` would split or glue tokens in logs and routes.
+    """
+    if name.startswith("-"):
+        return f"must not start with '-' (got {name!r}): vLLM would read it as a flag"
+    if any(c.isspace() for c in name) or "=" in name:
+        return f"must not contain whitespace or '=' (got {name!r})"
+    return None
 
 
 class ProviderType(StrEnum):
@@ -87,6 +102,33 @@ class ModelEntry(BaseModel):
             raise ValueError(f"must look like 'org/repo' (got {v!r})")
         return v
 
+    @field_validator("served_model_name")
+    @classmethod
+    def _served_name_shape(cls, v: str | None) -> str | None:
+        problem = served_name_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_shape(cls, v: list[str]) -> list[str]:
+        for i, alias in enumerate(v):
+            problem = served_name_problem(alias)
+            if problem:
+                raise ValueError(f"alias {i} {problem}")
+        return v
+
+    @model_validator(mode="after")
+    def _name_as_served_name(self) -> ModelEntry:
+        """Without ``served_model_name`` the ``name`` is what the server answers to."""
+        if self.served_model_name is None:
+            problem = served_name_problem(self.name)
+            if problem:
+                raise ValueError(f"name {problem} (it is the served name: set "
+                                 "served_model_name to a plain name)")
+        return self
+
     @property
     def served_name(self) -> str:
         """The name a server of this model answers to first."""
@@ -123,6 +165,9 @@ class Provider(BaseModel):
     trust_remote_code: bool = False
     extra_args: list[str] = Field(default_factory=list)
     vllm_bin: str | None = None
+    vllm_version: str | None = None
+    """Pins the vLLM release gpumgr assumes for this provider (``0.34.0``) instead of asking
+    ``vllm --version``: flags table, memory model and Turing rules follow it."""
     location: str | None = None
     gpu: int = Field(default=0, ge=0)
     enable_sleep_mode: bool = False
@@ -142,6 +187,13 @@ class Provider(BaseModel):
         if isinstance(data, dict) and looks_like_ollama_cloud(data):
             return {**data, "type": ProviderType.OLLAMA_CLOUD.value}
         return data
+
+    @field_validator("vllm_version")
+    @classmethod
+    def _version_shape(cls, v: str | None) -> str | None:
+        if v is not None and not VLLM_VERSION_PIN.match(v):
+            raise ValueError(f"must be a release like '0.34.0' (got {v!r})")
+        return v
 
     @field_validator("models", mode="before")
     @classmethod

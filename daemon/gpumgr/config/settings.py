@@ -113,6 +113,9 @@ class SimulateSettings(_Section):
     """Fixed simulated engine load time; default derives it from the weights size."""
     hub_endpoint: str | None = None
     """A running simulated hub; default starts one."""
+    vllm_version: str | None = Field(default=None, pattern=r"^\d+\.\d+(\.\d+)?$")
+    """The vLLM release the simulated engine imitates (its flags, its memory model, its
+    ``--version``); default 0.33.0 (``GPUMGR_SIM_VLLM_VERSION`` wins)."""
 
 
 class ControlSettings(_Section):

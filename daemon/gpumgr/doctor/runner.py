@@ -85,8 +85,16 @@ def _one_line(text: str, limit: int = 160) -> str:
     return one if len(one) <= limit else one[: limit - 1] + "…"
 
 
-def vllm_version(argv: Sequence[str], env: Mapping[str, str]) -> VersionProbe:
-    """``<vllm> --version`` with a timeout, as an argument list (never through a shell)."""
+def vllm_version(argv: Sequence[str], env: Mapping[str, str],
+                 cache: Path | None = None) -> VersionProbe:
+    """``<vllm> --version`` with a timeout, as an argument list (never through a shell);
+    with ``cache`` (the daemon's ``<state_dir>/vllm-versions.json``) an answer for the same
+    executable and modification time is reused."""
+    if cache is not None:
+        from gpumgr.engines.vllm_version import VllmVersions
+
+        a = VllmVersions(cache, VLLM_VERSION_TIMEOUT_S).answer(argv, env)
+        return VersionProbe(a.argv, a.found, a.version, a.error)
     exe = argv[0]
     resolved = shutil.which(exe, path=env.get("PATH")) if os.sep not in exe else (
         exe if os.access(exe, os.X_OK) else None)
@@ -274,7 +282,10 @@ def run_doctor(options: DoctorOptions) -> Report:
                 continue
             argv_of[p.name] = argv
             if argv not in f_versions:
-                f_versions[argv] = pool.submit(vllm_version, argv, env)
+                from gpumgr.engines.vllm_version import CACHE_FILE
+
+                f_versions[argv] = pool.submit(vllm_version, argv, env,
+                                               paths.state_dir / CACHE_FILE)
         f_listeners = pool.submit(tcp_listeners)
         f_systemd = pool.submit(systemctl_state, options.systemctl, env)
         f_health = pool.submit(http_json, f"http://{listen}/healthz")
@@ -304,6 +315,7 @@ def run_doctor(options: DoctorOptions) -> Report:
             checks.append(check_compute(g, users))
         for name in argv_of:
             checks.append(check_vllm(name, versions[name]))
+        checks += _release_checks(cfg, vllm_ps, versions, inv)
         checks += _port_checks(cfg, providers, listen, paths, f_listeners.result())
         status, body, err = f_health.result()
         healthz = body if status == 200 and isinstance(body, dict) else None
@@ -359,6 +371,44 @@ def run_doctor(options: DoctorOptions) -> Report:
     finally:
         pool.close()
     return Report(tuple(checks), time.monotonic() - t0)
+
+
+def _release_checks(cfg: Config | None, vllm_ps: Sequence[Provider],
+                    versions: Mapping[str, VersionProbe], inv: GpuInventory) -> list[Check]:
+    """Each vLLM provider against its own release (flags, memory model, Turing rules), and
+    the unauthenticated engine endpoints."""
+    from gpumgr.config.source import YamlSource
+    from gpumgr.config.vllm_checks import check_vllm_provider, provider_release
+    from gpumgr.doctor.checks_vllm import check_card, check_endpoints, check_release
+    from gpumgr.engines.vllm import sleep_mode
+    from gpumgr.vllm_tables.rules import card_findings
+
+    if cfg is None or not vllm_ps:
+        return []
+    out: list[Check] = []
+    releases = []
+    src = YamlSource("providers.yaml", {})
+    for p in vllm_ps:
+        probe = versions.get(p.name)
+        release = provider_release(p, probe.version if probe else None)
+        releases.append(release)
+        issues = [i.message for i in check_vllm_provider(p, src, release)]
+        out.append(check_release(p.name, release, issues))
+        gpu = next((g for g in inv.gpus if g.index == p.gpu), None)
+        cc = parse_cc(gpu.compute_capability if gpu else None)
+        if gpu is not None and cc is not None:
+            described = (p.effective_quantization or "").strip().lower()
+            method = p.quantization or (
+                described if described in release.flags.quantization_methods else None)
+            findings = card_findings(p.extra_args, method, release, cc, gpu.name)
+            out.append(check_card(p.name, findings, gpu.compute_capability or "?"))
+    out.append(check_endpoints(releases, any(sleep_mode(p, cfg.settings.vllm) for p in vllm_ps)))
+    return out
+
+
+def parse_cc(text: str | None) -> tuple[int, int] | None:
+    major, _, minor = (text or "").partition(".")
+    return (int(major), int(minor or 0)) if major.isdigit() and (minor or "0").isdigit() else None
 
 
 def _join(p: Provider, path: str, default: str = "http://127.0.0.1:11434") -> str:

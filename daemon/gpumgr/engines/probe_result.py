@@ -27,6 +27,9 @@ class ProbeOutcome(StrEnum):
     """It answers, but serves another model than the one configured on that port."""
     RATE_LIMITED = "rate_limited"
     AUTH_FAILED = "auth_failed"
+    ASLEEP = "asleep"
+    """A vLLM engine in sleep mode says ``/is_sleeping``: true (weights off the card, nothing
+    served), whoever put it there: ``/sleep`` needs no API key."""
 
     @property
     def is_failure(self) -> bool:

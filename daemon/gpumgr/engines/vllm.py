@@ -2,8 +2,9 @@
 
 Pure: the provider, the planned fraction, the local snapshot and the GPU's facts go in, an
 argv and an environment come out; nothing is started here (``gpumgr.supervisor`` does that).
-Every flag emitted is one vLLM 0.33.0 accepts (``gpumgr.engines.vllm_flags``), and a provider's
-``extra_args`` are checked against the same list, so a typo is a config error at plan time and
+Every flag emitted is one the provider's vLLM release accepts (``gpumgr.vllm_tables``: the
+release ``vllm --version`` reported, else the provider's pin, else 0.33.0), and a provider's
+``extra_args`` are checked against the same release's list, so a typo is a config error at plan time and
 not a crash loop at 3 a.m. The log readers (measured memory, out-of-memory recognisers) live in
 ``gpumgr.engines.vllm_log`` and are re-exported here for callers that think "vLLM".
 """
@@ -21,12 +22,15 @@ from gpumgr.config.registry import Provider
 from gpumgr.config.settings import VllmSettings
 from gpumgr.secrets import read_secret
 from gpumgr.engines.vllm_flags import (
-    QUANTIZATION_METHODS,
+    DEFAULT_TABLE,
+    FlagTable,
     ServeArgsError,
     canonical_flag,
     check_extra_args,
     parse_serve_args,
 )
+from gpumgr.vllm_tables.releases import Release, release_for
+from gpumgr.vllm_tables.rules import card_findings
 from gpumgr.engines.vllm_log import (
     OomFinding,
     OomKind,
@@ -127,7 +131,9 @@ def resolve_vllm_command(
     return parts
 
 
-def validate_extra_args(provider_name: str, extra_args: Sequence[str]) -> list[str]:
+def validate_extra_args(
+    provider_name: str, extra_args: Sequence[str], table: FlagTable = DEFAULT_TABLE
+) -> list[str]:
     """The provider's ``extra_args`` in canonical spelling, or an ``InputError`` naming the flag.
 
     The same check ``gpumgr validate`` and a reload run (``vllm_flags.check_extra_args``); it is
@@ -135,14 +141,16 @@ def validate_extra_args(provider_name: str, extra_args: Sequence[str]) -> list[s
     """
     where = f"providers.{provider_name}.extra_args"
     try:
-        return check_extra_args(list(extra_args))
+        return check_extra_args(list(extra_args), table)
     except ServeArgsError as exc:
         if exc.index is not None:
             where += f"[{exc.index}]"
         raise InputError(f"{where}: {exc}") from None
 
 
-def _quantization(provider: Provider, checkpoint_method: str | None) -> str | None:
+def _quantization(
+    provider: Provider, checkpoint_method: str | None, table: FlagTable = DEFAULT_TABLE
+) -> str | None:
     """The ``--quantization`` to pass, or None to let vLLM read the checkpoint's own.
 
     A provider-level ``quantization`` is vLLM's knob: it must be a vLLM method (``gpumgr
@@ -153,12 +161,13 @@ def _quantization(provider: Provider, checkpoint_method: str | None) -> str | No
     say otherwise; anything else ("4-bit", "Q4_K_M") is description only.
     """
     ckpt = (checkpoint_method or "").strip().lower() or None
+    methods = table.quantization_methods
     if provider.quantization:
         requested = provider.quantization.strip().lower()
-        if requested not in QUANTIZATION_METHODS:
+        if requested not in methods:
             raise InputError(
                 f"providers.{provider.name}.quantization: {provider.quantization!r} is not a "
-                "quantization method of vLLM 0.33.0"
+                f"quantization method of vLLM {table.version}"
             )
         if ckpt and not _fits_checkpoint(requested, ckpt):
             raise InputError(
@@ -169,9 +178,9 @@ def _quantization(provider: Provider, checkpoint_method: str | None) -> str | No
         return requested
     model = provider.vllm_model
     described = (model.quantization or "").strip().lower() if model else ""
-    if described == "awq" or ("awq" in described and described not in QUANTIZATION_METHODS):
+    if described == "awq" or ("awq" in described and described not in methods):
         described = AWQ_MARLIN
-    if described in QUANTIZATION_METHODS:
+    if described in methods:
         if ckpt is None or _fits_checkpoint(described, ckpt):
             return described
         return None  # the description is wrong; the checkpoint knows its own method
@@ -214,6 +223,7 @@ def build_vllm_launch(
     withheld_env: Collection[str] = (),
     checkpoint_quantization: str | None = None,
     is_executable: Callable[[Path], bool] = _default_is_file,
+    release: Release | None = None,
 ) -> VllmLaunch:
     """The argv and environment that start ``provider`` with the planned ``fraction``.
 
@@ -222,7 +232,11 @@ def build_vllm_launch(
     the planner did not plan for. ``checkpoint_quantization`` is ``ModelDims.quantization_method``
     of the snapshot. ``base_env`` defaults to ``os.environ``; secrets reach vLLM through the
     environment only (``VLLM_API_KEY`` from the provider's ``env_var``), never the argv.
+    ``release`` is the provider's vLLM (``engines.vllm_version``); None: its pin, else 0.33.0.
     """
+    if release is None:
+        release = release_for(provider.vllm_version)
+    table = release.flags
     if not provider.is_vllm:
         raise InputError(f"providers.{provider.name}: type is {provider.type}, not vllm")
     port = provider.port
@@ -239,7 +253,7 @@ def build_vllm_launch(
     seqs = max_num_seqs or provider.max_num_seqs
     if seqs is None:
         raise InputError(f"providers.{provider.name}: max_num_seqs is not set and not planned")
-    extra = validate_extra_args(provider.name, provider.extra_args)
+    extra = validate_extra_args(provider.name, provider.extra_args, table)
 
     argv = resolve_vllm_command(provider, settings, command, is_executable)
     argv += ["serve", str(snapshot_dir), "--served-model-name", *names]
@@ -248,7 +262,10 @@ def build_vllm_launch(
     argv += ["--max-model-len", str(model_len), "--max-num-seqs", str(seqs)]
     if gpu.capability < MIN_BF16_CAPABILITY and "--dtype" not in extra:
         argv += ["--dtype", "half"]
-    quantization = _quantization(provider, checkpoint_quantization)
+    quantization = _quantization(provider, checkpoint_quantization, table)
+    for finding in card_findings(extra, quantization, release, gpu.capability):
+        if finding.level == "error":  # the engine would die in its first forward pass
+            raise InputError(f"providers.{provider.name}: {finding.message}; {finding.fix}")
     if quantization:
         argv += ["--quantization", quantization]
     if provider.enforce_eager:

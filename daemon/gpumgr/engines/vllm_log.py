@@ -29,6 +29,14 @@ _ACTIVATION = re.compile(
     rf"(?:torch peak memory increase|PyTorch activation peak memory takes):? {_NUM} ?GiB"
 )
 _GRAPHS = re.compile(rf"Graph capturing finished in .*?took {_NUM} ?GiB")
+# vLLM 0.34, extensible KV cache: "GPU KV cache size" is the reservation (the cap); the blocks
+# really committed after warm-up come later (vllm/v1/worker/extensible_kv_cache.py, and the
+# "Memory after warmup" line of vllm/v1/worker/utils.py).
+_EXTENDED = re.compile(rf"Extended KV cache to {_NUM} blocks \({_NUM} ?GiB\)")
+_AFTER_WARMUP = re.compile(
+    rf"Memory after warmup: {_NUM} ?GiB free, {_NUM} ?GiB committed to the KV cache.*?"
+    rf"{_NUM} KV cache blocks \({_NUM} ?GiB\) fit within the requested {_NUM} ?GiB"
+)
 
 _FREE_AT_START = re.compile(
     rf"Free memory on device (\S+) \({_NUM}/{_NUM} GiB\) on startup is less than desired "
@@ -66,6 +74,18 @@ class VllmMemoryReport:
     kv_cache_tokens: int | None = None
     max_model_len: int | None = None
     max_concurrency: float | None = None
+    committed_blocks: int | None = None
+    """vLLM 0.34 (extensible KV cache): the blocks committed after warm-up; when present, the
+    KV cache really held is these blocks, not the "GPU KV cache size" reservation."""
+    committed_kv_bytes: int | None = None
+    free_after_warmup_bytes: int | None = None
+
+    def actual_kv_tokens(self, block_size: int = 16) -> int | None:
+        """The KV cache the engine really got, in tokens: the committed blocks when the log has
+        them (0.34), else the "GPU KV cache size" line (0.33 sizes once, before serving)."""
+        if self.committed_blocks is not None:
+            return self.committed_blocks * block_size
+        return self.kv_cache_tokens
 
     @property
     def complete(self) -> bool:
@@ -91,6 +111,13 @@ def parse_memory_report(lines: Iterable[str]) -> VllmMemoryReport:
         if m := _CONCURRENCY.search(line):
             found["len"] = _num(m.group(1))
             found["concurrency"] = _num(m.group(2))
+        if m := _AFTER_WARMUP.search(line):
+            found["free_after"] = _num(m.group(1))
+            found["blocks"] = _num(m.group(3))
+            found["committed"] = _num(m.group(4))
+        if m := _EXTENDED.search(line):
+            found["blocks"] = _num(m.group(1))
+            found["committed"] = _num(m.group(2))
 
     def gib(key: str) -> int | None:
         return round(found[key] * GIB) if key in found else None
@@ -103,6 +130,9 @@ def parse_memory_report(lines: Iterable[str]) -> VllmMemoryReport:
         kv_cache_tokens=int(found["tokens"]) if "tokens" in found else None,
         max_model_len=int(found["len"]) if "len" in found else None,
         max_concurrency=found.get("concurrency"),
+        committed_blocks=int(found["blocks"]) if "blocks" in found else None,
+        committed_kv_bytes=gib("committed"),
+        free_after_warmup_bytes=gib("free_after"),
     )
 
 

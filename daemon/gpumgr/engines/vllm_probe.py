@@ -1,5 +1,7 @@
 """Health probe of a vLLM OpenAI-compatible server.
 
+``/is_sleeping`` says whether it is asleep (vLLM's sleep endpoints need no API key, so anyone
+on the host may have put it to sleep; an engine without sleep mode answers 404, read as awake);
 ``/health`` says the engine is alive; ``/v1/models`` says *which* model answers on the port
 (today's same-port switching leaves a server answering with the wrong model, which must read as
 ``down``); ``/metrics`` gives the queue that makes a backend ``busy``. ``/metrics`` is advisory:
@@ -85,6 +87,16 @@ def check_served(
     return False, per_model, f"serving {', '.join(served) or 'nothing'}, expected {', '.join(expected)}"
 
 
+def _asleep(resp: object) -> bool:
+    if not isinstance(resp, httpx2.Response) or resp.status_code != 200:
+        return False
+    try:
+        body = resp.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("is_sleeping") is True
+
+
 async def probe_vllm(
     client: httpx2.AsyncClient,
     base_url: str,
@@ -105,11 +117,14 @@ async def probe_vllm(
             return ProbeResult(
                 ProbeOutcome.UNHEALTHY, sw.ms(), f"health {health.status_code}"
             )
-        models_resp, metrics_resp = await asyncio.gather(
+        models_resp, metrics_resp, sleeping_resp = await asyncio.gather(
             get(client, join(base_url, "/v1/models"), timeout_s, headers=auth),
             get(client, join(base_url, "/metrics"), timeout_s),
+            get(client, join(base_url, "/is_sleeping"), timeout_s),
             return_exceptions=True,
         )
+        if _asleep(sleeping_resp):
+            return ProbeResult(ProbeOutcome.ASLEEP, sw.ms(), "engine asleep (/is_sleeping)")
         if isinstance(models_resp, BaseException):
             raise models_resp
         if models_resp.status_code != 200:

@@ -52,17 +52,19 @@ class SimulatedBackend:
 
     def __init__(
         self, state: SimGpuState, specs: list[SimGpuSpec] | None = None,
-        load_seconds: float | None = None,
+        load_seconds: float | None = None, vllm_version: str | None = None,
     ) -> None:
         self.state = state
         self.load_seconds = load_seconds
+        self.vllm_version = vllm_version
+        """The vLLM release the simulated engines imitate (``simulate.vllm_version``)."""
         if specs:
             state.ensure(specs)
 
     @classmethod
     def from_settings(cls, settings: Settings, runtime_dir: Path) -> SimulatedBackend:
         return cls(SimGpuState(sim_state_path(runtime_dir)), sim_specs(settings),
-                   settings.simulate.load_seconds)
+                   settings.simulate.load_seconds, settings.simulate.vllm_version)
 
     def engine_environment(self) -> dict[str, str]:
         """What a simulated engine needs to find this card (its state file) and how long it
@@ -71,6 +73,8 @@ class SimulatedBackend:
         env = {STATE_ENV: str(self.state.path)}
         if self.load_seconds is not None:
             env[SIM_LOAD_ENV] = f"{self.load_seconds:g}"
+        if self.vllm_version is not None:
+            env["GPUMGR_SIM_VLLM_VERSION"] = self.vllm_version
         return env
 
     def read(self) -> GpuInventory:

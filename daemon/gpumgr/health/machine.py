@@ -31,6 +31,7 @@ class Verdict(StrEnum):
     FAILURE = "failure"
     RATE_LIMITED = "rate_limited"
     AUTH_FAILED = "auth_failed"
+    ASLEEP = "asleep"
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,12 @@ LIFECYCLE_FROM: dict[S, frozenset[S]] = {
 }
 
 
+FOREIGN_SLEEP = (
+    "asleep, but gpumgr did not put it to sleep (vLLM's /sleep needs no API key: someone on "
+    "this host called it); wake it with `gpumgr wake NAME`"
+)
+
+
 def initial(name: str, state: S, at: float, reason: str = "") -> BackendHealth:
     return BackendHealth(name=name, state=state, since=at, reason=reason)
 
@@ -158,6 +165,10 @@ def on_probe(
             return Step(replace(h, consecutive_failures=0,
                                 reason=h.shortfall if h.shortfall else reason))
         return _move(h, target, h.shortfall or reason, at)
+    if verdict is Verdict.ASLEEP:
+        if h.state in SUCCESS_KEEPS:  # gpumgr's own sleep (or a stop): nothing new
+            return Step(replace(h, consecutive_failures=0))
+        return _move(h, S.SLEEPING, FOREIGN_SLEEP, at)
     if verdict is Verdict.RATE_LIMITED:
         return _move(h, S.RATE_LIMITED, reason, at)
     if verdict is Verdict.AUTH_FAILED:

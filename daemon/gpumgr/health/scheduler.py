@@ -79,6 +79,8 @@ def verdict_of(outcome: ProbeOutcome) -> Verdict:
         return Verdict.RATE_LIMITED
     if outcome is ProbeOutcome.AUTH_FAILED:
         return Verdict.AUTH_FAILED
+    if outcome is ProbeOutcome.ASLEEP:
+        return Verdict.ASLEEP
     return Verdict.FAILURE
 
 

@@ -26,6 +26,7 @@ from gpumgr.supervisor.events import (
     ChildStopping,
     Downloading,
     Draining,
+    KvCacheMeasured,
     OllamaEvicted,
     Restarting,
     Sleeping,
@@ -46,6 +47,8 @@ class StateOwner(Protocol):
     def process_exited(self, name: str, restarting: bool, reason: str) -> Transition | None: ...
 
     def request_probe(self, name: str) -> None: ...
+
+    def kv_measured(self, name: str, shortfall: str) -> Transition | None: ...
 
 
 def _exit_reason(e: ChildExited) -> str:
@@ -97,6 +100,8 @@ def apply_supervisor_event(sched: StateOwner, event: SupervisorEvent) -> Transit
             return sched.lifecycle(
                 name, S.SLEEPING, event.detail or f"pid {event.pid} asleep", pid=event.pid
             )
+        if isinstance(event, KvCacheMeasured):
+            return sched.kv_measured(name, event.shortfall)
         if isinstance(event, OllamaEvicted):
             return None  # no state of its own: the status shows those Ollama models unavailable
         if isinstance(event, Woken):

@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gpumgr.config.settings import PlannerSettings
+from gpumgr.plan.cuda_contexts import measured_context_bytes
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
 DEFAULT_CUDA_CONTEXT_MIB = 512
-"""Outside the budget. A PyTorch CUDA context with cuBLAS handles on Turing shows 300-500 MiB in
-``nvidia-smi`` before the model loads; the simulated engine registers 500 MiB
-(``GPUMGR_SIM_CONTEXT_MIB``). 512 covers both."""
+"""Outside the budget, for a card whose compute capability has no measured row
+(``gpumgr.plan.cuda_contexts``: H200, cc 9.0, measured 612 MiB bare and 710 MiB with cuBLAS). A
+PyTorch CUDA context with cuBLAS handles on Turing shows 300-500 MiB in ``nvidia-smi`` before the
+model loads; the simulated engine registers 500 MiB (``GPUMGR_SIM_CONTEXT_MIB``)."""
 
 DEFAULT_ACTIVATION_MIB = 512
 """Inside the budget. The peak of vLLM's profiling forward pass, which runs one batch of
@@ -67,12 +69,22 @@ class PlannerConstants:
     default_max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
 
     @classmethod
-    def from_settings(cls, s: PlannerSettings) -> PlannerConstants:
+    def from_settings(
+        cls, s: PlannerSettings, compute_capability: str | None = None,
+        card_context_bytes: int | None = None,
+    ) -> PlannerConstants:
+        """``planner:`` settings win; else the context recorded for the card's compute
+        capability (``cuda_contexts.tsv``) or the default, raised to what engines were seen to
+        take on this very card (``card_context_bytes``, ``gpumgr.gpu.contexts``)."""
+
         def mib(v: int | None, default: int) -> int:
             return (default if v is None else v) * MIB
 
+        measured = measured_context_bytes(compute_capability) or DEFAULT_CUDA_CONTEXT_MIB * MIB
+        context = (s.cuda_context_mib * MIB if s.cuda_context_mib is not None
+                   else max(measured, card_context_bytes or 0))  # fmt: skip
         return cls(
-            cuda_context_bytes=mib(s.cuda_context_mib, DEFAULT_CUDA_CONTEXT_MIB),
+            cuda_context_bytes=context,
             activation_bytes=mib(s.activation_mib, DEFAULT_ACTIVATION_MIB),
             cuda_graph_bytes=mib(s.cuda_graph_mib, DEFAULT_CUDA_GRAPH_MIB),
             safety_margin_bytes=mib(s.safety_margin_mib, DEFAULT_SAFETY_MARGIN_MIB),

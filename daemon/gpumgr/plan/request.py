@@ -38,7 +38,9 @@ def request_for_gpu(
     nvml_ollama = gpu.held_by(OWNER_OLLAMA)
     resident = max(nvml_ollama, sum(m.vram_bytes for m in models))
     return PlanRequest(
-        total_bytes=gpu.memory_total_bytes,
+        # what CUDA (and so vLLM) calls total: NVML's total less the driver-reserved memory
+        # (NVML v2; 615 MiB on an H200, docs/gpu-check.md). Every fraction → bytes uses it.
+        total_bytes=gpu.memory_total_bytes - (gpu.memory_reserved_bytes or 0),
         free_bytes=gpu.memory_free_bytes,
         instances=planned,
         reserve_bytes=reserve_bytes,

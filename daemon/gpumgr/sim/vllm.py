@@ -1,6 +1,7 @@
 """The simulated vLLM engine: ``python -m gpumgr.sim.vllm serve MODEL_PATH [vllm serve flags]``.
 
-A real process that starts like vLLM 0.33 on the simulated GPU (``gpumgr.sim.gpu``, card picked
+A real process that starts like vLLM 0.33 (or, with ``GPUMGR_SIM_VLLM_VERSION=0.34.0``, like
+0.34: no refusal, the KV cache sized from memory after warm-up) on the simulated GPU (``gpumgr.sim.gpu``, card picked
 by ``CUDA_VISIBLE_DEVICES``): it registers its CUDA context, refuses to start with vLLM's message
 when free memory is below ceil(fraction × total), "loads" without listening (connections
 refused), sizes its KV cache from what is left, logs vLLM's measurement lines, then binds and
@@ -20,7 +21,8 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from gpumgr.engines.vllm_flags import VLLM_VERSION, ServeArgsError
+from gpumgr.vllm_tables.parser import ServeArgsError
+from gpumgr.vllm_tables.releases import Release, release_for
 from gpumgr.modelfiles import ModelFileError, read_model_dims, weights_bytes
 from gpumgr.sim.gpu import SimGpuSpec, SimGpuState, SimSnapshot
 from gpumgr.sim.vllm_engine import memory as mem
@@ -69,6 +71,7 @@ class SimEngine:
     """One engine's life: checks, load, sizing, serving, chaos, shutdown."""
 
     def __init__(self, args: ServeArgs, knobs: SimKnobs, state: SimGpuState) -> None:
+        self.release: Release = release_for(knobs.vllm_version)
         self.args = args
         self.knobs = knobs
         self.state = state
@@ -178,7 +181,7 @@ class SimEngine:
         self.event("init_start")
         free = snap.free_mib(gpu.uuid) * MIB
         error = mem.free_memory_error(free, total, self.args.fraction)
-        if error:
+        if error and not self.args.extensible_kv_cache:  # 0.34: the fraction is only a cap
             raise EngineExit(1, error)
         others_before = self.others_mib(snap)
         load_s = self.knobs.load_s if self.knobs.load_s is not None else mem.load_seconds(weights)
@@ -198,8 +201,10 @@ class SimEngine:
         # vLLM asserts that free memory fell while it profiled (its weights and activations
         # went in); it fails when another process released more than that meanwhile.
         free_at_profile = snap.free_mib(gpu.uuid) * MIB - self.knobs.activation_mib * MIB
-        if free_at_profile >= free:
+        if free_at_profile >= free and not self.args.extensible_kv_cache:
             raise EngineExit(1, mem.profiling_error(free, free_at_profile))
+        if self.args.extensible_kv_cache:
+            return self.start_extensible(snap, gpu, total, weights, kv_per_token, max_len, load_s)
         try:
             sized = mem.size_engine(
                 total_bytes=total,
@@ -225,6 +230,37 @@ class SimEngine:
         for source, line in mem.startup_log_lines(sized, load_s):
             log("INFO", source, line, engine_pid)
         self.event("init_end", ok=True)
+        self.init_done = True
+        return sized
+
+    def start_extensible(
+        self, snap: SimSnapshot, gpu: SimGpuSpec, total: int, weights: int, kv_per_token: int,
+        max_len: int, load_s: float,
+    ) -> mem.EngineMemory:
+        """0.34: weights and CUDA graphs are in, warm-up is done; commit the KV cache that the
+        cap allows and the memory free now leaves (less the activation peak and a margin)."""
+        graphs = 0 if self.args.enforce_eager else self.knobs.cuda_graph_mib * MIB
+        weights_mib = -(-weights // MIB)
+        snap = self.register(self.knobs.context_mib + weights_mib + graphs // MIB)
+        free_after = snap.free_mib(gpu.uuid) * MIB
+        activation = self.knobs.activation_mib * MIB
+        try:
+            sized = mem.size_extensible(
+                total_bytes=total, fraction=self.args.fraction, weights_bytes=weights,
+                kv_bytes_per_token=kv_per_token, max_model_len=max_len,
+                activation_bytes=activation, cuda_graph_bytes=graphs,
+                free_after_warmup_bytes=free_after, margin_bytes=self.knobs.kv_margin_mib * MIB,
+            )  # fmt: skip
+        except mem.EngineStartError as exc:
+            raise EngineExit(1, str(exc)) from None
+        capacity = mem.capacity_tokens(total, self.args.fraction, weights, activation, graphs,
+                                       kv_per_token)  # fmt: skip
+        self.held_mib = -(-sized.held_bytes // MIB)
+        self.register(self.knobs.context_mib + self.held_mib)
+        for source, line in mem.extensible_log_lines(sized, load_s, self.args.fraction, total,
+                                                     free_after, capacity):  # fmt: skip
+            log("INFO", source, line, self.holder_pid)
+        self.event("init_end", ok=True, kv_cache_tokens=sized.kv_cache_tokens)
         self.init_done = True
         return sized
 
@@ -287,7 +323,7 @@ class SimEngine:
             loop.add_signal_handler(signal.SIGTERM, self.shutdown.set)
         loop.add_signal_handler(signal.SIGINT, self.shutdown.set)
         names = " ".join(self.args.served_names)
-        log("INFO", "api_server.py", f"vLLM API server version {VLLM_VERSION} "
+        log("INFO", "api_server.py", f"vLLM API server version {self.knobs.vllm_version} "
                                      "(gpumgr simulated engine)")  # fmt: skip
         log("INFO", "utils.py", f"non-default args: model={str(self.args.model_path)!r}, "
             f"served_model_name={names!r}, port={self.args.port}, "
@@ -306,6 +342,7 @@ class SimEngine:
             sleep_endpoints=self.args.enable_sleep_mode
             and os.environ.get("VLLM_SERVER_DEV_MODE") == "1",
             token_delay_s=self.knobs.token_delay_s,
+            version=self.knobs.vllm_version,
         )
         self.api = EngineApi(info, self.sleep_hook)
         writers: set[asyncio.StreamWriter] = set()
@@ -344,17 +381,18 @@ def _usage_error(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     tokens = sys.argv[1:] if argv is None else argv
-    if tokens[:1] == ["--version"]:  # `vllm --version` (gpumgr doctor asks it)
-        print(VLLM_VERSION)
-        return 0
     try:
         knobs = SimKnobs.from_env(os.environ)
     except KnobError as exc:
         return _usage_error(str(exc))
+    if tokens[:1] == ["--version"]:  # `vllm --version` (gpumgr asks it, cached by path+mtime)
+        print(knobs.vllm_version)
+        return 0
+    release = release_for(knobs.vllm_version)
     if knobs.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the grandchild
     try:
-        args = parse_args(tokens)
+        args = parse_args(tokens, release.flags, release.extensible_kv_cache)
     except ServeArgsError as exc:
         return _usage_error(str(exc))
     if args.help_requested:

@@ -107,6 +107,13 @@ class BackendStatus(_Contract):
     eta_s: float | None = Field(default=None, ge=0)
     """Seconds until the backend is expected ``up``; null when not loading or not known. An
     addition to the §5 fields."""
+    vllm_version: str | None = None
+    """The vLLM release the managed engine runs (``vllm --version``); an addition to §5."""
+    kv_cache_tokens_planned: int | None = Field(default=None, ge=0)
+    """The KV cache the plan gave the running engine, in tokens; an addition to §5."""
+    kv_cache_tokens_actual: int | None = Field(default=None, ge=0)
+    """The KV cache the engine reports it holds after start-up (vLLM >= 0.34 may hold less than
+    planned: then the state is ``degraded``); an addition to §5."""
 
     _utc = field_validator("since", "last_check")(_to_utc)
 

@@ -65,6 +65,9 @@ class BackendChanges(TypedDict, total=False):
     suspect: bool
     progress: float | None
     eta_s: float | None
+    vllm_version: str | None
+    kv_cache_tokens_planned: int | None
+    kv_cache_tokens_actual: int | None
 
 
 _CHANGEABLE = frozenset(BackendChanges.__annotations__)

@@ -133,6 +133,20 @@ class OllamaEvicted:
     models: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class KvCacheMeasured:
+    """A started vLLM engine's KV cache as its log reports it, against the plan's. ``shortfall``
+    (not empty) makes the backend ``degraded`` once a probe proves it serves."""
+
+    backend: str
+    pid: int
+    planned_kv: int | None
+    """KV cache tokens (the field names avoid "token": the log redactor masks those)."""
+    actual_kv: int | None
+    shortfall: str = ""
+    vllm_version: str | None = None
+
+
 SupervisorEvent = (
     ChildStarted
     | ChildReady
@@ -148,6 +162,7 @@ SupervisorEvent = (
     | Sleeping
     | Woken
     | OllamaEvicted
+    | KvCacheMeasured
 )
 EventSink = Callable[[SupervisorEvent], None]
 

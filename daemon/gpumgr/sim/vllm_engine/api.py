@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpumgr.engines.vllm_flags import VLLM_VERSION
 from gpumgr.sim.vllm_engine.http import Request, Response, StreamingResponse
 
 DEFAULT_MAX_TOKENS = 16
@@ -36,6 +35,8 @@ class EngineInfo:
     api_key: str | None
     sleep_endpoints: bool
     token_delay_s: float
+    version: str = "0.33.0"
+    """The release imitated (``GET /version``)."""
 
 
 SleepHook = Callable[[bool], Awaitable[str | None]]
@@ -127,7 +128,7 @@ class EngineApi:
         return Response(503 if self.dead else 200, b"")
 
     async def _version(self, req: Request) -> Response:
-        return Response.of_json({"version": VLLM_VERSION})
+        return Response.of_json({"version": self.info.version})
 
     async def _models(self, req: Request) -> Response:
         data = [

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpumgr.vllm_tables.releases import parse_version
 from gpumgr.sim.vllm_engine.memory import (
     DEFAULT_ACTIVATION_MIB,
     DEFAULT_CONTEXT_MIB,
@@ -17,6 +18,7 @@ from gpumgr.sim.vllm_engine.memory import (
 )
 
 DEFAULT_TOKEN_DELAY_S = 0.01
+DEFAULT_VLLM_VERSION = "0.33.0"
 
 
 class KnobError(ValueError):
@@ -50,6 +52,12 @@ class SimKnobs:
     grandchild: bool = False
     """GPUMGR_SIM_GRANDCHILD=1: a grandchild in the same process group holds the memory, as
     vLLM's EngineCore does, and keeps it until it is killed."""
+    vllm_version: str = DEFAULT_VLLM_VERSION
+    """GPUMGR_SIM_VLLM_VERSION: the release imitated (its flags table, its memory model, its
+    ``--version`` answer); 0.34+ sizes the KV cache after warm-up (extensible KV cache)."""
+    kv_margin_mib: int = 0
+    """GPUMGR_SIM_KV_MARGIN_MIB: under 0.34, memory kept free after warm-up besides the
+    activation peak (vLLM keeps a margin for allocator fragmentation)."""
     events_file: Path | None = None
     """GPUMGR_SIM_EVENTS_FILE: append JSON lines (pid, event, t) at init start/end, serving,
     exit; lets tests prove that two engines never initialised at the same time."""
@@ -76,6 +84,9 @@ class SimKnobs:
             return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
         delay = num("GPUMGR_SIM_TOKEN_DELAY_S")
+        version = env.get("GPUMGR_SIM_VLLM_VERSION", "").strip() or DEFAULT_VLLM_VERSION
+        if parse_version(version) is None:
+            raise KnobError(f"GPUMGR_SIM_VLLM_VERSION={version!r} is not a version like 0.34.0")
         events = env.get("GPUMGR_SIM_EVENTS_FILE", "").strip()
         return cls(
             load_s=num("GPUMGR_SIM_LOAD_SECONDS"),
@@ -90,5 +101,7 @@ class SimKnobs:
             oom_at_start=flag("GPUMGR_SIM_OOM_AT_START"),
             ignore_sigterm=flag("GPUMGR_SIM_IGNORE_SIGTERM"),
             grandchild=flag("GPUMGR_SIM_GRANDCHILD"),
+            vllm_version=version,
+            kv_margin_mib=mib("GPUMGR_SIM_KV_MARGIN_MIB", 0),
             events_file=Path(events) if events else None,
         )

@@ -196,3 +196,99 @@ def startup_log_lines(mem: EngineMemory, load_s: float) -> list[tuple[str, str]]
                                     f"{gib(mem.cuda_graph_bytes)} GiB")
         )  # fmt: skip
     return lines
+
+
+# -- vLLM 0.34: the extensible KV cache ----------------------------------------------------------
+#
+# With the extensible KV cache (0.34's default on CUDA) ``--gpu-memory-utilization`` is a cap:
+# there is no start-up refusal for too little free memory; the engine reserves address space
+# for the capped KV cache, warms up, then commits as many blocks as the memory measured after
+# warm-up allows, keeping the activation peak (and a margin) free. So an engine that starts
+# beside a process that took memory meanwhile comes up with LESS KV cache than planned, instead
+# of refusing. Sources: vllm/v1/worker/extensible_kv_cache.py ("Extended KV cache to %d blocks
+# (%.2f GiB)."), and the "Memory after warmup" line of vllm/v1/worker/utils.py as recorded in
+# shared/reference/README.md (its middle part is not verbatim there; gpumgr parses only the
+# block count and the GiB figures).
+
+
+def size_extensible(
+    *,
+    total_bytes: int,
+    fraction: float,
+    weights_bytes: int,
+    kv_bytes_per_token: int,
+    max_model_len: int,
+    activation_bytes: int,
+    cuda_graph_bytes: int,
+    free_after_warmup_bytes: int,
+    margin_bytes: int = 0,
+) -> EngineMemory:
+    """0.34's sizing: the KV cache the cap allows, cut to what is free after warm-up (less the
+    activation peak and ``margin_bytes``); ``EngineStartError`` only when not one request fits."""
+    budget = requested_bytes(total_bytes, fraction)
+    cap_kv = budget - weights_bytes - activation_bytes - cuda_graph_bytes
+    free_kv = free_after_warmup_bytes - activation_bytes - margin_bytes
+    block_bytes = kv_bytes_per_token * BLOCK_SIZE_TOKENS
+    kv = max(min(cap_kv, free_kv), 0) // block_bytes * block_bytes
+    if kv <= 0:
+        raise EngineStartError(NO_CACHE_BLOCKS)
+    tokens = kv // kv_bytes_per_token
+    if tokens < max_model_len:
+        needed = max_model_len * kv_bytes_per_token
+        raise EngineStartError(
+            "ValueError: To serve at least one request with the models's max seq len "
+            f"({max_model_len}), ({gib(needed)} GiB KV cache) is needed, which is larger than "
+            f"the available KV cache memory ({gib(kv)} GiB). Based on the available memory, "
+            f"the estimated maximum model length is {tokens}. Try increasing "
+            "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."
+        )
+    return EngineMemory(
+        budget_bytes=weights_bytes + activation_bytes + cuda_graph_bytes + kv,
+        weights_bytes=weights_bytes,
+        activation_bytes=activation_bytes,
+        cuda_graph_bytes=cuda_graph_bytes,
+        charged_to_others_bytes=max(cap_kv - kv, 0),
+        kv_cache_bytes=kv,
+        kv_cache_tokens=tokens,
+        max_model_len=max_model_len,
+        max_concurrency=tokens / max_model_len,
+    )
+
+
+def capacity_tokens(
+    total_bytes: int, fraction: float, weights_bytes: int, activation_bytes: int,
+    cuda_graph_bytes: int, kv_bytes_per_token: int,
+) -> int:
+    """The KV capacity reserved before warm-up (address space, not memory): what the cap allows."""
+    cap_kv = requested_bytes(total_bytes, fraction) - weights_bytes - activation_bytes - cuda_graph_bytes
+    return max(cap_kv, 0) // kv_bytes_per_token // BLOCK_SIZE_TOKENS * BLOCK_SIZE_TOKENS
+
+
+def extensible_log_lines(
+    mem: EngineMemory, load_s: float, fraction: float, total_bytes: int, free_after_warmup_bytes: int,
+    capacity: int,
+) -> list[tuple[str, str]]:
+    """0.34's start-up lines: the reservation ("GPU KV cache size" is the capacity here), then
+    the memory measured after warm-up and the blocks really committed."""
+    blocks = mem.kv_cache_tokens // BLOCK_SIZE_TOKENS
+    requested = requested_bytes(total_bytes, fraction)
+    lines = [
+        ("gpu_model_runner.py", f"Model loading took {gib(mem.weights_bytes)} GiB memory and "
+                                f"{load_s:.6f} seconds"),
+        ("kv_cache_utils.py", f"GPU KV cache size: {capacity:,} tokens"),
+        ("kv_cache_utils.py", f"Maximum concurrency for {mem.max_model_len:,} tokens per "
+                              f"request: {capacity / mem.max_model_len:.2f}x"),
+    ]  # fmt: skip
+    if mem.cuda_graph_bytes:
+        lines.append(("gpu_model_runner.py", f"Graph capturing finished in 1 secs, took "
+                                             f"{gib(mem.cuda_graph_bytes)} GiB"))  # fmt: skip
+    lines += [
+        ("gpu_worker.py", f"Memory after warmup: {gib(free_after_warmup_bytes)} GiB free, "
+         f"{gib(mem.kv_cache_bytes)} GiB committed to the KV cache, "
+         f"{gib(mem.activation_bytes)} GiB reserved for activations; {blocks} KV cache blocks "
+         f"({gib(mem.kv_cache_bytes)} GiB) fit within the requested {gib(requested)} GiB "
+         f"(gpu_memory_utilization={fraction})."),
+        ("extensible_kv_cache.py", f"Extended KV cache to {blocks} blocks "
+                                   f"({gib(mem.kv_cache_bytes)} GiB)."),
+    ]  # fmt: skip
+    return lines
