@@ -48,6 +48,10 @@ class States:
             raise
         return self._apply(name, step)
 
+    def kv_measured(self, name: str, shortfall: str) -> machine.Transition | None:
+        """A started engine's KV cache was read (``degraded`` when short of the plan)."""
+        return self._apply(name, machine.on_kv_reading(self._get(name), shortfall, time.time()))
+
     def healths(self) -> dict[str, machine.BackendHealth]:
         return dict(self.health)
 
