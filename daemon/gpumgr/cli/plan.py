@@ -168,7 +168,7 @@ def plan(
         emit_json(doc)
     else:
         console = console_for_output()
-        console.print(doc["source_note"], soft_wrap=True, markup=False)
+        console.print(doc["source_note"], markup=False)
         if not doc["gpus"]:
             console.print("nothing to plan: no active vLLM providers (name some to plan them)")
         for gpu in doc["gpus"]:
