@@ -206,6 +206,7 @@ class Daemon:
         gpus = f"{len(first_read.gpus)} GPU(s)" if first_read.available else "no GPU"
         self._notifier.ready(f"listening on {status.listen_address}; {gpus}")
         log.info("daemon.ready", listen=status.listen_address, gpus=gpus)
+        spawn_task(self._tasks, manager.warm_versions(), "vllm-versions")
         await reconciler.boot(first_read)
         if self.config.settings.health.restart_unresponsive_after_s is not None:
             spawn_task(self._tasks, HangWatcher(reconciler, status.healths).run(), "hang-watcher")

@@ -38,7 +38,7 @@ from .desired import DesiredState, DesiredStore, Identity, launch_identity, mana
 from .keeper import BackendKeeper, FirstAttempt
 from .lease import GpuLease, GpuLocks
 from .ollama_room import OllamaRoom
-from .prepare import LaunchPlanner, PlanView, engine_health_url, plan_view
+from .prepare import LaunchPlanner, PlanView, engine_health_url, plan_view, provider_release
 from .weights import BackendWeights, HubEndpoint, WeightsHook, default_hub
 from .start import LaunchSpec, Prepare, PrepareHint, StartContext
 from .startup_times import StartupTimes
@@ -176,6 +176,15 @@ class BackendManager:
         if not inv.available:
             return True  # nothing to wait for that we could see
         return not any(p.pid in pids for g in inv.gpus for p in g.processes)
+
+    async def warm_versions(self) -> None:
+        """Ask each managed provider's vLLM for its ``--version`` now (cached by path and mtime),
+        off the event loop, so a first start does not pay for it under its GPU lease (a real
+        ``vllm --version`` imports torch: seconds)."""
+        env = self._base_env if self._base_env is not None else os.environ
+        for provider in managed_providers(self.config).values():
+            await asyncio.to_thread(provider_release, provider, self.config.settings,
+                                    self._command, env, self.planner.versions)
 
     # -- boot ----------------------------------------------------------------------------------
     def attach(self, first_read: GpuInventory) -> None:
