@@ -101,7 +101,7 @@ def open_inventory(config: Config) -> GpuBackend:
         from gpumgr.gpu.nvml import NvmlBackend
 
         return NvmlBackend()
-    from gpumgr.gpu.simulated import SimulatedBackend, sim_state_path
+    from gpumgr.sim.gpu_backend import SimulatedBackend, sim_state_path
 
     settings, runtime_dir = config.settings, config.paths.runtime_dir
     backend = SimulatedBackend.from_settings(settings, runtime_dir)
