@@ -22,7 +22,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from daemon_harness import FAST_HEALTH_YAML, DaemonHarness, free_port, wait_for
+from gpumgr.sim.harness import FAST_HEALTH_YAML, DaemonHarness, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
