@@ -50,6 +50,7 @@ def _run(root: Path, shims: tuple[Path, Path], *args: str) -> subprocess.Complet
                           capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow  # install.sh three times: validate, doctor, systemctl shims
 def test_install_reinstall_and_uninstall(tmp_path: Path, shims: tuple[Path, Path]) -> None:
     root = tmp_path / "root"
     first = _run(root, shims)

@@ -331,7 +331,7 @@ def test_hang_stops_answering_but_stays_alive_until_terminated(
 
 
 def test_engine_death_turns_health_503(start_engine: Callable[..., Engine]) -> None:
-    engine = start_engine(env={"GPUMGR_SIM_ENGINE_DEAD_AFTER_S": "0.2"})
+    engine = start_engine(env={"GPUMGR_SIM_ENGINE_DEAD_AFTER_S": "1"})  # seen healthy first
     engine.wait_healthy()
     wait_for(lambda: engine.health() == 503, what="/health 503")
 
