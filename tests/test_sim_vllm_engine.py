@@ -299,7 +299,7 @@ def test_settings_vllm_rejects_are_rejected_before_loading(
 def test_crash_after_n_seconds_exits_1_with_a_traceback(
     start_engine: Callable[..., Engine],
 ) -> None:
-    engine = start_engine(env={"GPUMGR_SIM_CRASH_AFTER_S": "0.3"})
+    engine = start_engine(env={"GPUMGR_SIM_CRASH_AFTER_S": "1"})  # seen healthy first
     engine.wait_healthy()
     assert engine.wait_exit() == 1
     assert engine.log()[-1].startswith("RuntimeError: CUDA error: an illegal memory access")
@@ -320,7 +320,7 @@ def test_oom_at_start_exits_with_a_cuda_out_of_memory_trace(
 def test_hang_stops_answering_but_stays_alive_until_terminated(
     start_engine: Callable[..., Engine], card: SimGpuState
 ) -> None:
-    engine = start_engine(env={"GPUMGR_SIM_HANG_AFTER_S": "0.3"})
+    engine = start_engine(env={"GPUMGR_SIM_HANG_AFTER_S": "1"})  # seen healthy first
     engine.wait_healthy()
     wait_for(lambda: engine.health(timeout_s=0.3) is None, what="the engine to hang")
     assert engine.proc.poll() is None
