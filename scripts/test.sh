@@ -7,4 +7,8 @@ bash "$ROOT/scripts/bootstrap.sh" test
 # litellm 1.108.7 pins huggingface_hub < 2, which gpumgr's own venv must not get.
 GPUMGR_VENV="$ROOT/.venv-litellm" bash "$ROOT/scripts/bootstrap.sh" litellm
 cd "$ROOT"
-exec "$ROOT/.venv/bin/python" -m pytest -q "$@"
+# GPUMGR_TEST_WORKERS=2 runs two pytest-xdist workers, a test file at a time each (--dist
+# loadfile keeps a file's shared, module-scoped daemon in one worker): most tests wait on real
+# processes, and two workers overlap those waits. One process stays the default while wall-clock
+# bounds flake beside a second worker (test_litellm_proxy.py's 1 s bound failed in both tries).
+exec "$ROOT/.venv/bin/python" -m pytest -q -n "${GPUMGR_TEST_WORKERS:-0}" --dist loadfile "$@"
