@@ -27,20 +27,16 @@ import argparse
 import os
 import random
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the subprocess-daemon harness lives with the tests
-
 from _report import header, results_path, write_result  # noqa: E402
 
 from gpumgr.config import load_config  # noqa: E402
 from gpumgr.health.scheduler import timing_for  # noqa: E402
-from daemon_harness import (  # noqa: E402
+from gpumgr.sim.harness import (  # noqa: E402
     FAST_LIFECYCLE_YAML,
     DaemonHarness,
     free_port,

@@ -1,6 +1,6 @@
 """Benchmark of the daemon's idle cost: CPU and RSS of ``gpumgr daemon --simulate`` doing nothing.
 
-Not a test. Runs the daemon (``tests/daemon_harness.py``) on the example configuration of
+Not a test. Runs the daemon (``gpumgr.sim.harness``) on the example configuration of
 ``config/`` with its ports moved to free ones (so a running demo or test is not in the way): the
 qwen-7b engine active on the simulated GPU, three vLLM providers on standby, a simulated Ollama
 with the example's two models pulled and none loaded, Ollama Cloud pointed at a closed loopback
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -31,10 +30,9 @@ from typing import Any
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the subprocess-daemon harness lives with the tests
 
 from _report import header, print_rows, results_path, write_result  # noqa: E402
-from daemon_harness import DaemonHarness, create_sim_gpu, free_port, sim_gpu_path  # noqa: E402
+from gpumgr.sim.harness import DaemonHarness, create_sim_gpu, free_port, sim_gpu_path  # noqa: E402
 
 from gpumgr.sim.ollama_process import SimOllamaProcess, start_sim_ollama  # noqa: E402
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # the e2e stack lives with the tes
 from _report import header, print_rows, results_path, write_result  # noqa: E402
 
 import test_litellm_proxy as e2e  # noqa: E402  (skips itself when there is no LiteLLM proxy)
-from daemon_harness import wait_for  # noqa: E402
+from gpumgr.sim.harness import wait_for  # noqa: E402
 
 RESULTS = results_path("router")
 SLOW_S = 1.0

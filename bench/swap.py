@@ -40,11 +40,8 @@ from typing import Any
 import httpx2
 import psutil
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the subprocess-daemon harness lives with the tests
-
 from _report import header, results_path, write_result  # noqa: E402
-from daemon_harness import FAST_HEALTH_YAML, DaemonHarness, free_port, wait_for  # noqa: E402
+from gpumgr.sim.harness import FAST_HEALTH_YAML, DaemonHarness, free_port, wait_for  # noqa: E402
 
 RESULTS = results_path("swap")
 QWEN_7B = "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ"

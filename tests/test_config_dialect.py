@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from click.testing import CliRunner
 
 from gpumgr.cli import main
 from gpumgr.config import load_config
+from tests.helpers import free_port
 
 OWNER = Path(__file__).resolve().parent / "data" / "owner-dialect"
 EXAMPLE = Path(__file__).resolve().parents[1] / "config"
@@ -101,15 +101,9 @@ def test_served_model_name_is_the_model_name_unless_the_provider_says_otherwise(
     assert "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ" in p.model_names  # still a name references may use
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_plan_json_shows_the_served_model_name_the_router_sends(owner: Path, tmp_path: Path) -> None:
     path = owner / "providers.yaml"
-    path.write_text(path.read_text().replace(":11434", f":{_free_port()}"))
+    path.write_text(path.read_text().replace(":11434", f":{free_port()}"))
     env = {"GPUMGR_CONFIG_DIR": str(owner), "GPUMGR_SIM_GPU_STATE": str(tmp_path / "gpu.json"),
            "GPUMGR_SIMULATE": "1"}  # fmt: skip
     for d in ("RUNTIME", "STATE", "LOG", "CACHE"):

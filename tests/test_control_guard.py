@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from daemon_harness import FAST_HEALTH_YAML, FAST_LIFECYCLE_YAML, DaemonHarness
+from gpumgr.sim.harness import FAST_HEALTH_YAML, FAST_LIFECYCLE_YAML, DaemonHarness
 
 pytestmark = pytest.mark.slow
 

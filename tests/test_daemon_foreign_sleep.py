@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from daemon_harness import (
+from gpumgr.sim.harness import (
     FAST_HEALTH_YAML,
     FAST_LIFECYCLE_YAML,
     DaemonHarness,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import (
+from gpumgr.sim.harness import (
     FAST_HEALTH_YAML,
     FAST_LIFECYCLE_YAML,
     DaemonHarness,

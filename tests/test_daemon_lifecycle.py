@@ -20,7 +20,7 @@ import httpx2
 import psutil
 import pytest
 
-from daemon_harness import alive, assert_clean_daemon_log, free_port, wait_for
+from gpumgr.sim.harness import alive, assert_clean_daemon_log, free_port, wait_for
 from gpumgr.sim.gpu import SimGpuState
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

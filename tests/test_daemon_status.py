@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from daemon_harness import (
+from gpumgr.sim.harness import (
     FAST_HEALTH_YAML,
     FAST_LIFECYCLE_YAML,
     DaemonHarness,

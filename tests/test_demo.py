@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.conftest import EXAMPLE_CONFIG
+
+pytestmark = pytest.mark.slow  # the demo runs a daemon, engines and a simulated Ollama
 
 
 def test_demo_brings_qwen_7b_up_answers_a_request_and_leaves_nothing_running(tmp_path: Path) -> None:

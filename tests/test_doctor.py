@@ -39,6 +39,7 @@ from gpumgr.doctor.runner import DoctorOptions, run_doctor
 from gpumgr.gpu import GpuInfo, GpuInventory
 from gpumgr.sim.ollama_process import running_sim_ollama
 from tests.fake_http import JsonServer, Reply, Request
+from tests.helpers import free_port
 
 GIB = 1024**3
 KEY = "oc-" + "k" * 20 + "0123456789abcdefghi"
@@ -206,12 +207,6 @@ def _config(tmp: Path, *, ollama_url: str, cloud_url: str, vllm_port: int, statu
     return cfg
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _cloud(request: Request) -> Reply:
     if request.headers.get("Authorization") != f"Bearer {KEY}":
         return Reply(401, {"error": f"unauthorized: {request.headers.get('Authorization')}"})
@@ -241,7 +236,7 @@ def test_runner_reports_every_service_accurately(tmp_path: Path) -> None:
                                 env={"OLLAMA_MAX_LOADED_MODELS": "1"}) as ollama, \
                 JsonServer(_cloud) as cloud:
             cfg = _config(tmp_path, ollama_url=ollama.base_url, cloud_url=cloud.base_url,
-                          vllm_port=vllm_port, status_port=_free_port(),
+                          vllm_port=vllm_port, status_port=free_port(),
                           vllm_command=f"{sys.executable} -m gpumgr.sim.vllm")
             env = {"PATH": f"{bindir}:{os.environ['PATH']}", "DOCTOR_TEST_CLOUD_KEY": KEY,
                    "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "HOME": str(tmp_path)}
@@ -279,7 +274,7 @@ def test_runner_reports_every_service_accurately(tmp_path: Path) -> None:
 def test_a_rejected_cloud_key_fails_and_is_never_printed(tmp_path: Path) -> None:
     with JsonServer(_cloud) as cloud:
         cfg = _config(tmp_path, ollama_url="http://127.0.0.1:9", cloud_url=cloud.base_url,
-                      vllm_port=_free_port(), status_port=_free_port(), vllm_command="/nonexistent/vllm")
+                      vllm_port=free_port(), status_port=free_port(), vllm_command="/nonexistent/vllm")
         wrong = "oc-wrong-" + "x" * 30
         env = {"PATH": os.environ["PATH"], "DOCTOR_TEST_CLOUD_KEY": wrong, "HOME": str(tmp_path)}
         report = run_doctor(DoctorOptions(config_dir=str(cfg), env=env,
@@ -294,7 +289,7 @@ def test_a_rejected_cloud_key_fails_and_is_never_printed(tmp_path: Path) -> None
 
 def test_cli_exit_status_and_json_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _config(tmp_path, ollama_url="http://127.0.0.1:9", cloud_url="http://127.0.0.1:9",
-                  vllm_port=_free_port(), status_port=_free_port(), vllm_command="/nonexistent/vllm")
+                  vllm_port=free_port(), status_port=free_port(), vllm_command="/nonexistent/vllm")
     monkeypatch.setenv("PATH", str(_fake_systemctl(tmp_path, "active", "enabled")) + ":" +
                        os.environ["PATH"])
     result = CliRunner().invoke(main, ["doctor", "--config-dir", str(cfg), "--json"])

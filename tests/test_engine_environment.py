@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from vllm_fixtures import UUID, vllm_provider
 
-from daemon_harness import FAST_HEALTH_YAML, FAST_LIFECYCLE_YAML, DaemonHarness, free_port
+from gpumgr.sim.harness import FAST_HEALTH_YAML, FAST_LIFECYCLE_YAML, DaemonHarness, free_port
 from gpumgr.config import load_config
 from gpumgr.config.settings import VllmSettings
 from gpumgr.daemon import open_inventory

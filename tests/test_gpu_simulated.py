@@ -12,7 +12,7 @@ import pytest
 
 from gpumgr.config.settings import Settings, SimGpuConfig, SimulateSettings
 from gpumgr.gpu.attribution import attribute
-from gpumgr.gpu.simulated import SimulatedBackend, sim_specs
+from gpumgr.sim.gpu_backend import SimulatedBackend, sim_specs
 from gpumgr.plan import estimate, InstanceRequest, plan_slices, request_for_gpu
 from gpumgr.sim.gpu import SimGpuState, sim_uuid
 

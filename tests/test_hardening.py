@@ -173,8 +173,9 @@ async def test_the_status_app_has_the_guard_and_no_swagger_page(tmp_path: Path) 
 
 
 def test_sigterm_during_a_stream_leaves_no_traceback(tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_sim_vllm_engine import GIB, UUID, free_port, make_snapshot
+    from test_sim_vllm_engine import GIB, UUID, make_snapshot
+
+    from tests.helpers import free_port
 
     from gpumgr.sim.gpu import SimGpuSpec, SimGpuState
 

@@ -64,6 +64,7 @@ def _outside(root: Path, before: set[Path], tmp: Path) -> set[Path]:
             if root not in p.parents and p != root and p.name != "calls.log"}
 
 
+@pytest.mark.slow  # install.sh three times: validate, doctor, systemctl shims
 def test_install_reinstall_and_uninstall_under_root_touch_nothing_outside_it(
     tmp_path: Path, shims: tuple[Path, Path],
 ) -> None:

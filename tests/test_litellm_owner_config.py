@@ -47,7 +47,7 @@ from test_litellm_proxy import (  # noqa: E402 - skips the module when there is 
     providers_yaml,
 )
 
-from daemon_harness import DaemonHarness, free_port, sim_gpu_path, wait_for
+from gpumgr.sim.harness import DaemonHarness, free_port, sim_gpu_path, wait_for
 from gpumgr.integrations.litellm_config import CALLBACK
 from gpumgr.sim.gpu import SimGpuSpec, SimGpuState, sim_uuid
 from gpumgr.sim.ollama_process import SimOllamaProcess, start_sim_ollama

@@ -57,7 +57,7 @@ if LITELLM_BIN is None:
         allow_module_level=True,
     )
 
-from daemon_harness import (  # noqa: E402
+from gpumgr.sim.harness import (  # noqa: E402
     FAST_LIFECYCLE_YAML,
     DaemonHarness,
     free_port,

@@ -30,7 +30,7 @@ from gpumgr.sim.gpu import SimGpuState
 from gpumgr.supervisor import events as ev
 from gpumgr.supervisor.system import System
 
-from daemon_harness import alive, free_port
+from tests.helpers import alive, free_port
 from state_fake import States
 
 pytestmark = pytest.mark.slow

@@ -26,7 +26,7 @@ import httpx2
 import pytest
 import yaml
 
-from daemon_harness import (
+from gpumgr.sim.harness import (
     FAST_HEALTH_YAML,
     DaemonHarness,
     create_sim_gpu,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon_harness import free_port
+from gpumgr.sim.harness import free_port
 from test_swap import QWEN_7B, QWEN_14B, Box, provider
 
 pytestmark = pytest.mark.slow

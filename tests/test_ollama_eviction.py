@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import FAST_HEALTH_YAML, DaemonHarness, create_sim_gpu, free_port, sim_gpu_path
+from gpumgr.sim.harness import FAST_HEALTH_YAML, DaemonHarness, create_sim_gpu, free_port, sim_gpu_path
 from gpumgr.sim.ollama_process import start_sim_ollama
 
 pytestmark = pytest.mark.slow

@@ -137,7 +137,7 @@ def test_doctor_advice_fits_the_backend() -> None:
 
 
 def test_the_daemon_runs_on_the_version_with_the_slip_and_logs_the_warning(tmp_path: Path) -> None:
-    from daemon_harness import FAST_LIFECYCLE_YAML, DaemonHarness
+    from gpumgr.sim.harness import FAST_LIFECYCLE_YAML, DaemonHarness
 
     text = (VERSIONS / "v3-current" / "providers.yaml").read_text()
     for port in (":8001", ":8080", ":11434"):

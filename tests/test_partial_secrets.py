@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon_harness import (
+from gpumgr.sim.harness import (
     FAST_HEALTH_YAML,
     FAST_LIFECYCLE_YAML,
     DaemonHarness,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,14 +15,9 @@ from click.testing import CliRunner, Result
 from gpumgr.cli import main
 from gpumgr.gpu.nvml import NvmlBackend
 from gpumgr.sim.gpu import SimGpuState, sim_uuid
+from tests.helpers import free_port
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -32,7 +26,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     cfg = tmp_path / "config"
     shutil.copytree(EXAMPLE_CONFIG, cfg)
     providers = cfg / "providers.yaml"
-    providers.write_text(providers.read_text().replace(":11434", f":{_free_port()}"))
+    providers.write_text(providers.read_text().replace(":11434", f":{free_port()}"))
     out = {"GPUMGR_CONFIG_DIR": str(cfg), "GPUMGR_SIM_GPU_STATE": str(tmp_path / "gpu.json")}
     for d in ("RUNTIME", "STATE", "LOG", "CACHE"):
         out[f"GPUMGR_{d}_DIR"] = str(tmp_path / d.lower())

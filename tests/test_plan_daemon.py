@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import FAST_HEALTH_YAML, FAST_LIFECYCLE_YAML, DaemonHarness, free_port
+from gpumgr.sim.harness import FAST_HEALTH_YAML, FAST_LIFECYCLE_YAML, DaemonHarness, free_port
 
 pytestmark = pytest.mark.slow
 

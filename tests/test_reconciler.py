@@ -21,7 +21,7 @@ from gpumgr.backend_state import BackendState as S
 from gpumgr.errors import PlanInfeasible
 from gpumgr.supervisor import events as ev
 
-from daemon_harness import alive, free_port
+from gpumgr.sim.harness import alive, free_port
 from test_manager import DEEPSEEK, QWEN, SETTINGS, Box, Rig, box, provider_yaml  # noqa: F401 (box: the fixture)
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import FAST_HEALTH_YAML, DaemonHarness, alive, free_port, wait_for
+from gpumgr.sim.harness import FAST_HEALTH_YAML, DaemonHarness, alive, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from gpumgr.sim.gpu import STATE_ENV, SimGpuSpec, SimGpuState, sim_uuid
 from gpumgr.sim.ollama_models import FOREVER, parse_keep_alive
 from gpumgr.sim.ollama_process import SimOllamaProcess, running_sim_ollama
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -30,15 +30,6 @@ def ollama(gpu: SimGpuState) -> Iterator[SimOllamaProcess]:
         env={STATE_ENV: str(gpu.path), "CUDA_VISIBLE_DEVICES": sim_uuid(1)},
     ) as sim:
         yield sim
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def test_generate_streams_ndjson_and_ends_with_done(ollama: SimOllamaProcess) -> None:

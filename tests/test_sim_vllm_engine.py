@@ -24,6 +24,7 @@ import pytest
 from gpumgr.engines.vllm import OomKind, find_oom, last_error_line, parse_memory_report
 from gpumgr.modelfiles import header_only_safetensors
 from gpumgr.sim.gpu import SimGpuSpec, SimGpuState, SimSnapshot, sim_uuid
+from tests.helpers import free_port, wait_for
 
 MIB = 1024**2
 GIB = 1024**3
@@ -34,21 +35,6 @@ QWEN7B_CONFIG = {
     "num_hidden_layers": 28, "num_key_value_heads": 4, "max_position_embeddings": 32768,
     "torch_dtype": "float16", "quantization_config": {"quant_method": "awq", "bits": 4},
 }  # fmt: skip
-
-
-def wait_until(cond: Callable[[], object], timeout_s: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -71,7 +57,7 @@ class Engine:
             return None
 
     def wait_healthy(self, timeout_s: float = 10.0) -> None:
-        wait_until(lambda: self.health() == 200 or self.proc.poll() is not None, timeout_s, "/health")
+        wait_for(lambda: self.health() == 200 or self.proc.poll() is not None, timeout_s, "/health")
         assert self.health() == 200, "\n".join(self.log())
 
     def wait_exit(self, timeout_s: float = 5.0) -> int:
@@ -146,7 +132,7 @@ def test_engine_refuses_connections_while_loading_then_serves_with_its_allocatio
     start_engine: Callable[..., Engine], card: SimGpuState
 ) -> None:
     engine = start_engine(env={"GPUMGR_SIM_LOAD_SECONDS": "1.0"})
-    wait_until(lambda: held_mib(card, engine.proc.pid) > CONTEXT_MIB, what="weights loading")
+    wait_for(lambda: held_mib(card, engine.proc.pid) > CONTEXT_MIB, what="weights loading")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", engine.port), timeout=1).close()
     engine.wait_healthy()
@@ -207,7 +193,7 @@ def test_requests_beyond_max_num_seqs_wait_and_metrics_show_it(
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(httpx2.post, engine.url + "/v1/completions", json=body, timeout=10)
                    for _ in range(4)]  # fmt: skip
-        wait_until(lambda: snapshot()[:2] == (2.0, 2.0), what="2 running, 2 waiting")
+        wait_for(lambda: snapshot()[:2] == (2.0, 2.0), what="2 running, 2 waiting")
         assert snapshot()[2] > 0
         assert all(f.result().status_code == 200 for f in futures)
     assert snapshot() == (0.0, 0.0, 0.0)
@@ -228,7 +214,7 @@ def test_sigterm_while_loading_exits_at_once(
     start_engine: Callable[..., Engine], card: SimGpuState
 ) -> None:
     engine = start_engine(env={"GPUMGR_SIM_LOAD_SECONDS": "60"})
-    wait_until(lambda: held_mib(card, engine.proc.pid) > 0, what="context registered")
+    wait_for(lambda: held_mib(card, engine.proc.pid) > 0, what="context registered")
     engine.proc.send_signal(signal.SIGTERM)
     assert engine.wait_exit(timeout_s=3) == 0
 
@@ -258,7 +244,7 @@ def test_memory_released_by_others_while_it_profiles_fails_the_start_like_vllm(
     card.allocate(os.getpid(), UUID, 8000, "someone-else")
     try:
         engine = start_engine(fraction=0.3, env={"GPUMGR_SIM_LOAD_SECONDS": "0.8"})
-        wait_until(lambda: held_mib(card, engine.proc.pid) > CONTEXT_MIB, what="loading")
+        wait_for(lambda: held_mib(card, engine.proc.pid) > CONTEXT_MIB, what="loading")
     finally:
         card.release(os.getpid())
     assert engine.wait_exit() == 1
@@ -313,7 +299,7 @@ def test_settings_vllm_rejects_are_rejected_before_loading(
 def test_crash_after_n_seconds_exits_1_with_a_traceback(
     start_engine: Callable[..., Engine],
 ) -> None:
-    engine = start_engine(env={"GPUMGR_SIM_CRASH_AFTER_S": "0.3"})
+    engine = start_engine(env={"GPUMGR_SIM_CRASH_AFTER_S": "1"})  # seen healthy first
     engine.wait_healthy()
     assert engine.wait_exit() == 1
     assert engine.log()[-1].startswith("RuntimeError: CUDA error: an illegal memory access")
@@ -334,9 +320,9 @@ def test_oom_at_start_exits_with_a_cuda_out_of_memory_trace(
 def test_hang_stops_answering_but_stays_alive_until_terminated(
     start_engine: Callable[..., Engine], card: SimGpuState
 ) -> None:
-    engine = start_engine(env={"GPUMGR_SIM_HANG_AFTER_S": "0.3"})
+    engine = start_engine(env={"GPUMGR_SIM_HANG_AFTER_S": "1"})  # seen healthy first
     engine.wait_healthy()
-    wait_until(lambda: engine.health(timeout_s=0.3) is None, what="the engine to hang")
+    wait_for(lambda: engine.health(timeout_s=0.3) is None, what="the engine to hang")
     assert engine.proc.poll() is None
     socket.create_connection(("127.0.0.1", engine.port), timeout=1).close()  # port still open
     engine.proc.send_signal(signal.SIGTERM)
@@ -345,9 +331,9 @@ def test_hang_stops_answering_but_stays_alive_until_terminated(
 
 
 def test_engine_death_turns_health_503(start_engine: Callable[..., Engine]) -> None:
-    engine = start_engine(env={"GPUMGR_SIM_ENGINE_DEAD_AFTER_S": "0.2"})
+    engine = start_engine(env={"GPUMGR_SIM_ENGINE_DEAD_AFTER_S": "1"})  # seen healthy first
     engine.wait_healthy()
-    wait_until(lambda: engine.health() == 503, what="/health 503")
+    wait_for(lambda: engine.health() == 503, what="/health 503")
 
 
 def _group_pids(pgid: int) -> set[int]:
@@ -370,7 +356,7 @@ def test_grandchild_holds_the_memory_until_the_whole_group_is_killed(
     engine.wait_exit()
     assert held_mib(card, grandchild) == planned_mib(0.62)
     os.killpg(engine.proc.pid, signal.SIGKILL)
-    wait_until(lambda: held_mib(card, grandchild) == 0, what="memory back")
+    wait_for(lambda: held_mib(card, grandchild) == 0, what="memory back")
 
 
 def test_ignore_sigterm_survives_a_group_sigterm_and_falls_to_sigkill(
@@ -384,7 +370,7 @@ def test_ignore_sigterm_survives_a_group_sigterm_and_falls_to_sigkill(
     assert engine.health() == 200
     os.killpg(engine.proc.pid, signal.SIGKILL)
     engine.wait_exit()
-    wait_until(lambda: not _group_pids(engine.proc.pid), what="group gone")
+    wait_for(lambda: not _group_pids(engine.proc.pid), what="group gone")
     assert card.read().free_mib(UUID) == 16384 - 300
 
 
@@ -442,7 +428,7 @@ def test_two_engines_initialising_together_charge_each_other_like_vllm(
     assert kv_alone is not None
 
     a = start_engine(snapshot=small, fraction=0.3, env=env)
-    wait_until(lambda: held_mib(card, a.proc.pid) > 0, what="a's context")
+    wait_for(lambda: held_mib(card, a.proc.pid) > 0, what="a's context")
     b = start_engine(snapshot=small, fraction=0.3, env=env)
     a.wait_healthy()
     b.wait_healthy()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import free_port
+from tests.helpers import free_port
 from test_swap import QWEN_7B, QWEN_14B, Box, provider
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import FAST_HEALTH_YAML, FAST_LIFECYCLE_YAML, DaemonHarness, free_port
+from gpumgr.sim.harness import FAST_HEALTH_YAML, FAST_LIFECYCLE_YAML, DaemonHarness, free_port
 from gpumgr.sse import parse_event_id
 from test_litellm_follower_fuzz import FollowerThread
 

@@ -34,6 +34,7 @@ from gpumgr.supervisor import events as ev
 from gpumgr.supervisor.records import ChildRecords
 from gpumgr.supervisor.restart import RestartPolicy
 from state_fake import States
+from tests.helpers import alive, free_port
 
 GIB = 1024**3
 UUID = sim_uuid(0)
@@ -46,12 +47,6 @@ QWEN_7B = {  # published dims (DESIGN.md §3)
     "max_position_embeddings": 32768,
     "quantization_config": {"quant_method": "awq", "bits": 4},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Harness:
@@ -321,7 +316,7 @@ def test_stop_kills_an_engine_that_ignores_sigterm_with_its_grandchild_and_frees
         assert outcome is not None and outcome.killed and outcome.group_gone
         assert outcome.memory_released
         assert 0.5 <= outcome.stop_s < 5
-        assert not [p for p in group if psutil.pid_exists(p) and _alive(p)]
+        assert not [p for p in group if psutil.pid_exists(p) and alive(p)]
         assert h.gpu.read().allocations == ()
         assert h.state(k) is BackendState.STOPPED
 
@@ -376,7 +371,7 @@ def test_an_engine_that_never_becomes_healthy_is_stopped_after_the_start_timeout
         exits = [e for _, e in h.of(ev.ChildExited)]
         assert len(exits) == 2  # the first try and one restart, each cut at the timeout
         assert all("no /health 200 within 0.8s" in e.last_error for e in exits)  # type: ignore[attr-defined]
-        assert not any(_alive(e.pid) for e in exits)  # type: ignore[attr-defined]
+        assert not any(alive(e.pid) for e in exits)  # type: ignore[attr-defined]
         assert "no /health 200 within 0.8s" in h.detail(k)
 
     run(h, body)
@@ -387,13 +382,6 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_an_unresponsive_engine_is_restarted_on_request_and_counts_as_a_crash(
@@ -413,7 +401,7 @@ def test_an_unresponsive_engine_is_restarted_on_request_and_counts_as_a_crash(
         async with h.ctx.locks.lease(k.gpu_uuid, "test") as lease:
             assert await k.stop_unresponsive(lease, "no /health answer")
         await h.until(lambda: h.state(k) is BackendState.UP and k.child is not None and k.child.pid != first)
-        assert not _alive(first)
+        assert not alive(first)
         assert h.restarts(k) == 1 and len(h.of(ev.Restarting)) == 1
 
     run(h, body)
@@ -434,7 +422,7 @@ def test_orphans_of_a_crashed_engine_are_killed_and_memory_freed_before_the_rest
         assert orphans  # the grandchild holding the memory
         os.kill(first, signal.SIGKILL)  # only the API server dies
         await h.until(lambda: h.state(k) is BackendState.UP and k.child is not None and k.child.pid != first)
-        assert not any(_alive(p) for p in orphans)
+        assert not any(alive(p) for p in orphans)
         held = {a.pid for a in h.gpu.read().allocations}
         assert not held & {first, *orphans}
 

@@ -20,7 +20,7 @@ from gpumgr.config.registry import Provider
 from gpumgr.config.settings import OllamaSettings, Settings
 from gpumgr.engines.vllm_log import OomKind
 from gpumgr.errors import PlanInfeasible
-from gpumgr.gpu.simulated import SimulatedBackend
+from gpumgr.sim.gpu_backend import SimulatedBackend
 from gpumgr.modelfiles import header_only_safetensors
 from gpumgr.sim.gpu import SimGpuSpec, SimGpuState, sim_uuid
 from gpumgr.sim.ollama_process import SimOllamaProcess, start_sim_ollama

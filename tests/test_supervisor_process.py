@@ -15,6 +15,7 @@ import pytest
 
 from gpumgr.supervisor import process
 from gpumgr.supervisor.logs import tail_lines
+from tests.helpers import alive, wait_for_async
 
 STUBBORN = r"""
 import os, signal, subprocess, sys, time
@@ -24,20 +25,6 @@ kid = subprocess.Popen([sys.executable, "-c",
 print("grandchild", kid.pid, flush=True)
 time.sleep(60)
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-async def _wait_for(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def _kill_group(pgid: int) -> None:
@@ -91,20 +78,20 @@ def test_stop_kills_a_child_that_ignores_sigterm_and_its_grandchild(tmp_path: Pa
         argv = [sys.executable, "-c", STUBBORN]
         child = await process.spawn("stubborn", argv, dict(os.environ), log_file)
         try:
-            await _wait_for(lambda: any("grandchild" in ln for ln in tail_lines(log_file)))
+            await wait_for_async(lambda: any("grandchild" in ln for ln in tail_lines(log_file)))
             grandchild = int(tail_lines(log_file)[-1].split()[1])
             asked: list[frozenset[int]] = []
 
             async def released(pids: frozenset[int]) -> bool:
                 asked.append(pids)
-                return not any(_alive(p) for p in pids)
+                return not any(alive(p) for p in pids)
 
             outcome = await process.stop(
                 child, term_timeout_s=0.5, memory_released=released, memory_timeout_s=2
             )
             assert outcome.killed and outcome.group_gone and outcome.memory_released
             assert 0.5 <= outcome.stop_s < 3
-            assert not _alive(child.pid) and not _alive(grandchild)
+            assert not alive(child.pid) and not alive(grandchild)
             assert {child.pid, grandchild} <= asked[0]
         finally:
             _kill_group(child.pgid)
@@ -117,7 +104,7 @@ def test_stop_of_a_polite_child_needs_no_sigkill(tmp_path: Path) -> None:
         argv = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
         child = await process.spawn("polite", argv, dict(os.environ), tmp_path / "p.log")
         try:
-            await _wait_for(lambda: tail_lines(tmp_path / "p.log") == ["up"])
+            await wait_for_async(lambda: tail_lines(tmp_path / "p.log") == ["up"])
             outcome = await process.stop(child, term_timeout_s=5)
             assert not outcome.killed and outcome.group_gone
             assert outcome.stop_s < 1.0

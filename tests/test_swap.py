@@ -22,7 +22,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from daemon_harness import FAST_HEALTH_YAML, DaemonHarness, alive, free_port, wait_for
+from gpumgr.sim.harness import FAST_HEALTH_YAML, DaemonHarness, alive, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -182,7 +182,7 @@ def test_a_second_mutation_while_a_swap_runs_is_refused_at_once(tmp_path: Path) 
     port = free_port()
     b = Box(tmp_path, provider("qwen-7b", port, QWEN_7B)
             + provider("qwen-14b", port, QWEN_14B, status="standby",
-                       env={"GPUMGR_SIM_LOAD_SECONDS": "4"}))
+                       env={"GPUMGR_SIM_LOAD_SECONDS": "6"}))
     try:
         b.daemon.start()
         b.daemon.wait_up("qwen-7b", 60)
@@ -190,11 +190,14 @@ def test_a_second_mutation_while_a_swap_runs_is_refused_at_once(tmp_path: Path) 
         assert first.stdout is not None
         wait_for(lambda: "starting qwen-14b" in (first.stdout.readline() or ""), 30, "the swap")
         t0 = time.monotonic()
-        second = b.cli("swap", "qwen-14b", "qwen-7b")
+        # both at once, so both land inside the new engine's load even on a loaded machine
+        second, stop = b.popen("swap", "qwen-14b", "qwen-7b"), b.popen("stop", "qwen-7b")
+        _, second_err = second.communicate(timeout=30)
         assert time.monotonic() - t0 < 10  # answered, not queued behind the first
         assert second.returncode == 1
-        assert "busy: swap qwen-7b → qwen-14b since" in second.stderr
-        assert b.cli("stop", "qwen-7b").returncode == 1
+        assert "busy: swap qwen-7b → qwen-14b since" in second_err
+        stop.communicate(timeout=30)
+        assert stop.returncode == 1
         assert first.wait(timeout=60) == 0
     finally:
         b.daemon.cleanup()

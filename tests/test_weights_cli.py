@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from click.testing import CliRunner
 from gpumgr.cli import main
 from gpumgr.sim.catalog import materialise_catalog
 from gpumgr.sim.hub import HubSwitches, SimHubHandle, start_sim_hub
+from tests.helpers import free_port
 
 DEEPSEEK = "TheBloke/deepseek-coder-6.7B-instruct-AWQ"
 
@@ -98,9 +98,7 @@ def test_unknown_repo_in_the_registry_is_exit_2(example_config: Path, tmp_path: 
 
 
 def test_unreachable_hub_is_exit_1(example_config: Path, tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there: connections are refused
     set_sim_endpoint(example_config, f"http://127.0.0.1:{port}")
     proc = gpumgr(["pull", "--simulate", "qwen-7b"], example_config, tmp_path / "cache")
     assert_one_line_error(proc, 1, "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", "cannot download")

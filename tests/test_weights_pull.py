@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from gpumgr.weights import (
     plan_pull,
     resolve_snapshot,
 )
+from tests.helpers import free_port, wait_for
 
 QWEN7 = "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ"
 DEEPSEEK = "TheBloke/deepseek-coder-6.7B-instruct-AWQ"
@@ -77,15 +77,6 @@ def hub(repos_dir: Path) -> Iterator[SimHubHandle]:
 
 def spec(repo: str, revision: str = "main", quantization: str | None = "AWQ") -> WeightsSpec:
     return WeightsSpec(provider="test", repo=repo, revision=revision, quantization=quantization)
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def incomplete_files(cache: Path) -> list[Path]:
@@ -248,9 +239,7 @@ def test_repository_without_awq_config_is_refused_when_provider_asks_for_awq(hub
 
 
 def test_unreachable_hub_is_a_runtime_error(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there: connections are refused
     with pytest.raises(WeightsError) as err:
         resolve_snapshot(spec(QWEN7), HubAccess(f"http://127.0.0.1:{port}", timeout_s=2), tmp_path)
     assert not isinstance(err.value, WeightsInputError) and err.value.exit_code == 1

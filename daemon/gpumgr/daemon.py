@@ -125,7 +125,7 @@ def open_inventory(config: Config) -> GpuBackend:
         from gpumgr.gpu.nvml import NvmlBackend
 
         return NvmlBackend()
-    from gpumgr.gpu.simulated import SimulatedBackend
+    from gpumgr.sim.gpu_backend import SimulatedBackend
 
     return SimulatedBackend.from_settings(config.settings, config.paths.runtime_dir)
 

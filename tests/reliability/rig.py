@@ -1,7 +1,7 @@
 """What the fault scenarios share: a simulated daemon with its engines' event log, a control
 client over the unix socket, a bounded client load, and the leak checks.
 
-Built on ``daemon_harness.DaemonHarness`` (a real ``gpumgr daemon --simulate`` subprocess with
+Built on ``gpumgr.sim.harness.DaemonHarness`` (a real ``gpumgr daemon --simulate`` subprocess with
 its own directories and a run-time port). Every helper here is bounded in time; every process a
 rig starts is stopped by ``Rig.close`` (callers run it in a ``finally``).
 """
@@ -22,7 +22,7 @@ from typing import Any
 import httpx2
 import psutil
 
-from daemon_harness import FAST_HEALTH_YAML, DaemonHarness, alive, wait_for
+from gpumgr.sim.harness import FAST_HEALTH_YAML, DaemonHarness, alive, wait_for
 
 Json = dict[str, Any]
 

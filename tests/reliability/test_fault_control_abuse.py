@@ -19,7 +19,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from daemon_harness import free_port
+from tests.helpers import free_port
 from reliability.rig import QWEN_7B, WAIT_S, Rig, settings, vllm
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon_harness import free_port
+from tests.helpers import free_port
 from reliability.rig import DEEPSEEK, QWEN_7B, WAIT_S, Rig, open_inits, settings, vllm, wait_for
 
 pytestmark = pytest.mark.slow

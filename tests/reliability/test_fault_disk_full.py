@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import free_port
+from tests.helpers import free_port
 from gpumgr.actions.manager import BackendManager
 from gpumgr.backend_state import BackendState as S
 from gpumgr.config import load_config

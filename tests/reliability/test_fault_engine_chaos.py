@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon_harness import free_port
+from tests.helpers import free_port
 from reliability.rig import (
     DEEPSEEK, QWEN_7B, WAIT_S, Rig, dead, group_gone, settings, vllm, wait_for, wait_new_pid_up,
 )

@@ -22,7 +22,7 @@ from reliability.rig import (
     DEEPSEEK, QWEN_7B, WAIT_S, Load, Rig, dead, group_gone, settings, vllm, wait_for,
     wait_new_pid_up,
 )
-from daemon_harness import free_port
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 

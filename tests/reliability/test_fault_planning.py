@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import free_port
+from tests.helpers import free_port
 from reliability.rig import DEEPSEEK, QWEN_7B, WAIT_S, Rig, settings, vllm
 
 pytestmark = pytest.mark.slow

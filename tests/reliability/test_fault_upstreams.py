@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from daemon_harness import create_sim_gpu, free_port, sim_gpu_path
+from gpumgr.sim.harness import create_sim_gpu, free_port, sim_gpu_path
 from fake_http import JsonServer, Reply, Request
 from reliability.rig import QWEN_7B, WAIT_S, Load, Rig, settings, vllm, wait_for
 

@@ -20,7 +20,7 @@ from gpumgr.errors import InputError
 from gpumgr.gpu import GpuBackend, GpuInventory
 from gpumgr.gpu.attribution import attribute
 from gpumgr.gpu.nvml import NvmlBackend
-from gpumgr.gpu.simulated import SimulatedBackend
+from gpumgr.sim.gpu_backend import SimulatedBackend
 from gpumgr.modelfiles import ModelDims, ModelFileError, model_dims, read_model_dims, weights_bytes
 from gpumgr.plan.model import OllamaModel
 

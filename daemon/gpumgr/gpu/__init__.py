@@ -1,7 +1,7 @@
 """GPU inventory: what each card holds right now, from NVML or from the simulated driver.
 
 One interface (``GpuBackend.read() -> GpuInventory``), two backends (``gpumgr.gpu.nvml``,
-``gpumgr.gpu.simulated``), so the planner and the status document see the same numbers whether
+``gpumgr.sim.gpu_backend``), so the planner and the status document see the same numbers whether
 the card is real or simulated. Memory crosses this boundary in bytes (NVML's unit); the ``*_mib``
 properties are for people and the status document. A backend never raises for a missing or
 broken driver: it returns an inventory with ``error`` set ("GPU unavailable: …"), and callers that

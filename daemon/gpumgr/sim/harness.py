@@ -6,7 +6,8 @@ directories and a status listener on a port the kernel picks (read back from the
 ``daemon.ready`` log event), and reads what the daemon publishes: ``/v1/status``,
 ``status.json`` and, through ``SseRecorder``, ``/v1/events`` with the arrival time of every
 frame. ``cleanup()`` kills whatever is left (daemon, recorded engines' process groups); callers
-run it in a ``finally``. ``bench/detection.py`` imports this module too (tests/ on sys.path).
+run it in a ``finally``. It lives in the package, beside the simulators it drives, because the
+tests and the benchmarks (``bench/``) both use it; the daemon itself never imports it.
 """
 
 from __future__ import annotations
