@@ -128,3 +128,26 @@ def test_last_error_prefers_the_error_line_over_later_noise(tmp_path: Path) -> N
         "INFO shutting down\n"
     )
     assert last_error(tail_lines(log)).startswith("ValueError: Free memory on device")
+
+
+def test_records_written_from_many_threads_at_once_lose_none(tmp_path: Path) -> None:
+    """Two keepers stopping together write the file from two worker threads: each change holds
+    the file's lock, so none is lost (before: a put or remove could undo another's)."""
+    import threading
+
+    records = ChildRecords(tmp_path)
+    names = [f"b{i}" for i in range(40)]
+    start = threading.Barrier(len(names))
+
+    def put(name: str) -> None:
+        start.wait()
+        records.put(ChildRecord(backend=name, pid=os.getpid(), pgid=os.getpid(),
+                                create_time=1.0, cmdline=["x"], port=8000, gpu_uuid="GPU-x",
+                                fraction=0.5))
+
+    threads = [threading.Thread(target=put, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(records.load()) == set(names)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,14 @@ class ChildRecord:
 
 
 class ChildRecords:
-    """The records file. One writer (the supervisor of this daemon); reads are cheap."""
+    """The records file. One writer (the supervisor of this daemon); reads are cheap. Writes
+    come from worker threads (``asyncio.to_thread``), two keepers at once when two engines stop
+    together: each read-change-write holds one lock, so neither undoes the other's change."""
 
     def __init__(self, state_dir: Path, system: System = REAL) -> None:
         self.path = state_dir / RECORDS_FILE
         self._system = system
+        self._writing = threading.Lock()
 
     def load(self) -> dict[str, ChildRecord]:
         """Records by backend. An unreadable file is logged and treated as empty, a record of
@@ -85,22 +89,24 @@ class ChildRecords:
         self._system.write_atomic(self.path, json.dumps(data, indent=2).encode())
 
     def put(self, record: ChildRecord) -> None:
-        records = self.load()
-        records[record.backend] = record
-        self._store(records)
+        with self._writing:
+            records = self.load()
+            records[record.backend] = record
+            self._store(records)
 
     def remove(self, backend: str) -> None:
         """Forget ``backend``'s record. A write that fails (disk full, read-only) is logged, not
         raised: a stale record is harmless (the next daemon finds its pid gone or reused and
         forgets it), while an exception here would end the caller's stop or restart half-way."""
-        records = self.load()
-        if records.pop(backend, None) is None:
-            return
-        try:
-            self._store(records)
-        except OSError as exc:
-            log.error("supervisor.record_remove_failed", backend=backend, path=str(self.path),
-                      error=str(exc))
+        with self._writing:
+            records = self.load()
+            if records.pop(backend, None) is None:
+                return
+            try:
+                self._store(records)
+            except OSError as exc:
+                log.error("supervisor.record_remove_failed", backend=backend, path=str(self.path),
+                          error=str(exc))
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
