@@ -24,8 +24,9 @@ from test_sim_vllm_engine import (  # noqa: F401 - fixtures
     held_mib,
     qwen7b,
     start_engine,
-    wait_until,
 )
+
+from helpers import wait_for as wait_until
 
 from gpumgr.engines.vllm_kv import KvReading, minimum_tokens, read_kv
 from gpumgr.engines.vllm_log import find_oom, parse_memory_report

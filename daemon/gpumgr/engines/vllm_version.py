@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gpumgr.fsio import write_atomic
 from gpumgr.vllm_tables.releases import Release, release_for
 
 VERSION_TIMEOUT_S = 60.0
@@ -80,9 +81,7 @@ class VllmVersions:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(entries, indent=1, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(entries, indent=1, sort_keys=True).encode())
         except OSError:
             pass  # a read-only state dir (doctor as another user): ask again next time
 

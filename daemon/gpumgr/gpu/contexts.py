@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from gpumgr.fsio import write_atomic
 from gpumgr.gpu import GpuInfo
 
 MIB = 1 << 20
@@ -67,9 +67,7 @@ class MeasuredContexts:
                           "compute_capability": gpu.compute_capability}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
         except OSError:
             pass
         return best
