@@ -36,6 +36,7 @@ from gpumgr.status.document import (
     BackendStatus,
     DaemonInfo,
     GpuStatus,
+    PolicyStatus,
     StatusDocument,
     utc_now,
 )
@@ -65,12 +66,15 @@ class BackendChanges(TypedDict, total=False):
     suspect: bool
     progress: float | None
     eta_s: float | None
+    idle_action_in_s: float | None
+    policy: PolicyStatus | None
 
 
 _CHANGEABLE = frozenset(BackendChanges.__annotations__)
 
 
-QUIET_FIELDS = frozenset({"last_check", "latency_ms", "progress", "eta_s"})
+QUIET_FIELDS = frozenset({"last_check", "latency_ms", "progress", "eta_s",
+                          "idle_action_in_s", "policy"})
 """Fields that change often without changing what a router does (every probe's timings, a load's
 progress): they change the document (and the file) but are not events."""
 
