@@ -180,7 +180,7 @@ def decide(now: float, missed: Mapping[str, int], place: Place, swaps: Iterable[
         return no(f"{r} resident for {resident_for:.0f} s of the minimum {p.min_residency_s:g} s")
     total = want + place.served
     share_w, share_r = want / total, place.served / total
-    if share_w - share_r <= p.margin:
+    if (want - place.served) / total <= p.margin:  # = share_w - share_r, without rounding
         return no(f"{wanted} {want} vs {r} {place.served} request(s) in {p.window_s:g} s: "
                   f"share {share_w:.0%} vs {share_r:.0%}, needs a lead over {p.margin:.0%}")
     recent = swaps_in_hour(swaps, now)
