@@ -80,6 +80,8 @@ class PolicyRunner:
     _swaps: dict[str, list[float]] = field(default_factory=dict)
     decisions: dict[str, Decision] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _bringing: set[str] = field(default_factory=set)
+    """Providers a policy command of ours is bringing in now (not decided on again meanwhile)."""
 
     # -- inputs --------------------------------------------------------------------------------
     @property
@@ -246,7 +248,7 @@ class PolicyRunner:
                       now: float) -> None:
         window = self._missed.get(name)
         missed = window.total(now) if window is not None else 0
-        if self._awake(name) or missed == 0:
+        if self._awake(name) or missed == 0 or name in self._bringing:
             return
         place = await self._place(name, providers, now)
         key = self._place_key(name)
@@ -262,6 +264,7 @@ class PolicyRunner:
         why = f"the demand policy: {decision.reason}"
 
         def done(error: BaseException | None) -> None:
+            self._bringing.discard(name)
             when = self.clock()
             if error is None:
                 if decision.action == "swap":
@@ -270,7 +273,7 @@ class PolicyRunner:
                 outcome = f"{decision.action} done"
             else:
                 outcome = f"{decision.action} failed: {error}"
-            self._record(name, Decision(when, "none", name, decision.resident, outcome,
+            self._record(name, Decision(when, decision.action, name, decision.resident, outcome,
                                         decision.next_swap_at))
 
         if decision.action == "swap" and place.resident is not None:
@@ -287,6 +290,7 @@ class PolicyRunner:
             busy = r.mutation.describe() if r.mutation is not None else "shutting down"
             return Decision(decision.at, "none", name, decision.resident,
                             f"would {made}, but busy: {busy}", decision.next_swap_at)
+        self._bringing.add(name)
         log.info("policy.decision", made=made, reason=decision.reason)
         return decision
 
