@@ -55,7 +55,7 @@ import httpx2
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the e2e stack lives with the tests
 
-from _report import header, print_rows, results_path, write_result  # noqa: E402
+from _report import header, results_path, write_result  # noqa: E402
 
 import test_litellm_proxy as e2e  # noqa: E402  (skips itself when there is no LiteLLM proxy)
 from daemon_harness import DaemonHarness, free_port, sim_gpu_path, wait_for  # noqa: E402
@@ -301,13 +301,12 @@ def main() -> int:
                 results[policy] = summarise(s, harness, answers, cloud_before)
         print(f"{policy}: {results[policy]}", flush=True)
     out = {**header("policy"), "args": vars(args), "results": results}
-    write_result(RESULTS, out)
+    write_result(out, RESULTS)
     cols = ("requests", "local_share", "local_share_shifted", "swaps", "p50_s", "p95_s",
             "to_cloud", "waited_p95_s")
     print(f"{'policy':<12} " + " ".join(f"{c:>19}" for c in cols))
     for policy, r in results.items():
         print(f"{policy:<12} " + " ".join(f"{r[c]!s:>19}" for c in cols))
-    print_rows([("results", str(RESULTS.relative_to(REPO_ROOT)))])
     return 0
 
 

@@ -144,8 +144,9 @@ class PolicyRunner:
 
     async def tick(self) -> None:
         now = self.clock()
-        await self._observe(now)
         providers = self._providers()
+        if any(p.idle is not None or p.policy == "demand" for p in providers.values()):
+            await self._observe(now)  # no engine is read when no provider has a policy
         for name, p in providers.items():
             if p.idle is not None and not p.pinned:
                 self._idle(name, p, now)
