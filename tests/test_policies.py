@@ -162,3 +162,29 @@ def test_demand_swaps_through_the_reconciler_names_itself_to_an_operator_and_hol
         assert set(rig.keepers) == {"large"}
 
     box.run(body)
+
+
+def test_idle_sleep_fires_once_per_idle_period_and_again_after_a_wake(box: Box) -> None:
+    config = pair(box, large="    swap_mode: sleep\n    idle: {after_s: 0.6, action: sleep}\n",
+                  large_active=True)
+
+    async def body() -> None:
+        rig, runner = await started(box, config, "large")
+        asked = count_policy_commands(rig)
+        await ticks(runner, lambda: rig.manager.asleep("large")
+                    and rig.reconciler.mutation is None, "asleep")
+        for _ in range(10):
+            await runner.tick()
+            await asyncio.sleep(0.1)
+        assert asked == ["sleep large: accepted"]
+        assert runner.idle_in_s("large", runner.clock()) is None  # not awake: no timer
+        await rig.operator.wake("large")
+        await box.up("large")
+        await runner.tick()
+        left = runner.idle_in_s("large", runner.clock())
+        assert left is not None and left > 0.3  # a wake starts a new period
+        await ticks(runner, lambda: rig.manager.asleep("large")
+                    and rig.reconciler.mutation is None, "asleep again")
+        assert asked == ["sleep large: accepted", "sleep large: accepted"]
+
+    box.run(body)
