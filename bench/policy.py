@@ -265,7 +265,13 @@ def summarise(s: e2e.Stack, harness: DaemonHarness, answers: list[Answer],
                  and e.get("kind") == "ChildStarted" and not e.get("adopted"))
     shifted = [a for a in answers if a.phase in ("14b", "mixed")]
     waited = [a.took_s for a in answers if a.waited and local_of(s, a)]
+    phases = {p: [a for a in answers if a.phase == p] for p in ("7b", "14b", "mixed", "idle")}
+    decisions = [{"made": e.get("made"), "reason": e.get("reason")} for e in harness.events()
+                 if e.get("event") == "policy.decision"]
     return {
+        "local_share_by_phase": {p: round(sum(local_of(s, a) for a in xs) / len(xs), 3)
+                                 for p, xs in phases.items() if xs},
+        "policy_decisions": decisions,
         "requests": len(answers),
         "failed": sum(1 for a in answers if a.status != 200),
         "local_share": round(sum(local_of(s, a) for a in answers) / len(answers), 3),
