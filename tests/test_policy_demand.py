@@ -69,7 +69,7 @@ class Replay:
 gaps = st.lists(st.floats(min_value=0.05, max_value=30.0), min_size=1, max_size=300)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(gaps, st.sampled_from(["a", "b"]))
 def test_a_flapping_trace_never_swaps(gaps_s: list[float], first: str) -> None:
     # requests alternate between the two models at any pace: neither leads by the margin
@@ -97,7 +97,7 @@ def _shifting(phases: list[tuple[str, int, float]]) -> tuple[list[tuple[float, s
     return trace, t
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(shifts, st.integers(0, 6), st.floats(0, 600))
 def test_the_hourly_cap_and_the_minimum_residency_hold_under_any_trace(
         phases: list[tuple[str, int, float]], cap: int, residency: float) -> None:
@@ -112,7 +112,7 @@ def test_the_hourly_cap_and_the_minimum_residency_hold_under_any_trace(
             assert t - r.swaps[i - 1] >= residency
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(shifts)
 def test_a_pinned_resident_is_never_swapped_out(phases: list[tuple[str, int, float]]) -> None:
     trace, end = _shifting(phases)
