@@ -67,6 +67,7 @@ BENCHMARKS = (
     Benchmark("router", (), 420, optional=True),
     Benchmark("metrics", ("--duration-s", "5", "--concurrency", "4", "--rounds", "3"), 180,
               optional=True),
+    Benchmark("policy", (), 900, optional=True),
 )
 
 

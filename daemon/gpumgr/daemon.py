@@ -38,6 +38,9 @@ from gpumgr.backend_state import BackendState
 from gpumgr.health.machine import FOREIGN_SLEEP, Transition
 from gpumgr.actions.manager import BackendManager, ReconcileReport
 from gpumgr.actions.operator import Operator
+from gpumgr.actions.policy import PolicyRunner
+from gpumgr.api.demand_app import add_demand_route
+from gpumgr.status.policy_view import publish_policy
 from gpumgr.actions.reconciler import Reconciler
 from gpumgr.aio import spawn_task
 from gpumgr.api.control_app import add_control_routes
@@ -150,6 +153,7 @@ class Daemon:
         self.manager: BackendManager | None = None
         self.reconciler: Reconciler | None = None
         self.operator: Operator | None = None
+        self.policies: PolicyRunner | None = None
         self.control: ApiServer | None = None
         self._reloads: set[asyncio.Task[None]] = set()
         self._token: str | None = None
@@ -191,11 +195,18 @@ class Daemon:
             add_control_routes(app, operator, self.reload, token=token,
                                observe=status.observe_operation)
 
-        await status.start_api(
-            functools.partial(control, token=token) if token is not None else None
-        )
+        self.policies = policies = PolicyRunner(
+            reconciler, operator, publish=functools.partial(publish_policy, status.publisher))
+
+        def tcp_routes(app: FastAPI) -> None:  # the demand reports, and control with a token
+            add_demand_route(app, policies.report, token=token)
+            if token is not None:
+                control(app, token=token)
+
+        await status.start_api(tcp_routes)
         socket_app = status.app()
         control(socket_app)
+        add_demand_route(socket_app, policies.report, token=None)
         self.control = ApiServer.unix(socket_app, paths.control_socket, mode=0o660)
         _give_socket_group(paths.control_socket, self.config.settings.control.socket_group)
         await self.control.start()
@@ -210,6 +221,7 @@ class Daemon:
         await reconciler.boot(first_read)
         if self.config.settings.health.restart_unresponsive_after_s is not None:
             spawn_task(self._tasks, HangWatcher(reconciler, status.healths).run(), "hang-watcher")
+        spawn_task(self._tasks, policies.run(), "policies")
         status.adoption_done()
         log.info("daemon.started", backends=list(manager.keepers), simulated=self.config.simulate)
 

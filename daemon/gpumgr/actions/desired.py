@@ -35,8 +35,10 @@ log = structlog.get_logger(__name__)
 DESIRED_FILE = "desired.json"
 DESIRED_VERSION = 1
 
-_NOT_LAUNCH = frozenset({"name", "status", "health_endpoint", "requires_api_key"})
-"""Declared provider fields that never reach the engine (how gpumgr probes it, whether to run)."""
+_NOT_LAUNCH = frozenset({"name", "status", "health_endpoint", "requires_api_key",
+                         "pinned", "idle", "policy"})
+"""Declared provider fields that never reach the engine (how gpumgr probes it, whether to run,
+the lifecycle policies: editing them restarts nothing)."""
 
 Identity = dict[str, Any]
 

@@ -40,6 +40,11 @@ class OllamaRoom:
             if p.type is ProviderType.OLLAMA and p.runs_here and p.base_url
         ]
         self.timeout_s = timeout_s
+        self.pinned = frozenset(
+            n for p in providers
+            if p.type is ProviderType.OLLAMA and p.runs_here and p.pinned for n in p.served_names
+        )
+        """Models of pinned Ollama providers: never unloaded (``OllamaModel.pinned``)."""
         self._where: dict[str, str] = {}
         """Model name → the server that has it loaded (from the last ``loaded()``)."""
 
@@ -56,7 +61,7 @@ class OllamaRoom:
                 continue
             found = found or []
             for m in loaded_models(body):
-                found.append(OllamaModel(m.name, m.size_vram_bytes))
+                found.append(OllamaModel(m.name, m.size_vram_bytes, m.name in self.pinned))
                 where[m.name] = url
         # replaced whole, never emptied in place: a read-only caller (``gpumgr plan`` through
         # the daemon) reading at the same time as a start's unload cannot blank its lookup

@@ -201,6 +201,10 @@ class Operator:
             waking = manager.asleep(new)
             if manager.has_live_keeper(new) and not waking:
                 raise OperationFailed(f"{new} is already running: use `gpumgr stop {old}`")
+            pinned = f"; {old} is pinned: swapped out because you asked" if (
+                manager.provider(old).pinned) else ""  # no policy ever swaps a pin (policies.md)
+            if pinned:
+                progress(pinned[2:])
             same_port = manager.provider(old).port == manager.provider(new).port
             sleeping = self._sleeps(old) and not same_port
             residual = {old: self._residual_bytes()} if sleeping else {}
@@ -227,7 +231,7 @@ class Operator:
                 steps = await r.apply(what, target, [new, old], progress,
                                       start=StartOptions(timeout_s))
                 total = sum(steps.timings_s.values())
-                return Outcome(f"swapped {old} → {new} (make-before-break) in {total:.1f} s",
+                return Outcome(f"swapped {old} → {new} (make-before-break) in {total:.1f} s{pinned}",
                                {**steps.timings_s, "total": round(total, 3)})
             before = await free_bytes(manager, new)
 
@@ -239,7 +243,7 @@ class Operator:
                                   start=StartOptions(timeout_s), between=released)
             total = sum(steps.timings_s.values())
             mode = " (sleep mode)" if sleeping or waking else ""
-            return Outcome(f"swapped {old} → {new}{mode} in {total:.1f} s",
+            return Outcome(f"swapped {old} → {new}{mode} in {total:.1f} s{pinned}",
                            {**steps.timings_s, "total": round(total, 3)})
 
 

@@ -51,9 +51,12 @@ class Busy(GpumgrError):
 class Mutation:
     what: str
     since: float
+    by: str = ""
+    """Who asked, when not an operator: ``the demand policy: …`` (``Reconciler.policy``)."""
 
     def describe(self) -> str:
-        return f"{self.what} since {datetime.fromtimestamp(self.since).strftime('%H:%M:%S')}"
+        at = datetime.fromtimestamp(self.since).strftime('%H:%M:%S')
+        return f"{self.what} since {at}" + (f" ({self.by})" if self.by else "")
 
 
 class Reconciler:
@@ -277,6 +280,37 @@ class Reconciler:
                 report.started.append(name)
         log.info("reconciler.reloaded", **vars(report))
         return report
+
+    # -- policies ----------------------------------------------------------------------------
+    def policy(self, what: str, by: str, run: Callable[[], Awaitable[object]],
+               done: Callable[[BaseException | None], None] | None = None) -> bool:
+        """A lifecycle policy asks for an operation (``what``, e.g. ``swap a → b``; ``run``
+        performs it through the operator, whose operation of the same name takes this claim
+        over). Returns False, doing nothing, while an operator mutation (or another policy's)
+        runs or waits, or at shutdown: a policy never queues behind an operator and never
+        refuses one after the fact. Otherwise it claims the one-mutation slot now, so an
+        operator's request meanwhile is refused at once with a 409 that names the policy
+        (``busy: swap a → b since 12:01:07 (the demand policy: …)``), and runs in its turn.
+        ``done`` receives the operation's error (None on success)."""
+        if self._closed or self.mutation is not None:
+            return False
+        claim = self.claim(what)
+        self.mutation = self._claimed = Mutation(claim.what, claim.since, by)
+        spawn_task(self.tasks, self._run_policy(self._claimed, run, done), f"policy:{what}")
+        return True
+
+    async def _run_policy(self, claim: Mutation, run: Callable[[], Awaitable[object]],
+                          done: Callable[[BaseException | None], None] | None) -> None:
+        error: BaseException | None = None
+        try:
+            await run()
+        except GpumgrError as exc:
+            error = exc
+            log.warning("policy.failed", what=claim.what, by=claim.by, error=str(exc))
+        finally:
+            self.release(claim)  # never taken over (refused before its turn): give it back
+        if done is not None:
+            done(error)
 
     # -- hung engines ------------------------------------------------------------------------
     def hung(self, name: str, reason: str) -> bool:

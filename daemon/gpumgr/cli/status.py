@@ -19,6 +19,7 @@ from rich.padding import Padding
 from rich.text import Text
 
 from gpumgr.cli.common import config_dir_option, emit_json, load_config_from_ctx
+from gpumgr.cli.policy_lines import policy_lines
 from gpumgr.cli.tables import (
     Column,
     build_table,
@@ -123,6 +124,7 @@ def render_table(doc: dict[str, Any], width: int = 160) -> Group:
     rows = [_backend_row(b) for b in doc.get("backends", [])]
     chosen = choose_columns(STATUS_COLUMNS, rows, width)
     lines.append(_stacked(rows) if chosen is None else build_table(STATUS_COLUMNS, rows, chosen))
+    lines.extend(policy_lines(doc))  # the lifecycle policies' numbers (docs/policies.md)
     return Group(*lines)
 
 

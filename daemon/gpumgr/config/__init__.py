@@ -29,6 +29,7 @@ from gpumgr.config.paths import (
 )
 from gpumgr.config.registry import MappingsFile, Provider, ProvidersFile, ProviderStatus, ProviderType
 from gpumgr.config.env_secrets import check_env_values, known_secrets
+from gpumgr.config.policy_checks import check_policies
 from gpumgr.config.settings import Settings
 from gpumgr.config.source import YamlSource, read_yaml
 from gpumgr.config.typos import mapping_typos, provider_typos
@@ -154,6 +155,7 @@ def inspect_config(
 
     if pf is not None:
         issues.extend(check_providers(pf, psrc))
+        issues.extend(check_policies(pf, st, psrc))
         if mf is not None:
             mapping_errors, mapping_warnings = check_mappings(pf, mf, msrc, psrc)
             issues.extend(mapping_errors)

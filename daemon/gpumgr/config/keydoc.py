@@ -19,6 +19,7 @@ from gpumgr.config.registry import (
     ExactMatch,
     FallbackChain,
     HealthChecks,
+    IdlePolicy,
     ModelEntry,
     Provider,
 )
@@ -27,6 +28,7 @@ from gpumgr.config.settings import Settings
 SECTIONS: dict[str, tuple[type[BaseModel], str]] = {
     "provider": (Provider, "providers.NAME."),
     "model": (ModelEntry, "providers.NAME.models[i]."),
+    "idle": (IdlePolicy, "providers.NAME.idle."),
     "health_checks": (HealthChecks, "health_checks."),
     "exact_match": (ExactMatch, "exact_matches.ROUTER_NAME."),
     "capability": (Capability, "capabilities.NAME."),

@@ -142,6 +142,29 @@ class ModelEntry(BaseModel):
         return self.name if HF_REPO.match(self.name) else None
 
 
+class IdlePolicy(BaseModel):
+    """``idle:`` of a provider: what to do after ``after_s`` seconds without a request (counted
+    by the engine itself: ``vllm:request_success_total`` unchanged and nothing running or
+    waiting). ``action`` is ``sleep`` (vLLM sleep mode), ``stop``, or ``swap`` back to the
+    provider ``swap_to`` names; ``swap_to`` alone means ``swap``. See docs/policies.md."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    after_s: float = Field(gt=0)
+    action: Literal["sleep", "stop", "swap"] | None = None
+    swap_to: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _action_and_target(self) -> IdlePolicy:
+        if self.action is None:
+            object.__setattr__(self, "action", "swap" if self.swap_to else "stop")
+        if self.action == "swap" and not self.swap_to:
+            raise ValueError("action 'swap' needs swap_to: the provider to go back to")
+        if self.action != "swap" and self.swap_to:
+            raise ValueError(f"swap_to is only for action 'swap' (action is {self.action!r})")
+        return self
+
+
 class Provider(BaseModel):
     """One backend of the registry. ``name`` is the key under ``providers:``."""
 
@@ -175,6 +198,15 @@ class Provider(BaseModel):
     """How a swap takes this engine off the card: stop it (``restart``, the default of
     ``vllm.swap_mode``) or put it to sleep (vLLM sleep mode: weights to host RAM, woken in
     seconds). ``sleep`` starts it with ``--enable-sleep-mode``."""
+    pinned: bool = False
+    """No policy and no Ollama eviction ever stops, sleeps or swaps this provider out; only an
+    operator's explicit command does (docs/policies.md)."""
+    idle: IdlePolicy | None = None
+    """What to do after a while without requests (sleep, stop, swap back to a default)."""
+    policy: Literal["manual", "demand"] = "manual"
+    """``demand``: gpumgr may swap this provider in when the router keeps asking for it while a
+    swap partner (same port, or same card) holds its place, and out for such a partner
+    (docs/policies.md; the numbers are ``policies.demand`` in gpumgr.yaml)."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment of the engine (vLLM is often tuned that way, e.g.
     ``VLLM_ATTENTION_BACKEND``). Part of the launch identity; never a secret."""

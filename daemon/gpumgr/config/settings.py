@@ -129,6 +129,31 @@ class ControlSettings(_Section):
     (else the secret ``GPUMGR_CONTROL_TOKEN``: the environment or a systemd credential)."""
 
 
+class DemandSettings(_Section):
+    """The numbers of the demand policy (providers with ``policy: demand``; docs/policies.md)."""
+
+    min_residency_s: float = Field(default=300.0, ge=0)
+    """A model swapped in stays at least this long before the policy swaps it out again."""
+    window_s: float = Field(default=120.0, gt=0)
+    """Demand is counted over this many past seconds (missed requests for the wanted model,
+    finished requests of the resident one)."""
+    margin: float = Field(default=0.2, ge=0, lt=1)
+    """Hysteresis: the wanted model's share of the window's requests must exceed the
+    resident's share by more than this (0.2: at least 60 % against 40 %)."""
+    min_requests: int = Field(default=3, ge=1)
+    """Fewer missed requests than this in the window never swap (one stray request does not)."""
+    max_swaps_per_hour: int = Field(default=6, ge=0)
+    """At most this many policy swaps on one card in any 60 minutes (0: none)."""
+
+
+class PolicySettings(_Section):
+    """Lifecycle policies (docs/policies.md): how often they look, and the demand numbers."""
+
+    check_interval_s: float = Field(default=1.0, gt=0)
+    """How often the idle timers and the demand policy are evaluated."""
+    demand: DemandSettings = Field(default_factory=DemandSettings)
+
+
 class Settings(_Section):
     listen: str = DEFAULT_LISTEN
     runtime_dir: str | None = None
@@ -144,6 +169,7 @@ class Settings(_Section):
     hub: HubSettings = Field(default_factory=HubSettings)
     simulate: SimulateSettings = Field(default_factory=SimulateSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
+    policies: PolicySettings = Field(default_factory=PolicySettings)
 
     @field_validator("listen")
     @classmethod

@@ -125,9 +125,9 @@ def decide(
     ]
     unload: tuple[OllamaModel, ...] = ()
     if ollama and room.eviction == "unload_all":
-        unload = tuple(ollama)
+        unload = tuple(m for m in ollama if not m.pinned)
         card = after_unload(card, unload)
-        plan = _plan(card, reqs, room, [])
+        plan = _plan(card, reqs, room, [m for m in ollama if m.pinned])
     else:
         plan = _plan(card, reqs, room, ollama)
         if not plan.feasible and ollama and room.eviction != "never":

@@ -128,7 +128,7 @@ def _ollama_gain(request: PlanRequest, unload: list[OllamaModel]) -> int:
 def ollama_unload_set(request: PlanRequest, shortfall: int) -> list[OllamaModel]:
     """The Ollama models to unload to close ``shortfall``: the single smallest one that
     suffices, else the fewest largest ones; empty when unloading all would not suffice."""
-    models = sorted(request.ollama_models, key=lambda m: m.vram_bytes)
+    models = sorted((m for m in request.ollama_models if not m.pinned), key=lambda m: m.vram_bytes)
     for m in models:
         if _ollama_gain(request, [m]) >= shortfall:
             return [m]

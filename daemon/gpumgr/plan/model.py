@@ -65,6 +65,8 @@ class OllamaModel:
 
     name: str
     vram_bytes: int
+    pinned: bool = False
+    """Served by a ``pinned: true`` Ollama provider: never unloaded to make room."""
 
 
 @dataclass(frozen=True)

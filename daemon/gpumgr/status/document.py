@@ -73,6 +73,35 @@ class GpuStatus(_Contract):
     processes: list[GpuProcess] = Field(default_factory=list)
 
 
+class PolicyStatus(_Contract):
+    """A backend's lifecycle policies and what they decided last (docs/policies.md). An
+    addition to the §5 fields; a router does not act on it."""
+
+    mode: Literal["manual", "demand"] = "manual"
+    pinned: bool = False
+    idle_after_s: float | None = None
+    idle_action: str | None = None
+    """``sleep``, ``stop`` or ``swap to NAME``."""
+    window_s: float | None = None
+    """The demand window: ``missed`` and ``served`` count requests over this many seconds."""
+    missed: int | None = None
+    """Requests the router reported it could not send here (not resident) in the window."""
+    served: int | None = None
+    """Requests this engine finished in the window (its own counter)."""
+    margin: float | None = None
+    min_residency_s: float | None = None
+    swaps_last_hour: int | None = None
+    max_swaps_per_hour: int | None = None
+    last_decision: str | None = None
+    """``swap``, ``fill`` (start or wake into a free place) or ``declined``."""
+    reason: str | None = None
+    decided_at: AwareDatetime | None = None
+    next_swap_at: AwareDatetime | None = None
+    """The earliest time the demand policy may swap this place (null: now)."""
+
+    _utc = field_validator("decided_at", "next_swap_at")(_to_utc)
+
+
 class BackendStatus(_Contract):
     """One backend of ``providers.yaml`` as the router should see it."""
 
@@ -114,6 +143,13 @@ class BackendStatus(_Contract):
     kv_cache_tokens_actual: int | None = Field(default=None, ge=0)
     """The KV cache the engine reports it holds after start-up (vLLM >= 0.34 may hold less than
     planned: then the state is ``degraded``); an addition to §5."""
+
+    idle_action_in_s: float | None = Field(default=None, ge=0)
+    """Seconds until the provider's idle action (``idle:``) fires; null without one, or while
+    it does not run awake. An addition to the §5 fields."""
+    policy: PolicyStatus | None = None
+    """The provider's lifecycle policies (pinned, idle, demand) and their last decision; null
+    when it has none. An addition to the §5 fields."""
 
     _utc = field_validator("since", "last_check")(_to_utc)
 

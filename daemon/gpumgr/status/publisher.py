@@ -36,6 +36,7 @@ from gpumgr.status.document import (
     BackendStatus,
     DaemonInfo,
     GpuStatus,
+    PolicyStatus,
     StatusDocument,
     utc_now,
 )
@@ -68,12 +69,15 @@ class BackendChanges(TypedDict, total=False):
     vllm_version: str | None
     kv_cache_tokens_planned: int | None
     kv_cache_tokens_actual: int | None
+    idle_action_in_s: float | None
+    policy: PolicyStatus | None
 
 
 _CHANGEABLE = frozenset(BackendChanges.__annotations__)
 
 
-QUIET_FIELDS = frozenset({"last_check", "latency_ms", "progress", "eta_s"})
+QUIET_FIELDS = frozenset({"last_check", "latency_ms", "progress", "eta_s",
+                          "idle_action_in_s", "policy"})
 """Fields that change often without changing what a router does (every probe's timings, a load's
 progress): they change the document (and the file) but are not events."""
 

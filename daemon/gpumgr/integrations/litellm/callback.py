@@ -8,6 +8,12 @@ error LiteLLM hands to the fallbacks without retrying (``failover``: a 503 with
 ``num_retries=0``); any surprise of its own returns the deployments unfiltered (logged once):
 gpumgr never fails a user's request.
 
+Two additions for gpumgr's lifecycle policies (docs/policies.md), both off the pick's path:
+a dropped deployment whose backend gpumgr may swap in on demand is counted (``demand_report``:
+no I/O in the hook; a background task reports the counts at most once a second per name), and,
+with ``GPUMGR_HOLD_S`` set, a request whose group's only local deployment is loading with
+``eta_s`` within ``hold_s`` waits for it (at most ``hold_s``) instead of going to the fallbacks.
+
 A daemon not heard from for ``max_age_s`` is stale: its backends are not filtered (fail open)
 until it is heard from again; the change is logged once each way.
 
@@ -25,9 +31,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from gpumgr.integrations.litellm.demand_report import DemandReporter
 from gpumgr.integrations.litellm.failover import group_unavailable
 from gpumgr.integrations.litellm.follower import StatusFollower
-from gpumgr.integrations.litellm.matching import Located, StatusIndex, choose, verdict
+from gpumgr.integrations.litellm.matching import Located, StatusIndex, Verdict, choose, verdict
 from gpumgr.integrations.litellm.settings import FilterSettings
 
 log = logging.getLogger("gpumgr.integrations.litellm")
@@ -39,6 +46,10 @@ else:
         from litellm.integrations.custom_logger import CustomLogger as _Base
     except ImportError:  # not inside a LiteLLM proxy
         _Base = object
+
+
+HOLD_POLL_S = 0.05
+"""How often a held request looks again at its loading deployment."""
 
 
 class GpumgrStatusFilter(_Base):
@@ -64,6 +75,8 @@ class GpumgrStatusFilter(_Base):
         self._stale: list[bool] = [False] * len(self.followers)
         self._tasks: list[asyncio.Task[None]] = []
         self._hook_failed = False
+        self.demand = (DemandReporter(self.settings.status_urls, token=self.settings.control_token,
+                                      clock=clock) if self.settings.report_demand else None)
         if autostart:
             self._start_if_on_loop()
 
@@ -87,6 +100,8 @@ class GpumgrStatusFilter(_Base):
         self._tasks = [
             loop.create_task(f.run(), name=f"gpumgr-status {f.url}") for f in self.followers
         ]
+        if self.demand is not None:
+            self._tasks.append(loop.create_task(self.demand.run(), name="gpumgr-demand"))
 
     async def aclose(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -120,13 +135,53 @@ class GpumgrStatusFilter(_Base):
 
     def _filter(self, deployments: list[Any]) -> tuple[list[Any], list[Located | None]]:
         """The deployments worth trying now, and where each given one sends (for the reason)."""
+        kept, located, _ = self._judge(deployments)
+        return kept, located
+
+    def _judge(
+        self, deployments: list[Any]
+    ) -> tuple[list[Any], list[Located | None], list[Verdict]]:
         index = self._index
         located = [index.locate(d) for d in deployments]
         verdicts = [
             verdict(loc, model, fresh=self.fresh, informed=index.informed)
             for loc, model in located
         ]
-        return choose(deployments, verdicts), [loc for loc, _ in located]
+        return choose(deployments, verdicts), [loc for loc, _ in located], verdicts
+
+    def _note_misses(self, located: list[Located | None], verdicts: list[Verdict]) -> None:
+        """Count, once per pick, each dropped backend gpumgr may swap in on demand."""
+        if self.demand is None:
+            return
+        noted: set[tuple[int, str]] = set()
+        for loc, v in zip(located, verdicts):
+            if loc is not None and v is Verdict.OUT and loc.backend.swappable:
+                key = (loc.host, loc.backend.name)
+                if key not in noted:
+                    noted.add(key)
+                    self.demand.note(*key)
+
+    def _holdable(self, deployments: list[Any], located: list[Located | None]) -> Any | None:
+        """The group's only local deployment when it is loading and due within ``hold_s``."""
+        hold_s = self.settings.hold_s
+        local = [(d, loc) for d, loc in zip(deployments, located) if loc is not None]
+        if hold_s <= 0 or len(local) != 1:
+            return None
+        d, loc = local[0]
+        b = loc.backend
+        if b.state == "starting" and b.eta_s is not None and b.eta_s <= hold_s:
+            return d
+        return None
+
+    async def _hold(self, deployment: Any) -> list[Any]:
+        """Wait (at most ``hold_s``) for ``deployment`` to become worth trying; [] if it does not."""
+        deadline = self._clock() + self.settings.hold_s
+        while self._clock() < deadline:
+            await asyncio.sleep(HOLD_POLL_S)
+            kept = self._filter([deployment])[0]
+            if kept:
+                return kept
+        return []
 
     async def async_filter_deployments(
         self,
@@ -139,14 +194,23 @@ class GpumgrStatusFilter(_Base):
         try:
             if self._autostart and not self._tasks:
                 self.start()
-            kept, located = self._filter(healthy_deployments)
+            kept, located, verdicts = self._judge(healthy_deployments)
+            self._note_misses(located, verdicts)
             emptied = bool(healthy_deployments) and not kept
+            held = self._holdable(healthy_deployments, located) if emptied else None
             error = group_unavailable(model, located) if emptied else None
         except Exception:  # noqa: BLE001 - never fail a user's request for the filter's sake
             if not self._hook_failed:
                 self._hook_failed = True
                 log.exception("gpumgr.filter.failed model=%s: returning deployments unfiltered", model)
             return healthy_deployments
+        if held is not None:
+            try:
+                kept = await self._hold(held)
+            except Exception:  # noqa: BLE001 - a failed hold is a request sent to the fallbacks
+                kept = []
+            if kept:
+                return kept
         if error is not None:
             # Every deployment is down by gpumgr's word: an error LiteLLM sends straight to the
             # fallbacks, instead of an empty list it retries with back-off (failover.py).

@@ -33,6 +33,16 @@ class BackendView:
     base_url: str | None = None
     models: frozenset[str] = frozenset()
     unavailable_models: frozenset[str] = frozenset()
+    eta_s: float | None = None
+    """Seconds until a loading backend is expected ``up`` (as of the last word about it)."""
+    demand: bool = False
+    """Under gpumgr's demand policy (``policy.mode: demand``): a request the router cannot send
+    to it while it is not resident is worth reporting (``demand_report``)."""
+
+    @property
+    def swappable(self) -> bool:
+        """Not resident now, and gpumgr may bring it in on demand."""
+        return self.demand and self.state in SWAPPED_OUT_STATES
 
     @property
     def known(self) -> bool:
@@ -99,7 +109,11 @@ def parse_backend(data: bytes | str | Mapping[str, Any]) -> BackendView:
     if not isinstance(available, bool):
         available = state == "up"  # the contract's definition, when a writer omits the field
     base_url = obj.get("base_url")
+    eta = obj.get("eta_s")
+    policy = obj.get("policy")
     return BackendView(
+        eta_s=float(eta) if isinstance(eta, (int, float)) and not isinstance(eta, bool) else None,
+        demand=isinstance(policy, Mapping) and policy.get("mode") == "demand",
         name=name,
         state=state,
         available=available,
@@ -133,6 +147,9 @@ def parse_document(data: bytes | str | Mapping[str, Any]) -> HostStatus:
         informed=informed,
     )
 
+
+SWAPPED_OUT_STATES = frozenset({"stopped", "sleeping"})
+"""States of a backend that is not resident (its place is free or taken by a swap partner)."""
 
 INFORMED_FLAGS = ("adoption_done", "first_probe_round_done")
 """Document fields that say the daemon's states are facts rather than first guesses."""

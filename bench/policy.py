@@ -1,0 +1,320 @@
+"""Benchmark of the lifecycle policies: a demand trace through a real LiteLLM proxy with gpumgr's
+callback, gpumgr on the simulated 16 GiB card (the 7B and the 14B on one port; the simulated
+Ollama and a fake Ollama Cloud as the fallbacks).
+
+Not a test. For each policy the whole stack starts afresh (``tests/test_litellm_proxy.py``'s
+parts: ``.venv-litellm`` or ``$GPUMGR_LITELLM_BIN``) and the same open-loop trace is replayed,
+every request on its own worker (``--rate`` requests a second):
+
+1. ``7b``: only the 7B is asked for (``--phase-s``);
+2. ``14b``: the demand shifts to the 14B (twice as long);
+3. ``mixed``: bursts of ``--burst-s`` alternating 7B, 14B, 7B … (twice as long);
+4. ``idle``: one 7B request every 5 s.
+
+The policies compared:
+
+- ``manual``: nothing automatic (what the owner has today): the 14B's requests go down its
+  chain (Ollama, then the cloud) for the whole run;
+- ``every-miss``: what a load-on-request proxy does: a request for the model that is not
+  resident holds until ``gpumgr swap`` (the control socket) has put it in, then is sent;
+- ``demand``: ``policy: demand`` on both, the callback reporting its misses; requests go to the
+  fallbacks at once meanwhile;
+- ``demand+hold``: the same with the callback's ``GPUMGR_HOLD_S`` (``--hold-s``).
+
+Per policy: requests, the share answered by the local model they asked for, swaps (the
+engine starts the daemon logged), p50/p95 latency, requests answered by the cloud, and for
+``demand+hold`` the p95 of the requests that waited. Prints a table and writes
+``bench/results/policy.json``.
+
+    .venv/bin/python bench/policy.py [--rate 4] [--phase-s 20] [--load-s 1.5] [--hold-s 2]
+
+Sleep mode is not compared: on one shared port a swap always stops the old engine (a sleeper
+would keep the port), so the owner's 7B/14B pair never sleeps on a swap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the e2e stack lives with the tests
+
+from _report import header, results_path, write_result  # noqa: E402
+
+import test_litellm_proxy as e2e  # noqa: E402  (skips itself when there is no LiteLLM proxy)
+from daemon_harness import DaemonHarness, free_port, sim_gpu_path, wait_for  # noqa: E402
+from gpumgr.config import load_config  # noqa: E402
+from gpumgr.integrations.litellm_config import litellm_config, render_yaml  # noqa: E402
+from gpumgr.sim.gpu import SimGpuSpec, SimGpuState, sim_uuid  # noqa: E402
+from gpumgr.sim.ollama_process import start_sim_ollama  # noqa: E402
+
+RESULTS = results_path("policy")
+SMALL, LARGE = e2e.VLLM_NAME, "qwen-coder-14b-vllm"
+NAMES = {SMALL: e2e.ENGINE, LARGE: "qwen-14b"}
+POLICIES = ("manual", "every-miss", "demand", "demand+hold")
+
+MAPPINGS = f"""
+exact_matches:
+  {SMALL}: {{provider: {e2e.ENGINE}, priority: primary}}
+  {LARGE}: {{provider: qwen-14b, priority: primary}}
+  {e2e.PULLED}: {{provider: ollama, priority: secondary}}
+  {e2e.CLOUD_NAME}: {{provider: ollama-cloud, priority: primary}}
+fallback_chains:
+  {SMALL}: {{chain: [{e2e.PULLED}, {e2e.CLOUD_NAME}]}}
+  {LARGE}: {{chain: [{e2e.PULLED}, {e2e.CLOUD_NAME}]}}
+  {e2e.CLOUD_NAME}: {{chain: [{e2e.PULLED}]}}
+"""
+
+
+def demand_yaml(residency_s: float, window_s: float) -> str:
+    return f"""
+policies:
+  check_interval_s: 0.5
+  demand:
+    min_residency_s: {residency_s:g}
+    window_s: {window_s:g}
+    margin: 0.2
+    min_requests: 3
+    max_swaps_per_hour: 30
+"""
+
+
+@dataclass
+class Answer:
+    model: str
+    phase: str
+    sent_at: float
+    took_s: float
+    status: int
+    api_base: str
+    waited: bool = False
+
+
+def trace(rate: float, phase_s: float, burst_s: float) -> list[tuple[float, str, str]]:
+    """(offset s, model, phase) of every request."""
+    out: list[tuple[float, str, str]] = []
+    t, gap = 0.0, 1.0 / rate
+
+    def run(model_at: Any, length: float, phase: str, every: float = gap) -> None:
+        nonlocal t
+        end = t + length
+        while t < end:
+            out.append((t, model_at(t - (end - length)), phase))
+            t += every
+
+    run(lambda _: SMALL, phase_s, "7b")
+    run(lambda _: LARGE, 2 * phase_s, "14b")
+    run(lambda x: SMALL if int(x // burst_s) % 2 == 0 else LARGE, 2 * phase_s, "mixed")
+    run(lambda _: SMALL, phase_s, "idle", every=5.0)
+    return out
+
+
+@contextlib.contextmanager
+def stack(tmp: Path, policy: str, load_s: float, hold_s: float,
+          residency_s: float, window_s: float) -> Iterator[tuple[e2e.Stack, DaemonHarness]]:
+    """test_litellm_proxy's stack with this policy's registry, settings and proxy environment."""
+    cloud = e2e.FakeCloud().start()
+    ollama = harness = proxy = None
+    try:
+        uuid = sim_uuid(0)
+        SimGpuState(sim_gpu_path(tmp)).ensure([SimGpuSpec(
+            index=0, uuid=uuid, name="Quadro RTX 5000", memory_total_mib=e2e.CARD_MIB,
+            display_used_mib=300, compute_capability="7.5")])
+        ollama = start_sim_ollama([e2e.PULLED], env={
+            "GPUMGR_SIM_GPU_STATE": str(sim_gpu_path(tmp)), "CUDA_VISIBLE_DEVICES": uuid})
+        port = free_port()
+        providers = e2e.providers_yaml(port, ollama.base_url, cloud.base_url)
+        if policy.startswith("demand"):
+            providers = providers.replace("    status: active\n    max_model_len: 4096",
+                                          "    status: active\n    policy: demand\n"
+                                          "    max_model_len: 4096")
+            providers = providers.replace("    status: standby\n",
+                                          "    status: standby\n    policy: demand\n")
+        settings = e2e.HEALTH_YAML + e2e.LIFECYCLE_YAML.replace(
+            "load_seconds: 0.2", f"load_seconds: {load_s:g}") + demand_yaml(residency_s, window_s)
+        harness = DaemonHarness(tmp, providers, settings, env={e2e.KEY_ENV: "sk-bench"})
+        (harness.config_dir / "model-mappings.yaml").write_text(MAPPINGS)
+        harness.start()
+        harness.wait_up(e2e.ENGINE, 60)
+        wait_for(lambda: (d := harness.status()).get("adoption_done")
+                 and d.get("first_probe_round_done"), 20, "informed")
+        cfg = load_config(harness.config_dir, env={})
+        proxy_dir = tmp / "proxy"
+        proxy_dir.mkdir()
+        config = litellm_config(cfg.providers_file, cfg.mappings, request_timeout_s=60)
+        config["litellm_settings"]["callbacks"].append("gpumgr_e2e_counter.counter")
+        (proxy_dir / "config.yaml").write_bytes(render_yaml(config))
+        (proxy_dir / "gpumgr_e2e_counter.py").write_text(e2e.COUNTER)
+        proxy_port = free_port()
+        log = tmp / "litellm.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUMGR_", "LITELLM"))}
+        env.update({
+            "LITELLM_MASTER_KEY": e2e.MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "GPUMGR_STATUS_URL": harness.base_url + "/v1/status", e2e.KEY_ENV: "sk-bench",
+            "E2E_ATTEMPTS_FILE": str(tmp / "attempts.jsonl"), "NO_PROXY": "*",
+            "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True",
+            "GPUMGR_HOLD_S": str(hold_s if policy == "demand+hold" else 0),
+        })
+        assert e2e.LITELLM_BIN is not None
+        with open(log, "wb") as out:
+            proxy = subprocess.Popen(
+                [str(e2e.LITELLM_BIN), "--config", str(proxy_dir / "config.yaml"), "--host",
+                 "127.0.0.1", "--port", str(proxy_port), "--num_workers", "1"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=proxy_dir)
+        url = f"http://127.0.0.1:{proxy_port}"
+        wait_for(lambda: e2e._proxy_ready(url, proxy, log), 120, "the LiteLLM proxy", 0.2)
+        s = e2e.Stack(harness, ollama, cloud, proxy, url, tmp / "attempts.jsonl", port, log)
+        wait_for(lambda: s.ask(SMALL).status == 200, 60, "a first answer through the proxy")
+        yield s, harness
+        s.client.close()
+    finally:
+        if proxy is not None and proxy.poll() is None:
+            os.killpg(proxy.pid, signal.SIGTERM)
+            try:
+                proxy.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proxy.pid, signal.SIGKILL)
+        if harness is not None:
+            harness.cleanup(check_log=False)
+        if ollama is not None:
+            ollama.stop()
+        cloud.stop()
+
+
+class EveryMiss:
+    """A load-on-request proxy in front of the router: a request for the model that is not
+    resident waits for ``gpumgr swap`` (one at a time), then goes."""
+
+    def __init__(self, harness: DaemonHarness) -> None:
+        self.resident = SMALL
+        self.lock = threading.Lock()
+        self.client = httpx2.Client(transport=httpx2.HTTPTransport(
+            uds=str(harness.runtime_dir / "gpumgr.sock")), base_url="http://gpumgr", timeout=120)
+
+    def before(self, model: str) -> bool:
+        """Make ``model`` resident; True when the request had to wait for a swap."""
+        if self.resident == model:
+            return False
+        with self.lock:
+            if self.resident != model:
+                body = {"old": NAMES[self.resident], "new": NAMES[model]}
+                with self.client.stream("POST", "/v1/control/swap", json=body) as r:
+                    for _ in r.iter_lines():
+                        pass
+                self.resident = model
+        return True
+
+
+def replay(s: e2e.Stack, harness: DaemonHarness, policy: str,
+           plan: list[tuple[float, str, str]]) -> list[Answer]:
+    miss = EveryMiss(harness) if policy == "every-miss" else None
+    answers: list[Answer] = []
+    lock = threading.Lock()
+    t0 = time.monotonic() + 0.5
+
+    def one(offset: float, model: str, phase: str) -> None:
+        delay = t0 + offset - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        start = time.monotonic()
+        waited = miss.before(model) if miss is not None else False
+        r = s.ask(model)
+        a = Answer(model, phase, start, time.monotonic() - start, r.status, r.api_base,
+                   waited or r.took_s > 0.5)
+        with lock:
+            answers.append(a)
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        for item in plan:
+            pool.submit(one, *item)
+    return answers
+
+
+def local_of(s: e2e.Stack, a: Answer) -> bool:
+    """Answered by the local model it asked for (the engine's port; the 7B and 14B share it, and
+    the router sends a 14B request there only while the 14B is resident)."""
+    return a.status == 200 and s.at_engine(a.api_base)
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def summarise(s: e2e.Stack, harness: DaemonHarness, answers: list[Answer],
+              cloud_before: int) -> dict[str, Any]:
+    took = [a.took_s for a in answers]
+    starts = sum(1 for e in harness.events() if e.get("event") == "supervisor.event"
+                 and e.get("kind") == "ChildStarted" and not e.get("adopted"))
+    shifted = [a for a in answers if a.phase in ("14b", "mixed")]
+    waited = [a.took_s for a in answers if a.waited and local_of(s, a)]
+    phases = {p: [a for a in answers if a.phase == p] for p in ("7b", "14b", "mixed", "idle")}
+    decisions = [{"made": e.get("made"), "reason": e.get("reason")} for e in harness.events()
+                 if e.get("event") == "policy.decision"]
+    return {
+        "local_share_by_phase": {p: round(sum(local_of(s, a) for a in xs) / len(xs), 3)
+                                 for p, xs in phases.items() if xs},
+        "policy_decisions": decisions,
+        "requests": len(answers),
+        "failed": sum(1 for a in answers if a.status != 200),
+        "local_share": round(sum(local_of(s, a) for a in answers) / len(answers), 3),
+        "local_share_shifted": round(sum(local_of(s, a) for a in shifted) / len(shifted), 3),
+        "swaps": max(0, starts - 1),  # every engine start after the first is a swap's
+        "p50_s": round(quantile(took, 0.5), 3),
+        "p95_s": round(quantile(took, 0.95), 3),
+        "to_cloud": s.cloud.chats - cloud_before,
+        "waited": len(waited),
+        "waited_p95_s": round(quantile(waited, 0.95), 3),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", type=float, default=4.0)
+    ap.add_argument("--phase-s", type=float, default=20.0)
+    ap.add_argument("--burst-s", type=float, default=5.0)
+    ap.add_argument("--load-s", type=float, default=1.5, help="simulated engine load time")
+    ap.add_argument("--hold-s", type=float, default=2.0)
+    ap.add_argument("--residency-s", type=float, default=15.0)
+    ap.add_argument("--window-s", type=float, default=15.0)
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    args = ap.parse_args()
+    plan = trace(args.rate, args.phase_s, args.burst_s)
+    results: dict[str, Any] = {}
+    for policy in args.policies.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"gpumgr-policy-{policy}-") as d:
+            with stack(Path(d), policy, args.load_s, args.hold_s, args.residency_s,
+                       args.window_s) as (s, harness):
+                cloud_before = s.cloud.chats
+                answers = replay(s, harness, policy, plan)
+                results[policy] = summarise(s, harness, answers, cloud_before)
+        print(f"{policy}: {results[policy]}", flush=True)
+    out = {**header("policy"), "args": vars(args), "results": results}
+    write_result(out, RESULTS)
+    cols = ("requests", "local_share", "local_share_shifted", "swaps", "p50_s", "p95_s",
+            "to_cloud", "waited_p95_s")
+    print(f"{'policy':<12} " + " ".join(f"{c:>19}" for c in cols))
+    for policy, r in results.items():
+        print(f"{policy:<12} " + " ".join(f"{r[c]!s:>19}" for c in cols))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
