@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # the e2e stack lives with the tes
 from _report import header, results_path, write_result  # noqa: E402
 
 import test_litellm_proxy as e2e  # noqa: E402  (skips itself when there is no LiteLLM proxy)
-from daemon_harness import DaemonHarness, free_port, sim_gpu_path, wait_for  # noqa: E402
+from gpumgr.sim.harness import DaemonHarness, free_port, sim_gpu_path, wait_for  # noqa: E402
 from gpumgr.config import load_config  # noqa: E402
 from gpumgr.integrations.litellm_config import litellm_config, render_yaml  # noqa: E402
 from gpumgr.sim.gpu import SimGpuSpec, SimGpuState, sim_uuid  # noqa: E402

@@ -14,7 +14,7 @@ from gpumgr.actions.reconciler import Busy
 from gpumgr.backend_state import BackendState as S
 from gpumgr.config import Config
 
-from daemon_harness import free_port
+from gpumgr.sim.harness import free_port
 from test_manager import QWEN, SETTINGS, Box, Rig, box, provider_yaml  # noqa: F401 (box: the fixture)
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from daemon_harness import (  # noqa: E402
+from gpumgr.sim.harness import (  # noqa: E402
     FAST_HEALTH_YAML,
     FAST_LIFECYCLE_YAML,
     DaemonHarness,
