@@ -36,10 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -171,26 +168,13 @@ def stack(tmp: Path, policy: str, load_s: float, hold_s: float,
             "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True",
             "GPUMGR_HOLD_S": str(hold_s if policy == "demand+hold" else 0),
         })
-        assert e2e.LITELLM_BIN is not None
-        with open(log, "wb") as out:
-            proxy = subprocess.Popen(
-                [str(e2e.LITELLM_BIN), "--config", str(proxy_dir / "config.yaml"), "--host",
-                 "127.0.0.1", "--port", str(proxy_port), "--num_workers", "1"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                cwd=proxy_dir)
-        url = f"http://127.0.0.1:{proxy_port}"
-        wait_for(lambda: e2e._proxy_ready(url, proxy, log), 120, "the LiteLLM proxy", 0.2)
-        s = e2e.Stack(harness, ollama, cloud, proxy, url, tmp / "attempts.jsonl", port, log)
-        wait_for(lambda: s.ask(SMALL).status == 200, 60, "a first answer through the proxy")
-        yield s, harness
-        s.client.close()
+        with e2e.running_proxy(proxy_dir, proxy_port, env, log, ready_s=120) as proxy:
+            url = f"http://127.0.0.1:{proxy_port}"
+            s = e2e.Stack(harness, ollama, cloud, proxy, url, tmp / "attempts.jsonl", port, log)
+            wait_for(lambda: s.ask(SMALL).status == 200, 60, "a first answer through the proxy")
+            yield s, harness
+            s.client.close()
     finally:
-        if proxy is not None and proxy.poll() is None:
-            os.killpg(proxy.pid, signal.SIGTERM)
-            try:
-                proxy.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proxy.pid, signal.SIGKILL)
         if harness is not None:
             harness.cleanup(check_log=False)
         if ollama is not None:

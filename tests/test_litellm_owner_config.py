@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import statistics
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,7 +33,6 @@ from test_litellm_proxy import (  # noqa: E402 - skips the module when there is 
     HEALTH_YAML,
     KEY_ENV,
     LIFECYCLE_YAML,
-    LITELLM_BIN,
     MAPPINGS,
     MASTER_KEY,
     PULLED,
@@ -43,7 +40,7 @@ from test_litellm_proxy import (  # noqa: E402 - skips the module when there is 
     FakeCloud,
     Result,
     Stack,
-    _proxy_ready,
+    running_proxy,
     providers_yaml,
 )
 
@@ -99,7 +96,6 @@ def owner_stack(tmp: Path, edit: Edit = with_callback_line,
     cloud = FakeCloud().start()
     ollama: SimOllamaProcess | None = None
     harness: DaemonHarness | None = None
-    proxy: subprocess.Popen[bytes] | None = None
     try:
         gpu_uuid = sim_uuid(0)
         SimGpuState(sim_gpu_path(tmp)).ensure([SimGpuSpec(
@@ -140,28 +136,13 @@ def owner_stack(tmp: Path, edit: Edit = with_callback_line,
             "PYTHONPATH": os.pathsep.join(
                 [str(callback_from), *filter(None, [os.environ.get("PYTHONPATH")])]),
         })
-        assert LITELLM_BIN is not None
-        with open(proxy_log, "wb") as out:
-            proxy = subprocess.Popen(
-                [str(LITELLM_BIN), "--config", str(proxy_dir / "config.yaml"),
-                 "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                cwd=proxy_dir,
-            )
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _proxy_ready(url, proxy, proxy_log), 90, "the LiteLLM proxy", 0.2)
-        s = Stack(harness, ollama, cloud, proxy, url, attempts_file, engine_port, proxy_log)
-        wait_for(lambda: s.ask(VLLM_NAME).status == 200, 30, "a first answer through the proxy")
-        yield s
-        s.client.close()
+        with running_proxy(proxy_dir, port, env, proxy_log) as proxy:
+            url = f"http://127.0.0.1:{port}"
+            s = Stack(harness, ollama, cloud, proxy, url, attempts_file, engine_port, proxy_log)
+            wait_for(lambda: s.ask(VLLM_NAME).status == 200, 30, "a first answer through the proxy")
+            yield s
+            s.client.close()
     finally:
-        if proxy is not None and proxy.poll() is None:
-            os.killpg(proxy.pid, signal.SIGTERM)
-            try:
-                proxy.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proxy.pid, signal.SIGKILL)
-                proxy.wait()
         if harness is not None:
             harness.cleanup(check_log=False)
         if ollama is not None:

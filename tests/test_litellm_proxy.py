@@ -260,6 +260,33 @@ def _proxy_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> bool:
 
 
 @contextlib.contextmanager
+def running_proxy(proxy_dir: Path, port: int, env: dict[str, str], log: Path,
+                  ready_s: float = 90) -> Iterator[subprocess.Popen[bytes]]:
+    """A LiteLLM proxy on ``proxy_dir/config.yaml`` at 127.0.0.1:``port`` (its own session, its
+    output in ``log``), ready on its liveliness route; SIGTERM, then SIGKILL, on the way out."""
+    assert LITELLM_BIN is not None
+    with open(log, "wb") as out:
+        proxy = subprocess.Popen(
+            [str(LITELLM_BIN), "--config", str(proxy_dir / "config.yaml"),
+             "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=proxy_dir,
+        )
+    try:
+        wait_for(lambda: _proxy_ready(f"http://127.0.0.1:{port}", proxy, log), ready_s,
+                 "the LiteLLM proxy", 0.2)
+        yield proxy
+    finally:
+        if proxy.poll() is None:
+            os.killpg(proxy.pid, signal.SIGTERM)
+            try:
+                proxy.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proxy.pid, signal.SIGKILL)
+                proxy.wait()
+
+
+@contextlib.contextmanager
 def running_stack(tmp: Path, *, status_filter: bool = True,
                   request_timeout_s: int = 30) -> Iterator[Stack]:
     """The daemon, the simulated Ollama, the fake cloud and a proxy on the generated config
@@ -268,7 +295,6 @@ def running_stack(tmp: Path, *, status_filter: bool = True,
     cloud = FakeCloud().start()
     ollama: SimOllamaProcess | None = None
     harness: DaemonHarness | None = None
-    proxy: subprocess.Popen[bytes] | None = None
     try:
         gpu_uuid = sim_uuid(0)
         SimGpuState(sim_gpu_path(tmp)).ensure([SimGpuSpec(
@@ -312,29 +338,14 @@ def running_stack(tmp: Path, *, status_filter: bool = True,
             "E2E_ATTEMPTS_FILE": str(attempts_file), "NO_PROXY": "*",
             "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True",
         })
-        assert LITELLM_BIN is not None
-        with open(proxy_log, "wb") as out:
-            proxy = subprocess.Popen(
-                [str(LITELLM_BIN), "--config", str(proxy_dir / "config.yaml"),
-                 "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                cwd=proxy_dir,
-            )
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _proxy_ready(url, proxy, proxy_log), 90, "the LiteLLM proxy", 0.2)
-        s = Stack(harness, ollama, cloud, proxy, url, attempts_file, engine_port, proxy_log)
-        # Warm: the callback follows the daemon once the first request has gone through.
-        wait_for(lambda: s.ask(VLLM_NAME).status == 200, 30, "a first answer through the proxy")
-        yield s
-        s.client.close()
+        with running_proxy(proxy_dir, port, env, proxy_log) as proxy:
+            url = f"http://127.0.0.1:{port}"
+            s = Stack(harness, ollama, cloud, proxy, url, attempts_file, engine_port, proxy_log)
+            # Warm: the callback follows the daemon once the first request has gone through.
+            wait_for(lambda: s.ask(VLLM_NAME).status == 200, 30, "a first answer through the proxy")
+            yield s
+            s.client.close()
     finally:
-        if proxy is not None and proxy.poll() is None:
-            os.killpg(proxy.pid, signal.SIGTERM)
-            try:
-                proxy.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proxy.pid, signal.SIGKILL)
-                proxy.wait()
         if harness is not None:
             harness.cleanup(check_log=False)
         if ollama is not None:
