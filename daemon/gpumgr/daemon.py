@@ -361,4 +361,4 @@ def _note_foreign_sleep(manager: BackendManager, t: Transition) -> None:
     keeper too, so `gpumgr wake NAME` wakes it; nothing wakes it on its own (issue 19)."""
     keeper = manager.keepers.get(t.backend)
     if keeper is not None and t.new is BackendState.SLEEPING and t.reason == FOREIGN_SLEEP:
-        keeper.asleep = True
+        keeper.found_asleep()

@@ -310,6 +310,12 @@ class BackendKeeper:
         return True
 
     # -- sleep mode ------------------------------------------------------------------------
+    def found_asleep(self) -> None:
+        """The probe found the engine asleep though gpumgr did not put it to sleep (vLLM's
+        ``/sleep`` needs no key): it holds a sleeper now, which only ``gpumgr wake`` wakes."""
+        if self.child is not None and not self.child.exited:
+            self.asleep = True
+
     @property
     def engine(self) -> EngineClient:
         """The engine's HTTP endpoints, over the daemon's one client."""
