@@ -158,6 +158,12 @@ class Operator:
         name = self.resolve(name)
         r = self.reconciler
         async with r.mutating(f"restart {name}"):
+            if not self.manager.has_live_keeper(name):  # nothing runs: checked as a start is
+                await self._weights(name, progress)
+                try:
+                    await self._check_fits(name)
+                finally:
+                    r.settle([name])
             steps = await r.apply(f"restart {name}", r.target(name), [name], progress,
                                   start=StartOptions(timeout_s), restart=[name])
             return Outcome(f"{name} restarted; up in {steps.timings_s.get('start', 0.0):.1f} s",
