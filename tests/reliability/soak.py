@@ -93,10 +93,10 @@ ENGINES = (
 NAMES = tuple(e.name for e in ENGINES)
 
 WEIGHTS: dict[str, int] = {
-    "reload_description": 12, "reload_identity": 6, "reload_invalid": 7, "reload_status": 4,
+    "reload_description": 12, "reload_identity": 6, "reload_invalid": 7, "reload_status": 3, "reload_disable": 2,
     "sighup": 3, "start": 10, "stop": 9, "restart": 3, "swap": 9, "sleep": 5, "wake": 5,
     "race": 2, "engine_sigkill": 5, "engine_sigstop": 4, "daemon_sigkill": 3,
-    "daemon_sigkill_mid": 2, "ollama": 3, "hub": 3, "cloud_echo": 2,
+    "daemon_sigkill_mid": 3, "ollama_down": 2, "hub_down": 2, "cloud_echo": 2,
 }
 """How often each kind is drawn. The cheap ones (reloads) are the most frequent: the soak's
 count of operations is bought with them; the costly ones (a daemon restart) are rarer."""
@@ -127,8 +127,12 @@ def plan_operations(seed: int, steps: int) -> list[Op]:
             ops.append(Op(kind, (a,)))
         elif kind == "engine_sigstop":
             ops.append(Op(kind, (a,), float(rng.choice((0, 1, 2)))))  # SIGCONT after N steps
+        elif kind in ("ollama_down", "hub_down"):
+            ops.append(Op(kind, (), float(rng.choice((1, 2, 4)))))  # back after N steps
         elif kind == "reload_status":
             ops.append(Op(kind, (rng.choice(("qwen-7b", "deepseek-6.7b")),)))
+        elif kind == "reload_disable":
+            ops.append(Op(kind, (a,), float(rng.choice((1, 2, 3)))))  # enabled after N steps
         elif kind == "swap":
             ops.append(Op(kind, (a, b)))
         elif kind == "race":
@@ -332,6 +336,10 @@ class Soak:
         self.traffic = Traffic(rate_per_s)
         self.frozen: dict[int, int] = {}
         """SIGSTOPped engine pid → the step at which it gets SIGCONT."""
+        self.disabled: dict[str, tuple[int, str]] = {}
+        """Provider disabled by ``reload_disable`` → (the step it is enabled again, its status)."""
+        self.outages: dict[str, int] = {}
+        """``ollama_down``/``hub_down`` → the step at which it comes back."""
         self._log_offset = 0
         self._secret_pieces = {s[i:i + 8] for s in self.secrets for i in range(len(s) - 7)}
 
@@ -467,11 +475,20 @@ class Soak:
             r["max_num_seqs"] = 8 if r["max_num_seqs"] == 4 else 4
             self._write_registry()
             return self._control("reload")
-        if kind == "reload_status":
+        if kind == "reload_status":  # qwen-7b active <-> standby, deepseek standby <-> active
             r = self.registry[args[0]]
-            other = "active" if args[0] == "qwen-7b" else "disabled"
-            r["status"] = other if r["status"] != other else \
-                next(e.status for e in ENGINES if e.name == args[0])
+            first = next(e.status for e in ENGINES if e.name == args[0])
+            if r["status"] == "disabled":
+                return "skipped: disabled"
+            r["status"] = ({"active", "standby"} - {first}).pop() if r["status"] == first else first
+            self._write_registry()
+            return self._control("reload")
+        if kind == "reload_disable":
+            r = self.registry[args[0]]
+            if r["status"] == "disabled":
+                return "skipped: disabled"
+            self.disabled[args[0]] = (step + int(op.value), r["status"])
+            r["status"] = "disabled"
             self._write_registry()
             return self._control("reload")
         if kind == "reload_invalid":
@@ -505,18 +522,13 @@ class Soak:
             return "ok: restarted"
         if kind == "daemon_sigkill_mid":
             return self._kill_mid(op)
-        if kind == "ollama":
-            if self.ollama.up:
-                self.ollama.kill()
-                return "ok: down"
-            self.ollama.start(lambda line: '"listening"' in line)
-            return "ok: back"
-        if kind == "hub":
-            if self.hub.up:
-                self.hub.kill()
-                return "ok: down"
-            self.hub.start(lambda line: line.startswith("listening"))
-            return "ok: back"
+        if kind in ("ollama_down", "hub_down"):
+            upstream = self.ollama if kind == "ollama_down" else self.hub
+            if not upstream.up:
+                return "skipped: already down"
+            upstream.kill()
+            self.outages[kind] = step + int(op.value)
+            return f"ok: down for {int(op.value)} step(s)"
         if kind == "cloud_echo":
             self.cloud.echo = not self.cloud.echo
             return "ok: echo on" if self.cloud.echo else "ok: echo off"
@@ -560,6 +572,22 @@ class Soak:
         return f"ok: killed during {what}: " + (answers[0] if answers else "no answer")
 
     def _resume_frozen(self, step: int) -> None:
+        """SIGCONT to the engines whose pause is over; the upstreams whose outage is over back."""
+        for kind, at in list(self.outages.items()):
+            if at <= step:
+                if kind == "ollama_down":
+                    self.ollama.start(lambda line: '"listening"' in line)
+                else:
+                    self.hub.start(lambda line: line.startswith("listening"))
+                del self.outages[kind]
+        back = [n for n, (at, _) in self.disabled.items() if at <= step]
+        for name in back:
+            self.registry[name]["status"] = self.disabled.pop(name)[1]
+        if back:
+            self._write_registry()
+            outcome = self._control("reload")
+            if not outcome.startswith("ok"):
+                self._fail(step, f"enabling {back} again by a reload: {outcome}")
         for pid, at in list(self.frozen.items()):
             if at <= step:
                 _signal_group(pid, signal.SIGCONT)
