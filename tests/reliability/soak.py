@@ -118,7 +118,7 @@ def plan_operations(seed: int, steps: int) -> list[Op]:
     """The operation list of ``seed`` (the same list for the same seed, whatever happens)."""
     rng = random.Random(seed)
     kinds, weights = zip(*WEIGHTS.items(), strict=True)
-    ops = []
+    ops: list[Op] = []
     for _ in range(steps):
         kind = rng.choices(kinds, weights)[0]
         a, b = rng.sample(NAMES, 2)
@@ -638,6 +638,7 @@ class Soak:
             return f"intent left: {desired['intent'].get('operation')}"
         wanted = desired.get("backends", {})
         frozen_names = set()
+        unfit: set[str] = set()
         backends = {b["name"]: b for b in doc["backends"]}
         for name in NAMES:
             b = backends.get(name)
@@ -648,6 +649,9 @@ class Soak:
                 continue
             if name in wanted:
                 want = "sleeping" if wanted[name].get("asleep") else "up"
+                if b["state"] == "failed" and "does not fit" in (b.get("detail") or ""):
+                    unfit.add(name)  # the owner's file asks for more than the card holds: said
+                    continue
                 if b["state"] != want or not b.get("pid"):
                     return f"{name} is {b['state']} (pid {b.get('pid')}), desired {want}"
             elif b["state"] not in ("stopped", "disabled"):
@@ -659,8 +663,7 @@ class Soak:
         shown = {int(b["pid"]) for b in doc["backends"] if b.get("managed") and b.get("pid")}
         if set(live) - shown - set(self.frozen):
             return f"engines {sorted(set(live) - shown)} alive but not in the status (yet)"
-        self._doc = doc
-        self._wanted = wanted
+        self._doc, self._wanted, self._unfit = doc, wanted, unfit
         return None
 
     def _converge(self, step: int, what: str) -> None:
@@ -708,7 +711,7 @@ class Soak:
         return f"port → live engines {crowded}" if crowded else None
 
     def _running_is_desired(self) -> str | None:
-        awake = {n for n, e in self._wanted.items() if not e.get("asleep")}
+        awake = {n for n, e in self._wanted.items() if not e.get("asleep")} - self._unfit
         asleep = {n for n, e in self._wanted.items() if e.get("asleep")}
         frozen = {b["name"] for b in self._doc["backends"] if b.get("pid") in self.frozen}
         up = {b["name"] for b in self._doc["backends"] if b.get("managed") and b["state"] == "up"}
