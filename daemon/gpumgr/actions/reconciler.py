@@ -41,6 +41,9 @@ from .prepare import LaunchPlanner
 
 log = structlog.get_logger(__name__)
 
+SERVING = ("up", "degraded", "rate_limited")
+"""The published states a drain starts from (the router may send requests there)."""
+
 Progress = Callable[[str], None]
 """Receives one human line per step ("draining qwen-7b…", "memory released 7.9 GiB")."""
 
@@ -203,6 +206,9 @@ class Reconciler:
         async def drain() -> None:
             keeper = manager.keepers.get(name)
             child = keeper.child if keeper is not None else None
+            h = manager.healths().get(name)
+            if h is None or h.state.value not in SERVING:
+                return  # never published up (starting) or not answering (down): nothing to drain
             if child is not None:
                 manager.ctx.sink(Draining(name, child.pid))
             progress(f"draining {name}…")
