@@ -537,12 +537,22 @@ class Soak:
     def _race(self, args: tuple[str, ...]) -> str:
         """Two operator mutations at once: at most one may be accepted (the other 409)."""
         outcomes: list[str] = []
-        threads = [threading.Thread(target=lambda b=body, o=o: outcomes.append(self._control(o, b)))
+
+        def send(op: str, body: Json) -> None:
+            try:
+                outcomes.append(self._control(op, body))
+            except SoakFailure as exc:  # a secret in an answer: reported by the step
+                outcomes.append(f"SOAK FAILURE {exc}")
+
+        threads = [threading.Thread(target=send, args=(o, body))
                    for o, body in (("start", {"name": args[0]}), ("stop", {"name": args[1]}))]
         for t in threads:
             t.start()
         for t in threads:
-            t.join(120)
+            t.join(CONVERGE_S + 5)
+        failed = [o for o in outcomes if o.startswith("SOAK FAILURE")]
+        if failed or len(outcomes) < 2:
+            raise SoakFailure(failed[0] if failed else "a racing request got no answer")
         return " | ".join(sorted(outcomes))
 
     def _kill_daemon(self) -> None:

@@ -34,7 +34,7 @@ def test_a_seeded_chaos_soak_keeps_every_invariant_after_every_step(
     assert result.checks_passed == 6 * (steps + 1)
     # the traffic ran all along, open loop, and nothing hung past its timeout
     assert result.requests["200"] > 0
-    assert result.request_longest_s < 2.5
+    assert result.request_longest_s < 5  # the client's 2 s timeout, per phase
     kinds = {r.op.kind for r in result.records}
     assert {"swap", "reload_invalid", "daemon_sigkill"} <= kinds or steps < 100
     p50, p99 = result.converge_quantiles()
