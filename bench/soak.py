@@ -12,7 +12,7 @@ kind and outcome, the convergence time after each step (p50/p99), the requests s
 judge them) and the invariant checks passed; writes ``bench/results/soak.json``. A broken
 invariant stops the run with the seed, the step and the operation list (exit 1).
 
-    .venv/bin/python bench/soak.py [--steps 2000] [--seeds 1] [--rate 6] [--verbose]
+    .venv/bin/python bench/soak.py [--steps 2000] [--seeds 1] [--rate 6] [--promotions] [--verbose]
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def main() -> int:
     ap.add_argument("--seeds", default="1", help="comma-separated seeds, each a run of --steps")
     ap.add_argument("--rate", type=float, default=6.0, help="client requests per second (open loop)")
     ap.add_argument("--verbose", action="store_true", help="one line per step")
+    ap.add_argument("--promotions", action="store_true",
+                    help="also reloads that mark a standby provider active (finds known bugs)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     results: list[SoakResult] = []
@@ -75,6 +77,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="gpumgr-soak-") as tmp:
             try:
                 results.append(run_soak(Path(tmp), seed, args.steps, rate_per_s=args.rate,
+                                        promotions=args.promotions,
                                         say=print if args.verbose else lambda _line: None))
             except SoakFailure as exc:
                 failure = str(exc)
@@ -98,7 +101,7 @@ def main() -> int:
         ("failure", failure.splitlines()[0] if failure else "none"),
     ])
     result = {**header("soak"), "steps": args.steps, "seeds": [r.seed for r in results],
-              "rate_per_s": args.rate, "failure": failure or None, **s}
+              "rate_per_s": args.rate, "promotions": args.promotions, "failure": failure or None, **s}
     write_result(result, RESULTS)
     return 1 if failure else 0
 
