@@ -18,6 +18,7 @@ invariant stops the run with the seed, the step and the operation list (exit 1).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -54,7 +55,7 @@ def summary(results: list[SoakResult]) -> dict[str, Any]:
         "requests": dict(requests),
         "requests_sent": sent,
         "requests_failed": sent - requests["200"],
-        "request_longest_s": max(res.request_longest_s for res in results),
+        "request_longest_s": max((res.request_longest_s for res in results), default=0.0),
         "checks_passed": sum(res.checks_passed for res in results),
         "duration_s": sum(res.duration_s for res in results),
     }
@@ -74,15 +75,19 @@ def main() -> int:
     failure = ""
     for seed in seeds:
         print(f"seed {seed}: {args.steps} steps…", flush=True)
-        with tempfile.TemporaryDirectory(prefix="gpumgr-soak-") as tmp:
-            try:
-                results.append(run_soak(Path(tmp), seed, args.steps, rate_per_s=args.rate,
-                                        promotions=args.promotions,
-                                        say=print if args.verbose else lambda _line: None))
-            except SoakFailure as exc:
-                failure = str(exc)
-                print(failure, file=sys.stderr)
-                break
+        tmp = Path(tempfile.mkdtemp(prefix="gpumgr-soak-"))
+        try:
+            results.append(run_soak(tmp, seed, args.steps, rate_per_s=args.rate,
+                                    promotions=args.promotions,
+                                    say=print if args.verbose else lambda _line: None))
+        except SoakFailure as exc:
+            failure = str(exc)
+            if exc.result is not None:
+                results.append(exc.result)
+            print(failure, file=sys.stderr)
+            print(f"kept {tmp} (the daemon's and the engines' logs)", file=sys.stderr)
+            break
+        shutil.rmtree(tmp, ignore_errors=True)
     s = summary(results)
     print(f"\n{'kind':<20} {'outcome':<14} {'n':>5}")
     for row in s["by_kind_outcome"]:

@@ -276,7 +276,9 @@ class Traffic:
 
 
 class SoakFailure(AssertionError):
-    pass
+    """A broken invariant (or a hung operation); ``result`` holds the steps run until then."""
+
+    result: SoakResult | None = None
 
 
 @dataclass
@@ -349,6 +351,7 @@ class Soak:
         self.outages: dict[str, int] = {}
         """``ollama_down``/``hub_down`` → the step at which it comes back."""
         self._log_offset = 0
+        self._t0 = time.monotonic()
         self._secret_pieces = {s[i:i + 8] for s in self.secrets for i in range(len(s) - 7)}
 
     # -- configuration --------------------------------------------------------------------------
@@ -407,7 +410,7 @@ class Soak:
         self.cloud.stop()
 
     def run(self) -> SoakResult:
-        t0 = time.monotonic()
+        t0 = self._t0 = time.monotonic()
         self._converge(-1, "the first boot")
         for i, op in enumerate(self.ops):
             self._resume_frozen(i)
@@ -436,10 +439,15 @@ class Soak:
     def _fail(self, step: int, what: str) -> None:
         listed = "\n".join(f"  {'>' if j == step else ' '}{j:4d} {op}"
                            for j, op in enumerate(self.ops[:step + 1]))
-        raise SoakFailure(
+        self.result.duration_s = time.monotonic() - self._t0
+        self.result.requests = Counter(self.traffic.outcomes)
+        self.result.request_longest_s = self.traffic.longest_s
+        failure = SoakFailure(
             f"chaos soak failed at step {step} of seed {self.seed}: {what}\n"
             f"replay: {SEED_ENV}={self.seed} {STEPS_ENV}={step + 1}\n"
             f"operations:\n{listed}\ndaemon log: {self.rig.daemon.log_path}")
+        failure.result = self.result
+        raise failure
 
     # -- operations ------------------------------------------------------------------------------
     def _control(self, op: str, body: Json | None = None, timeout_s: float = CONVERGE_S) -> str:
