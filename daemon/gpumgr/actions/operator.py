@@ -172,13 +172,11 @@ class Operator:
         name = self.resolve(name)
         r = self.reconciler
         async with r.mutating(f"restart {name}"):
-            manager = self.manager
-            if not manager.has_live_keeper(name) or manager.asleep(name):
-                # it starts afresh, awake: checked as a start is (a sleeper's own residue goes)
+            if not self.manager.has_live_keeper(name):  # nothing runs: checked as a start is
                 self._check_port(name)
                 await self._weights(name, progress)
                 try:
-                    await self._check_fits(name, gone=frozenset({name}))
+                    await self._check_fits(name)
                 finally:
                     r.settle([name])
             steps = await r.apply(f"restart {name}", r.target(name), [name], progress,
