@@ -76,6 +76,7 @@ def test_what_the_soak_found_a_sleeper_on_the_port_refuses_a_start_and_a_dead_sl
         status, lines = rig.control("swap", {"old": "qwen-14b", "new": "deepseek"})
         assert status == 200 and lines[-1]["ok"], lines
         d.wait_backend("qwen-14b", lambda x: x["state"] == "sleeping", WAIT_S, "14B asleep")
+        assert rig.control("sleep", {"name": "deepseek"})[1][-1]["ok"]  # room for the 7B
         for op in ("start", "restart"):
             status, lines = rig.control(op, {"name": "qwen-7b"}, timeout_s=20)
             assert status == 200 and not lines[-1]["ok"], lines
@@ -86,7 +87,6 @@ def test_what_the_soak_found_a_sleeper_on_the_port_refuses_a_start_and_a_dead_sl
         wait_for(lambda: "qwen-14b" not in json.loads(
             (tmp_path / "state" / "desired.json").read_text())["backends"], 10,
             f"the dead sleeper out of desired.json ({desired})")
-        assert rig.control("stop", {"name": "deepseek"})[1][-1]["ok"]  # room for the 7B
         status, lines = rig.control("start", {"name": "qwen-7b"})
         assert status == 200 and lines[-1]["ok"], lines  # the port is free again
         assert d.stop() == 0
