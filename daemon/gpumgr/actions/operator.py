@@ -189,7 +189,7 @@ class Operator:
         r = self.reconciler
         async with r.mutating(f"sleep {name}"):
             manager = self.manager
-            if name not in manager.keepers or manager.asleep(name):
+            if not manager.has_live_keeper(name) or manager.asleep(name):  # failed: not running
                 raise OperationFailed(f"{name} is not running (awake)")
             if not self._sleeps(name):
                 raise OperationFailed(f"{name} runs without sleep mode (set swap_mode: sleep)")
