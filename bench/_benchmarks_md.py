@@ -188,6 +188,22 @@ def suite_rows(r: dict[str, Any]) -> list[Row]:
             single_row("pytest's summary", r.get("summary") or DASH)]
 
 
+def soak_rows(r: dict[str, Any]) -> list[Row]:
+    """The chaos soak: convergence after each step, requests, checks, then operations by kind."""
+    n_ops = f"{r['operations']} steps"
+    rows = [stats_row("convergence after a step, s", r["converge_s"]),
+            single_row("requests sent / failed (open loop, expected during chaos)",
+                       f"{r['requests_sent']} / {r['requests_failed']}", n_ops),
+            single_row("longest request, s (client timeout 2 s)", r["request_longest_s"], n_ops),
+            single_row("invariant checks passed", r["checks_passed"], n_ops),
+            single_row("broken invariant", (r.get("failure") or "none").splitlines()[0], n_ops)]
+    by: dict[str, list[str]] = {}
+    for x in r["by_kind_outcome"]:
+        by.setdefault(x["kind"], []).append(f"{x['outcome']} {x['n']}")
+    rows += [single_row(f"operations: {kind}", ", ".join(parts), n_ops) for kind, parts in by.items()]
+    return rows
+
+
 def generic_rows(r: dict[str, Any]) -> list[Row]:
     """Every numeric leaf of a result this module has no table for (at most 40)."""
     rows: list[Row] = []
@@ -214,6 +230,7 @@ TABLES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "idle": idle_rows,
     "suite": suite_rows,
     "router": router_rows,
+    "soak": soak_rows,
 }
 
 TITLES = {
@@ -225,10 +242,16 @@ TITLES = {
     "swap": "Swap overhead and failed requests: gpumgr against the old script",
     "router": "Router: LiteLLM with and without the callback over an outage",
     "suite": "The test suite's own duration",
+    "soak": "Chaos soak: random operations under traffic, invariants after every step",
     "metrics": "/metrics with 8 backends: server CPU per scrape before and after the lifecycle metrics",
 }
 
 READING = {
+    "soak": "Each step is one operation (many are refused: stopping what is stopped, a start that "
+    "does not fit, a second mutation while one runs; those count as outcomes, not failures); "
+    "convergence is the wait, after the operation answered, until the status, `desired.json` and "
+    "the processes agree. Requests fail by design while engines stop, die, sleep or hang; "
+    "`bench/soak.py --steps 2000` runs it longer.",
     "plan_efficiency": "A share below 1.0 where nothing is pinned or capped is the rounding of each "
     "slice down to 0.01 of the card; the low tail of the overall share is plans where a pin or the "
     "KV cap (no more cache than max_num_seqs × max_model_len needs) leaves memory unused on purpose. "

@@ -65,6 +65,7 @@ BENCHMARKS = (
     Benchmark("detection", ("--repeats", "10"), 420),
     Benchmark("swap", ("--repeats", "4", "--rate", "50", "--load-seconds", "2"), 480),
     Benchmark("router", (), 420, optional=True),
+    Benchmark("soak", ("--steps", "200", "--seeds", "1,2,3,4,5"), 600),
     Benchmark("metrics", ("--duration-s", "5", "--concurrency", "4", "--rounds", "3"), 180,
               optional=True),
     Benchmark("policy", (), 900, optional=True),

@@ -30,7 +30,12 @@ class HangWatcher:
 
     def check(self, now: float) -> list[str]:
         """Ask for a restart of every managed engine that has been ``down`` long enough while
-        its process lives; the names asked for."""
+        its process lives; the names asked for. (A sleeper that died is handed to the
+        reconciler too: it is no longer desired.)"""
+        for name, keeper in list(self.manager.keepers.items()):
+            if (not keeper.running and not keeper.asleep and keeper.child is None
+                    and name in self.reconciler.desired.sleeping):
+                self.reconciler.sleeper_gone(name)
         after_s = self.manager.config.settings.health.restart_unresponsive_after_s
         if after_s is None:
             return []

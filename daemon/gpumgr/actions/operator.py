@@ -102,6 +102,19 @@ class Operator:
         if decision.refusal is not None:
             raise PlanInfeasible(decision.refusal.message)
 
+    def _check_port(self, name: str, gone: frozenset[str] = frozenset()) -> None:
+        """Refuse now when another backend gpumgr keeps (awake or asleep) holds ``name``'s port
+        (the 7B asleep, the 14B asked for on the same port): the new engine could not bind it
+        and its keeper would wait for the port for good, the operation with it."""
+        manager = self.manager
+        port = manager.provider(name).port
+        for other in list(manager.keepers):
+            if (other != name and other not in gone and manager.has_live_keeper(other)
+                    and manager.provider(other).port == port):
+                held = "asleep" if manager.asleep(other) else "running"
+                raise OperationFailed(f"{name}'s port {port} is held by {other} ({held}): "
+                                      f"use `gpumgr swap {other} {name}` or stop {other} first")
+
     async def _weights(self, name: str, progress: Progress) -> None:
         progress(f"checking {name}'s weights…")
         try:
@@ -130,6 +143,7 @@ class Operator:
             manager = self.manager
             if manager.has_live_keeper(name):
                 return Outcome(f"{name} is already running (or being kept running)")
+            self._check_port(name)
             planner = self._planner(evict_ollama)
             await self._weights(name, progress)
             try:
@@ -159,6 +173,13 @@ class Operator:
         name = self.resolve(name)
         r = self.reconciler
         async with r.mutating(f"restart {name}"):
+            if not self.manager.has_live_keeper(name):  # nothing runs: checked as a start is
+                self._check_port(name)
+                await self._weights(name, progress)
+                try:
+                    await self._check_fits(name)
+                finally:
+                    r.settle([name])
             steps = await r.apply(f"restart {name}", r.target(name), [name], progress,
                                   start=StartOptions(timeout_s), restart=[name])
             return Outcome(f"{name} restarted; up in {steps.timings_s.get('start', 0.0):.1f} s",
@@ -169,7 +190,7 @@ class Operator:
         r = self.reconciler
         async with r.mutating(f"sleep {name}"):
             manager = self.manager
-            if name not in manager.keepers or manager.asleep(name):
+            if not manager.has_live_keeper(name) or manager.asleep(name):  # failed: not running
                 raise OperationFailed(f"{name} is not running (awake)")
             if not self._sleeps(name):
                 raise OperationFailed(f"{name} runs without sleep mode (set swap_mode: sleep)")
@@ -209,6 +230,7 @@ class Operator:
             sleeping = self._sleeps(old) and not same_port
             residual = {old: self._residual_bytes()} if sleeping else {}
             beside = False
+            self._check_port(new, gone=frozenset({old}))
             if waking:
                 await self._check_fits(new, wake=True, gone=frozenset({old}), residual=residual)
             else:

@@ -269,6 +269,10 @@ class Reconciler:
                 report.stopped.append(name)
             elif wanted != manager.running_identity(name):
                 await manager.stop_keeper(name)
+                if name in self.desired.sleeping:  # never woken behind the operator's back:
+                    await self.write(self.desired.without(name))  # asleep = not serving
+                    report.stopped.append(name)
+                    continue
                 manager.launch(name)
                 report.restarted.append(name)
             else:
@@ -330,6 +334,31 @@ class Reconciler:
                     return
                 async with self.manager.locks.lease(keeper.gpu_uuid, f"restart hung {name}") as lease:
                     await keeper.stop_unresponsive(lease, reason)
+        finally:
+            self._hung.discard(name)
+
+    # -- sleepers that died --------------------------------------------------------------------
+    def sleeper_gone(self, name: str) -> bool:
+        """A sleeping engine died (its keeper does not bring it back awake): in its turn, drop
+        it from what should run, as the boot does (``adopt.sleeper_gone``), so ``desired.json``
+        never keeps asking for a sleeper that is not there. False when already on its way."""
+        if name in self._hung or self._closed:
+            return False
+        self._hung.add(name)
+        spawn_task(self.tasks, self._forget_sleeper(name), f"sleeper-gone:{name}")
+        return True
+
+    async def _forget_sleeper(self, name: str) -> None:
+        try:
+            async with self.turn(f"forget dead sleeper {name}"):
+                keeper = self.manager.keepers.get(name)
+                if (name not in self.desired.sleeping or keeper is None or keeper.running
+                        or keeper.asleep):
+                    return
+                log.info("adopt.sleeper_gone", backend=name)
+                await self.write(self.desired.without(name))
+                async with self.manager.locks.lease(keeper.gpu_uuid, f"forget {name}") as lease:
+                    await self.manager.stop_under(name, lease)  # published ``stopped``
         finally:
             self._hung.discard(name)
 

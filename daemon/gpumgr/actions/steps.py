@@ -56,6 +56,10 @@ class StartOptions:
     planner: LaunchPlanner | None = None
 
 
+SERVING = ("up", "degraded", "rate_limited")
+"""The published states a drain starts from (the router may send requests there)."""
+
+
 class EngineSteps:
     def __init__(self, manager: BackendManager) -> None:
         self._manager = manager
@@ -69,6 +73,9 @@ class EngineSteps:
         async def drain() -> None:
             keeper = manager.keepers.get(name)
             child = keeper.child if keeper is not None else None
+            h = manager.healths().get(name)
+            if h is None or h.state.value not in SERVING:
+                return  # never published up (starting) or not answering (down): nothing to drain
             if child is not None:
                 manager.ctx.sink(Draining(name, child.pid))
             progress(f"draining {name}…")
