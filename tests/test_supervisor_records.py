@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from helpers import wait_for
 from gpumgr.supervisor.logs import last_error, rotate_before_start, rotate_live, tail_lines
 from gpumgr.supervisor.process import SPAWN_MARKER_ENV
 from gpumgr.supervisor.records import (
@@ -33,7 +34,10 @@ def sleeper() -> Iterator[psutil.Process]:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
                             env={**os.environ, SPAWN_MARKER_ENV: MARKER})
     try:
-        yield psutil.Process(proc.pid)
+        child = psutil.Process(proc.pid)
+        # just forked, it may not have exec'd yet (an empty or the parent's command line)
+        wait_for(lambda: "time.sleep(30)" in " ".join(child.cmdline()), 10, "the sleeper's exec")
+        yield child
     finally:
         proc.kill()
         proc.wait()
