@@ -240,9 +240,14 @@ def test_prometheus_follows_swaps_alerts_on_a_death_only_and_every_dashboard_que
         # -- the dashboard: every query returns data ------------------------------------------
         wait_for(lambda: p.api("query", query="gpumgr_failure_detection_seconds_count")["result"],
                  10, "the death scraped")
-        empty = [(title, expr) for title, expr in dashboard_queries()
-                 if not p.api("query", query=expr)["result"]]
-        assert empty == []
+        def empty() -> list[tuple[str, str]]:
+            return [(title, expr) for title, expr in dashboard_queries()
+                    if not p.api("query", query=expr)["result"]]
+
+        # the restarted engine's series come back with the next scrapes (a series that went
+        # away in a scrape is stale until one shows it again)
+        wait_for(lambda: not empty(), 20, "every dashboard query answered")
+        assert empty() == []
         ratio = p.api("query", query='gpumgr_ollama_model_cpu_ratio{model="big:latest"}')["result"]
         assert 0.2 < float(ratio[0]["value"][1]) < 0.5  # ~ (12000 - 7892) / 12000
         assert daemon.stop() == 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -224,13 +223,13 @@ def test_requests_during_a_swap_never_hang_and_those_in_flight_at_drain_complete
     slow = {"GPUMGR_SIM_TOKEN_DELAY_S": "0.05"}  # each answer streams for ~0.4 s
     b = Box(tmp_path, provider("qwen-7b", port, QWEN_7B, env=slow, served="qwen-coder")
             + provider("qwen-14b", port, QWEN_14B, status="standby", env=slow, served="qwen-coder"))
-    results: list[tuple[float, float, str]] = []  # (sent at, took, outcome)
+    results: list[tuple[float, float, str]] = []  # (sent at, wall clock; took; outcome)
     stop = threading.Event()
 
     def client() -> None:
         with httpx2.Client(timeout=httpx2.Timeout(10.0)) as http:
             while not stop.is_set():
-                t0 = time.monotonic()
+                t0, m0 = time.time(), time.monotonic()
                 try:
                     r = http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={
                         "model": "qwen-coder", "max_tokens": 8,
@@ -238,8 +237,8 @@ def test_requests_during_a_swap_never_hang_and_those_in_flight_at_drain_complete
                     outcome = str(r.status_code)
                 except httpx2.HTTPError as exc:
                     outcome = type(exc).__name__
-                results.append((t0, time.monotonic() - t0, outcome))
-                time.sleep(max(0.0, 0.02 - (time.monotonic() - t0)))
+                results.append((t0, time.monotonic() - m0, outcome))
+                time.sleep(max(0.0, 0.02 - (time.monotonic() - m0)))
 
     try:
         b.daemon.start()
@@ -248,7 +247,6 @@ def test_requests_during_a_swap_never_hang_and_those_in_flight_at_drain_complete
         for t in threads:
             t.start()
         time.sleep(1.0)
-        sse = b.daemon.sse()
         done = b.cli("swap", "qwen-7b", "qwen-14b")
         assert done.returncode == 0, done.stderr
         b.daemon.wait_up("qwen-14b", 30)
@@ -256,13 +254,16 @@ def test_requests_during_a_swap_never_hang_and_those_in_flight_at_drain_complete
         stop.set()
         for t in threads:
             t.join(timeout=30)
-        draining = sse.first(lambda f: f.get("name") == "qwen-7b" and f["state"] == "draining")
-        assert draining is not None
-        drain_at = draining[0]
+        # When the daemon published `draining` (its own log's clock, not when a reader here got
+        # the event: on a loaded machine that can come after the engine is gone).
+        drain_at = next(
+            datetime.fromisoformat(e["timestamp"]).timestamp() for e in b.daemon.events()
+            if e.get("event") == "backend.state" and e.get("backend") == "qwen-7b"
+            and e.get("new") == "draining")
         assert len(results) > 50
         assert max(took for _, took, _ in results) < 5, "a request hung"
         failed = [(t, took, o) for t, took, o in results if o != "200"]
-        assert all(took < 1.0 for _, took, _ in failed), f"slow failures: {failed}"
+        assert all(took < 2.0 for _, took, _ in failed), f"slow failures: {failed}"
         before_drain = [(t, took, o) for t, took, o in results if t + took >= drain_at > t + 0.05]
         assert before_drain and all(o == "200" for _, _, o in before_drain), before_drain
         assert any(o == "200" and t > drain_at + 1 for t, _, o in results)  # the 14B serves
