@@ -27,7 +27,6 @@ import pytest
 import yaml
 
 from test_litellm_proxy import (  # noqa: E402 - skips the module when there is no proxy
-    CARD_MIB,
     COUNTER,
     ENGINE,
     HEALTH_YAML,
@@ -40,14 +39,14 @@ from test_litellm_proxy import (  # noqa: E402 - skips the module when there is 
     FakeCloud,
     Result,
     Stack,
+    reference_card_with_ollama,
     running_proxy,
     providers_yaml,
 )
 
-from gpumgr.sim.harness import DaemonHarness, free_port, sim_gpu_path, wait_for
+from gpumgr.sim.harness import DaemonHarness, free_port, wait_for
 from gpumgr.integrations.litellm_config import CALLBACK
-from gpumgr.sim.gpu import SimGpuSpec, SimGpuState, sim_uuid
-from gpumgr.sim.ollama_process import SimOllamaProcess, start_sim_ollama
+from gpumgr.sim.ollama_process import SimOllamaProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.litellm]
 
@@ -97,13 +96,7 @@ def owner_stack(tmp: Path, edit: Edit = with_callback_line,
     ollama: SimOllamaProcess | None = None
     harness: DaemonHarness | None = None
     try:
-        gpu_uuid = sim_uuid(0)
-        SimGpuState(sim_gpu_path(tmp)).ensure([SimGpuSpec(
-            index=0, uuid=gpu_uuid, name="Quadro RTX 5000", memory_total_mib=CARD_MIB,
-            display_used_mib=300, compute_capability="7.5")])
-        ollama = start_sim_ollama(
-            [PULLED], env={"GPUMGR_SIM_GPU_STATE": str(sim_gpu_path(tmp)),
-                           "CUDA_VISIBLE_DEVICES": gpu_uuid})
+        ollama = reference_card_with_ollama(tmp)
         engine_port = free_port()
         harness = DaemonHarness(
             tmp, providers_yaml(engine_port, ollama.base_url, cloud.base_url),

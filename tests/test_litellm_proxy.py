@@ -259,6 +259,18 @@ def _proxy_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> bool:
         return False
 
 
+def reference_card_with_ollama(tmp: Path) -> SimOllamaProcess:
+    """The owner's 16 GiB Turing card (simulated, in ``tmp``) and a simulated Ollama on it with
+    the pulled model."""
+    gpu_uuid = sim_uuid(0)
+    SimGpuState(sim_gpu_path(tmp)).ensure([SimGpuSpec(
+        index=0, uuid=gpu_uuid, name="Quadro RTX 5000", memory_total_mib=CARD_MIB,
+        display_used_mib=300, compute_capability="7.5")])
+    return start_sim_ollama(
+        [PULLED], env={"GPUMGR_SIM_GPU_STATE": str(sim_gpu_path(tmp)),
+                       "CUDA_VISIBLE_DEVICES": gpu_uuid})
+
+
 @contextlib.contextmanager
 def running_proxy(proxy_dir: Path, port: int, env: dict[str, str], log: Path,
                   ready_s: float = 90) -> Iterator[subprocess.Popen[bytes]]:
@@ -296,13 +308,7 @@ def running_stack(tmp: Path, *, status_filter: bool = True,
     ollama: SimOllamaProcess | None = None
     harness: DaemonHarness | None = None
     try:
-        gpu_uuid = sim_uuid(0)
-        SimGpuState(sim_gpu_path(tmp)).ensure([SimGpuSpec(
-            index=0, uuid=gpu_uuid, name="Quadro RTX 5000", memory_total_mib=CARD_MIB,
-            display_used_mib=300, compute_capability="7.5")])
-        ollama = start_sim_ollama(
-            [PULLED], env={"GPUMGR_SIM_GPU_STATE": str(sim_gpu_path(tmp)),
-                           "CUDA_VISIBLE_DEVICES": gpu_uuid})
+        ollama = reference_card_with_ollama(tmp)
         engine_port = free_port()
         harness = DaemonHarness(
             tmp, providers_yaml(engine_port, ollama.base_url, cloud.base_url),

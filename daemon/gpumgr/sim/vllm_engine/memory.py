@@ -154,15 +154,7 @@ def size_engine(
     if kv <= 0:
         raise EngineStartError(NO_CACHE_BLOCKS)
     tokens = kv // kv_bytes_per_token // BLOCK_SIZE_TOKENS * BLOCK_SIZE_TOKENS
-    if tokens < max_model_len:
-        needed = max_model_len * kv_bytes_per_token
-        raise EngineStartError(
-            "ValueError: To serve at least one request with the models's max seq len "
-            f"({max_model_len}), ({gib(needed)} GiB KV cache) is needed, which is larger than "
-            f"the available KV cache memory ({gib(kv)} GiB). Based on the available memory, "
-            f"the estimated maximum model length is {tokens}. Try increasing "
-            "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."
-        )
+    _check_one_request(tokens, max_model_len, kv_bytes_per_token, kv)
     return EngineMemory(
         budget_bytes=budget,
         weights_bytes=weights_bytes,
@@ -233,15 +225,7 @@ def size_extensible(
     if kv <= 0:
         raise EngineStartError(NO_CACHE_BLOCKS)
     tokens = kv // kv_bytes_per_token
-    if tokens < max_model_len:
-        needed = max_model_len * kv_bytes_per_token
-        raise EngineStartError(
-            "ValueError: To serve at least one request with the models's max seq len "
-            f"({max_model_len}), ({gib(needed)} GiB KV cache) is needed, which is larger than "
-            f"the available KV cache memory ({gib(kv)} GiB). Based on the available memory, "
-            f"the estimated maximum model length is {tokens}. Try increasing "
-            "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."
-        )
+    _check_one_request(tokens, max_model_len, kv_bytes_per_token, kv)
     return EngineMemory(
         budget_bytes=weights_bytes + activation_bytes + cuda_graph_bytes + kv,
         weights_bytes=weights_bytes,
@@ -292,3 +276,16 @@ def extensible_log_lines(
                                    f"({gib(mem.kv_cache_bytes)} GiB)."),
     ]  # fmt: skip
     return lines
+
+
+def _check_one_request(tokens: int, max_model_len: int, kv_bytes_per_token: int, kv: int) -> None:
+    """vLLM's refusal when the KV cache cannot hold one request of ``max_model_len`` tokens."""
+    if tokens < max_model_len:
+        needed = max_model_len * kv_bytes_per_token
+        raise EngineStartError(
+            "ValueError: To serve at least one request with the models's max seq len "
+            f"({max_model_len}), ({gib(needed)} GiB KV cache) is needed, which is larger than "
+            f"the available KV cache memory ({gib(kv)} GiB). Based on the available memory, "
+            f"the estimated maximum model length is {tokens}. Try increasing "
+            "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."
+        )
