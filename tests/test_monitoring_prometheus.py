@@ -67,12 +67,13 @@ simulate:
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "1s"}
 
 
-def _vllm(name: str, port: int, repo: str, served: str, status: str) -> str:
+def _vllm(name: str, port: int, repo: str, served: str, status: str, sleep: bool = False) -> str:
     return f"""
   {name}:
     type: vllm
     base_url: http://127.0.0.1:{port}
     status: {status}
+    enable_sleep_mode: {str(sleep).lower()}
     max_model_len: 8192
     max_num_seqs: 4
     models:
@@ -168,7 +169,7 @@ def test_prometheus_follows_swaps_alerts_on_a_death_only_and_every_dashboard_que
     ollama = start_sim_ollama(["big:latest"], loaded=["big:latest"], sizes_mib={"big:latest": 12000},
                               env={**os.environ, "GPUMGR_SIM_GPU_STATE": str(ollama_card)})
     port = free_port()
-    providers = ("providers:" + _vllm("qwen-7b", port, QWEN_7B, "qwen-coder", "active")
+    providers = ("providers:" + _vllm("qwen-7b", port, QWEN_7B, "qwen-coder", "active", sleep=True)
                  + _vllm("qwen-14b", port, QWEN_14B, "qwen-coder-14b", "standby")
                  + f"\n  ollama:\n    type: ollama\n    base_url: {ollama.base_url}\n"
                    "    models: [big:latest]\n")
@@ -220,6 +221,14 @@ def test_prometheus_follows_swaps_alerts_on_a_death_only_and_every_dashboard_que
         assert not [a for a in p.alerts()
                     if a["labels"]["alertname"].startswith("GpumgrBackendDownWhileDesired")]
         assert p.api("query", query='gpumgr_swaps_total{outcome="ok"}')["result"][0]["value"][1] == "2"
+
+        # -- a sleep and a wake: the wake's duration is a series of its own --------------------
+        for verb in ("sleep", "wake"):
+            done = daemon.cli(verb, "qwen-7b")
+            assert done.returncode == 0, done.stderr
+        daemon.wait_up("qwen-7b", 30)
+        wait_for(lambda: p.api("query", query="gpumgr_backend_wake_seconds_count")["result"],
+                 15, "the wake scraped")
 
         # -- an engine SIGKILLed: pending, then (the 3 s test copy) firing ------------------
         pid = daemon.backend("qwen-7b")["pid"]
