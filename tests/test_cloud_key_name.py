@@ -157,3 +157,34 @@ def test_the_daemon_logs_the_cloud_key_warning_at_load_without_the_key(tmp_path:
         assert SECRET not in harness.log_text()
     finally:
         harness.cleanup(check_log=False)
+
+
+def test_doctor_warns_at_the_line_of_the_owners_litellm_config_that_keys_the_cloud_with_it(
+    tmp_path: Path,
+) -> None:
+    """The owner's hand-written LiteLLM config, unchanged: its cloud entry reads
+    ``os.environ/OLLAMA_API_KEY`` and its local Ollama entries carry no key."""
+    owner = OWNER / "litellm-config.yaml"
+    line = next(i for i, ln in enumerate(owner.read_text().splitlines(), 1)
+                if "os.environ/OLLAMA_API_KEY" in ln)  # fmt: skip
+    cfg = write(tmp_path, registry(ollama_port=free_port(), cloud_url=f"http://127.0.0.1:{free_port()}"))
+    r = gpumgr("doctor", "--json", "--config-dir", str(cfg), "--litellm-config", str(owner),
+               env={"GPUMGR_RUNTIME_DIR": str(tmp_path / "run"), "GPUMGR_LISTEN": f"127.0.0.1:{free_port()}"})
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    leak = checks["litellm.cloud_key"]
+    assert leak["status"] == "warn"
+    assert leak["summary"].startswith(f"{owner}:{line}: os.environ/OLLAMA_API_KEY is the Ollama Cloud key")
+    assert "(qwen2.5-coder:7b, llama3.1:latest)" in leak["summary"]
+    assert "OLLAMA_CLOUD_API_KEY" in leak["fix"]
+    assert SECRET not in r.stdout + r.stderr
+
+
+def test_doctor_has_nothing_to_say_about_a_merged_config(tmp_path: Path) -> None:
+    cfg = write(tmp_path, registry(ollama_port=free_port(), cloud_url=f"http://127.0.0.1:{free_port()}"))
+    merged = tmp_path / "merged.yaml"
+    assert gpumgr("litellm-config", "--config-dir", str(cfg), "--merge",
+                  str(OWNER / "litellm-config.yaml"), "-o", str(merged)).returncode == 0
+    r = gpumgr("doctor", "--json", "--config-dir", str(cfg), "--litellm-config", str(merged),
+               env={"GPUMGR_RUNTIME_DIR": str(tmp_path / "run"), "GPUMGR_LISTEN": f"127.0.0.1:{free_port()}"})
+    names = {c["name"] for c in json.loads(r.stdout)["checks"]}
+    assert "litellm" in names and "litellm.cloud_key" not in names

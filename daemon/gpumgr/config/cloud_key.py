@@ -16,6 +16,8 @@ the variable (``litellm_config.py``).
 
 from __future__ import annotations
 
+from typing import Any
+
 from gpumgr.config.registry import Provider, ProvidersFile, ProviderType
 from gpumgr.config.source import YamlSource
 from gpumgr.errors import ConfigIssue
@@ -24,6 +26,25 @@ LITELLM_OLLAMA_KEY_ENV = "OLLAMA_API_KEY"
 """The variable LiteLLM sends to every Ollama deployment without an ``api_key`` of its own."""
 SAFE_NAME = "OLLAMA_CLOUD_API_KEY"
 """The name the warning suggests (and the one config/providers.yaml uses)."""
+CLOUD_KEY_REF = f"os.environ/{LITELLM_OLLAMA_KEY_ENV}"
+"""How a LiteLLM config entry takes its key from that variable."""
+OLLAMA_MODEL_PREFIXES = ("ollama/", "ollama_chat/")
+
+
+def keyless_beside_cloud_key(model_list: Any) -> list[tuple[str, dict[str, Any]]]:
+    """In a LiteLLM config's ``model_list``: ``(model_name, litellm_params)`` of each Ollama
+    entry without an ``api_key`` when another Ollama entry takes its key from
+    ``$OLLAMA_API_KEY`` (LiteLLM sends that key to these too); empty otherwise."""
+    if not isinstance(model_list, list):
+        return []
+    ollama = [
+        (str(e.get("model_name")), e["litellm_params"]) for e in model_list
+        if isinstance(e, dict) and isinstance(e.get("litellm_params"), dict)
+        and str(e["litellm_params"].get("model", "")).startswith(OLLAMA_MODEL_PREFIXES)
+    ]
+    if not any(p.get("api_key") == CLOUD_KEY_REF for _, p in ollama):
+        return []
+    return [(name, p) for name, p in ollama if not p.get("api_key")]
 
 
 def leaking_clouds(pf: ProvidersFile) -> list[Provider]:

@@ -31,7 +31,12 @@ from typing import Any
 
 import yaml
 
-from gpumgr.config.cloud_key import LITELLM_OLLAMA_KEY_ENV
+from gpumgr.config.cloud_key import (
+    CLOUD_KEY_REF,
+    LITELLM_OLLAMA_KEY_ENV,
+    OLLAMA_MODEL_PREFIXES,
+    keyless_beside_cloud_key,
+)
 from gpumgr.config.crosscheck import DEFAULT_CHAIN, provider_model_for
 from gpumgr.config.registry import MappingsFile, ModelEntry, Provider, ProvidersFile, ProviderType
 
@@ -139,10 +144,6 @@ def model_list(providers: ProvidersFile, mappings: MappingsFile) -> list[dict[st
     return list(out.values())
 
 
-OLLAMA_PREFIXES = ("ollama/", "ollama_chat/")
-CLOUD_KEY_REF = f"os.environ/{LITELLM_OLLAMA_KEY_ENV}"
-
-
 def pin_ollama_keys(models: list[Any]) -> list[str]:
     """When an Ollama entry takes its key from ``$OLLAMA_API_KEY`` (the owner's Ollama Cloud),
     give every Ollama entry without a key ``api_key: none`` (in place), so that LiteLLM, which
@@ -151,16 +152,10 @@ def pin_ollama_keys(models: list[Any]) -> list[str]:
     (which ignores the placeholder). The cloud entry keeps ``os.environ/OLLAMA_API_KEY``: that is
     where the owner's key is, and any other name would leave the cloud without it. Returns the
     names pinned, in order (``generated`` and ``--merge`` configs alike)."""
-    params = [(e, e.get("litellm_params")) for e in models if isinstance(e, dict)]
-    ollama = [(e, p) for e, p in params
-              if isinstance(p, dict) and str(p.get("model", "")).startswith(OLLAMA_PREFIXES)]
-    if not any(p.get("api_key") == CLOUD_KEY_REF for _, p in ollama):
-        return []
     pinned: list[str] = []
-    for entry, p in ollama:
-        if not p.get("api_key"):
-            p["api_key"] = NO_KEY
-            pinned.append(str(entry.get("model_name")))
+    for name, params in keyless_beside_cloud_key(models):
+        params["api_key"] = NO_KEY
+        pinned.append(name)
     return pinned
 
 
@@ -168,7 +163,7 @@ def pinned_ollama(models: list[Any]) -> list[str]:
     """The Ollama entries that carry ``api_key: none`` beside one keyed by ``$OLLAMA_API_KEY``
     (what ``pin_ollama_keys`` leaves; read, not changed)."""
     ollama = [e for e in models if isinstance(e, dict) and isinstance(e.get("litellm_params"), dict)
-              and str(e["litellm_params"].get("model", "")).startswith(OLLAMA_PREFIXES)]
+              and str(e["litellm_params"].get("model", "")).startswith(OLLAMA_MODEL_PREFIXES)]
     if not any(e["litellm_params"].get("api_key") == CLOUD_KEY_REF for e in ollama):
         return []
     return [str(e.get("model_name")) for e in ollama if e["litellm_params"].get("api_key") == NO_KEY]
