@@ -8,7 +8,7 @@ with ``gpumgr stop``, then sends requests one after another to the stopped model
 
 - ``as is``: the owner's file, addresses only (LiteLLM alone: retries and back-off);
 - ``callback line``: plus ``callbacks: [gpumgr.integrations.litellm.status_filter]``;
-- ``generated``: ``gpumgr litellm-config --merge`` of the owner's file.
+- ``--merge``: ``gpumgr litellm-config --merge`` of the owner's file.
 
 Prints a table and writes ``bench/results/owner_failover.json`` (``bench/run_all.py`` runs it
 with these defaults; it needs the LiteLLM proxy, like ``bench/router.py``).
