@@ -31,10 +31,9 @@ CLOUD_KEY_REF = f"os.environ/{LITELLM_OLLAMA_KEY_ENV}"
 OLLAMA_MODEL_PREFIXES = ("ollama/", "ollama_chat/")
 
 
-def keyless_beside_cloud_key(model_list: Any) -> list[tuple[str, dict[str, Any]]]:
+def cloud_keyed_ollama(model_list: Any) -> list[tuple[str, dict[str, Any]]]:
     """In a LiteLLM config's ``model_list``: ``(model_name, litellm_params)`` of each Ollama
-    entry without an ``api_key`` when another Ollama entry takes its key from
-    ``$OLLAMA_API_KEY`` (LiteLLM sends that key to these too); empty otherwise."""
+    entry, when one of them takes its key from ``$OLLAMA_API_KEY``; empty otherwise."""
     if not isinstance(model_list, list):
         return []
     ollama = [
@@ -42,9 +41,13 @@ def keyless_beside_cloud_key(model_list: Any) -> list[tuple[str, dict[str, Any]]
         if isinstance(e, dict) and isinstance(e.get("litellm_params"), dict)
         and str(e["litellm_params"].get("model", "")).startswith(OLLAMA_MODEL_PREFIXES)
     ]
-    if not any(p.get("api_key") == CLOUD_KEY_REF for _, p in ollama):
-        return []
-    return [(name, p) for name, p in ollama if not p.get("api_key")]
+    return ollama if any(p.get("api_key") == CLOUD_KEY_REF for _, p in ollama) else []
+
+
+def keyless_beside_cloud_key(model_list: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The Ollama entries without an ``api_key`` beside one keyed by ``$OLLAMA_API_KEY``
+    (LiteLLM sends that key to these too): what ``litellm-config`` pins and doctor warns about."""
+    return [(name, p) for name, p in cloud_keyed_ollama(model_list) if not p.get("api_key")]
 
 
 def leaking_clouds(pf: ProvidersFile) -> list[Provider]:

@@ -32,9 +32,8 @@ from typing import Any
 import yaml
 
 from gpumgr.config.cloud_key import (
-    CLOUD_KEY_REF,
     LITELLM_OLLAMA_KEY_ENV,
-    OLLAMA_MODEL_PREFIXES,
+    cloud_keyed_ollama,
     keyless_beside_cloud_key,
 )
 from gpumgr.config.crosscheck import DEFAULT_CHAIN, provider_model_for
@@ -159,20 +158,16 @@ def pin_ollama_keys(models: list[Any]) -> list[str]:
     return pinned
 
 
-def pinned_ollama(models: list[Any]) -> list[str]:
+def pinned_ollama(models: Any) -> list[str]:
     """The Ollama entries that carry ``api_key: none`` beside one keyed by ``$OLLAMA_API_KEY``
     (what ``pin_ollama_keys`` leaves; read, not changed)."""
-    ollama = [e for e in models if isinstance(e, dict) and isinstance(e.get("litellm_params"), dict)
-              and str(e["litellm_params"].get("model", "")).startswith(OLLAMA_MODEL_PREFIXES)]
-    if not any(e["litellm_params"].get("api_key") == CLOUD_KEY_REF for e in ollama):
-        return []
-    return [str(e.get("model_name")) for e in ollama if e["litellm_params"].get("api_key") == NO_KEY]
+    return [name for name, p in cloud_keyed_ollama(models) if p.get("api_key") == NO_KEY]
 
 
 def pinned_note(config: dict[str, Any]) -> str:
     """The comment line that says why some Ollama entries carry ``api_key: none``."""
     models = config.get("model_list")
-    pinned = pinned_ollama(models) if isinstance(models, list) else []
+    pinned = pinned_ollama(models)
     if not pinned:
         return ""
     return (f"# api_key: {NO_KEY} on {', '.join(pinned)}: the Ollama Cloud key is in "
