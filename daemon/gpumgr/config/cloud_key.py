@@ -55,7 +55,8 @@ def leaking_clouds(pf: ProvidersFile) -> list[Provider]:
     other Ollama servers."""
     return [
         p for p in pf.providers.values()
-        if p.runs_here and p.type is ProviderType.OLLAMA_CLOUD and p.env_var == LITELLM_OLLAMA_KEY_ENV
+        if p.runs_here and p.type is ProviderType.OLLAMA_CLOUD
+        and p.env_var == LITELLM_OLLAMA_KEY_ENV
     ]
 
 

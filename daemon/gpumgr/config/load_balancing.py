@@ -45,8 +45,9 @@ def check_load_balancing(section: Any, src: YamlSource) -> list[ConfigIssue]:
     if section is None or section == {}:
         return []
     if not isinstance(section, dict):
-        return [src.issue((SECTION,), f"kept for the router, but gpumgr reads a mapping here "
-                                      f"(keys {_quoted(ACCEPTED_KEYS)}); got {type(section).__name__}")]
+        return [src.issue((SECTION,), (
+            f"kept for the router, but gpumgr reads a mapping here (keys "
+            f"{_quoted(ACCEPTED_KEYS)}); got {type(section).__name__}"))]
     out: list[ConfigIssue] = []
     for key, value in section.items():
         here = (SECTION, key)
