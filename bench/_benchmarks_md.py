@@ -183,6 +183,15 @@ def router_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def owner_failover_rows(r: dict[str, Any]) -> list[Row]:
+    """Per config: a stopped vLLM model's request time (p50 as the median, min–max), how many
+    were answered and how many by the fallback."""
+    return [(f"{x['config']}: request to the stopped model, s ({x['ok']} answered, "
+             f"{x['by_fallback']} by the fallback)", num(x["p50_s"]), f"{num(x['max_s'])} (max)",
+             f"{num(x['min_s'])}–{num(x['max_s'])}", f"{x['requests']} requests")
+            for x in r["rows"]]
+
+
 def suite_rows(r: dict[str, Any]) -> list[Row]:
     return [single_row(f"`{r.get('command') or 'bash scripts/test.sh'}` wall time, s", r["duration_s"]),
             single_row("pytest's summary", r.get("summary") or DASH)]
@@ -231,6 +240,7 @@ TABLES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "suite": suite_rows,
     "router": router_rows,
     "soak": soak_rows,
+    "owner_failover": owner_failover_rows,
 }
 
 TITLES = {
@@ -244,6 +254,7 @@ TITLES = {
     "suite": "The test suite's own duration",
     "soak": "Chaos soak: random operations under traffic, invariants after every step",
     "metrics": "/metrics with 8 backends: server CPU per scrape before and after the lifecycle metrics",
+    "owner_failover": "The owner's LiteLLM config: a stopped vLLM model, as is, with the callback line, merged",
 }
 
 READING = {
@@ -274,6 +285,10 @@ READING = {
     "router": "`failed`: not HTTP 200 or no answer; the spread column has only the maximum (the "
     "benchmark records no minimum). The callback's own cost per pick is the LiteLLM callback "
     "section's.",
+    "owner_failover": "`as is` waits out the owner's own retries and back-off (num_retries 3, "
+    "retry_after 5) before the fallback; with the callback line the emptied group goes to the "
+    "fallbacks without a retry. Each request carries a fresh prompt, so the owner's cache "
+    "(Redis, at a closed port here) never answers it.",
     "suite": "The whole CI suite including the real-LiteLLM-proxy and fault tests, on the same "
     "shared machine.",
 }
@@ -362,6 +377,10 @@ def headline(steps: dict[str, dict[str, Any]]) -> list[str]:
                  f"{res['all']['requests']} requests, p50 {num(res['all']['p50_ms'])} ms"
                  for mode, res in r["modes"].items()]
         lines.append("- Router through the outage script: " + "; ".join(parts) + ".")
+    if r := result("owner_failover"):
+        parts = [f"{x['config']} p50 {num(x['p50_s'])} s" for x in r["rows"]]
+        lines.append("- The owner's LiteLLM config, a request to a stopped vLLM model: "
+                     + "; ".join(parts) + ".")
     if r := result("litellm_filter"):
         lines.append(f"- LiteLLM callback: {num(min(r['per_pick_us'].values()))}–"
                      f"{num(max(r['per_pick_us'].values()))} µs per pick.")

@@ -8,9 +8,10 @@ with ``gpumgr stop``, then sends requests one after another to the stopped model
 
 - ``as is``: the owner's file, addresses only (LiteLLM alone: retries and back-off);
 - ``callback line``: plus ``callbacks: [gpumgr.integrations.litellm.status_filter]``;
-- ``generated``: ``gpumgr litellm-config --merge`` of the owner's file.
+- ``--merge``: ``gpumgr litellm-config --merge`` of the owner's file.
 
-Prints a table and writes ``bench/results/owner_failover.json``.
+Prints a table and writes ``bench/results/owner_failover.json`` (``bench/run_all.py`` runs it
+with these defaults; it needs the LiteLLM proxy, like ``bench/router.py``).
 
     PYTHONPATH=daemon .venv/bin/python bench/owner_failover.py [--requests 15] [--as-is 3]
 """
@@ -18,12 +19,13 @@ Prints a table and writes ``bench/results/owner_failover.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from _report import header, results_path, write_result
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the e2e stack lives with the tests
@@ -68,9 +70,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['config']:<16}{r['requests']:>9}{r['ok']:>5}{r['by_fallback']:>9}"
               f"{r['p50_s']:>9}{r['min_s']:>9}{r['max_s']:>9}")
-    out = REPO_ROOT / "bench" / "results" / "owner_failover.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    write_result({**header("owner_failover"), "rows": rows}, results_path("owner_failover"))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ BENCHMARKS = (
     Benchmark("metrics", ("--duration-s", "5", "--concurrency", "4", "--rounds", "3"), 180,
               optional=True),
     Benchmark("policy", (), 900, optional=True),
+    Benchmark("owner_failover", ("--requests", "15", "--as-is", "3"), 600, optional=True),
 )
 
 

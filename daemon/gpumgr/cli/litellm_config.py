@@ -24,6 +24,7 @@ from gpumgr.integrations.litellm_config import (
     litellm_config as build,
     dump_yaml,
     notes_block,
+    pinned_note,
     render_yaml,
 )
 from gpumgr.integrations.litellm_merge import MERGE_HEADER, merge
@@ -55,7 +56,7 @@ def litellm_config(
         data = render_yaml(generated, notes)
     else:
         merged, summary = merge(read_existing(merge_path), generated)
-        data = (MERGE_HEADER + notes_block(notes) + dump_yaml(merged)).encode()
+        data = (MERGE_HEADER + notes_block(notes) + pinned_note(merged) + dump_yaml(merged)).encode()
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from gpumgr.config.cloud_key import check_cloud_key_name
 from gpumgr.config.crosscheck import check_mappings, check_providers
 from gpumgr.config.errors_translate import translate
 from gpumgr.config.paths import (
@@ -29,6 +30,7 @@ from gpumgr.config.paths import (
 )
 from gpumgr.config.registry import MappingsFile, Provider, ProvidersFile, ProviderStatus, ProviderType
 from gpumgr.config.env_secrets import check_env_values, known_secrets
+from gpumgr.config.load_balancing import check_load_balancing
 from gpumgr.config.policy_checks import check_policies
 from gpumgr.config.settings import Settings
 from gpumgr.config.source import YamlSource, read_yaml
@@ -155,11 +157,14 @@ def inspect_config(
 
     if pf is not None:
         issues.extend(check_providers(pf, psrc))
+        warnings.extend(check_cloud_key_name(pf, psrc))
         issues.extend(check_policies(pf, st, psrc))
         if mf is not None:
             mapping_errors, mapping_warnings = check_mappings(pf, mf, msrc, psrc)
             issues.extend(mapping_errors)
             warnings.extend(mapping_warnings)
+    if mf is not None:
+        warnings.extend(check_load_balancing(mf.load_balancing, msrc))
     if pf is not None and st is not None:
         issues.extend(check_env_values(pf, psrc, known_secrets(pf, st, env)))
     if issues:

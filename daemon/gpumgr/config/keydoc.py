@@ -20,6 +20,7 @@ from gpumgr.config.registry import (
     FallbackChain,
     HealthChecks,
     IdlePolicy,
+    LoadBalancing,
     ModelEntry,
     Provider,
 )
@@ -33,6 +34,7 @@ SECTIONS: dict[str, tuple[type[BaseModel], str]] = {
     "exact_match": (ExactMatch, "exact_matches.ROUTER_NAME."),
     "capability": (Capability, "capabilities.NAME."),
     "fallback_chain": (FallbackChain, "fallback_chains.ROUTER_NAME."),
+    "load_balancing": (LoadBalancing, "load_balancing."),
     "settings": (Settings, ""),
 }
 _SKIP: dict[type[BaseModel], set[str]] = {Provider: {"name"}}

@@ -433,6 +433,23 @@ class Capability(BaseModel):
     routing_strategy: str | None = None
 
 
+class LoadBalancing(BaseModel):
+    """``load_balancing:`` of ``model-mappings.yaml``: how the router picks among backends.
+
+    gpumgr never routes by it; what its LiteLLM config does is ``strategy: priority`` (each
+    router name goes to its one backend, then down its fallback chain in order) and
+    ``health_aware: true`` (the gpumgr callback skips backends gpumgr reports down). These are
+    the keys and values ``gpumgr validate`` checks (``config/load_balancing.py``): anything else
+    is kept for the router and warned about, never an error. This model documents the keys; the
+    file's section is read as written (``MappingsFile.load_balancing``).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    strategy: Literal["priority"] | None = None
+    health_aware: bool | None = None
+
+
 class FallbackChain(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -447,7 +464,9 @@ class MappingsFile(BaseModel):
     exact_matches: dict[str, ExactMatch] = Field(default_factory=dict)
     patterns: list[PatternRule] | dict[str, Any] = Field(default_factory=list)
     capabilities: dict[str, Capability] = Field(default_factory=dict)
-    load_balancing: dict[str, Any] = Field(default_factory=dict)
+    load_balancing: Any = Field(default_factory=dict)
+    """As written: checked by ``config/load_balancing.py`` with warnings only (``LoadBalancing``
+    lists what gpumgr's LiteLLM config does), so a surprise here never stops a load."""
     fallback_chains: dict[str, FallbackChain] = Field(default_factory=dict)
 
     @field_validator("fallback_chains", mode="before")

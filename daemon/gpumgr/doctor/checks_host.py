@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from gpumgr.config.cloud_key import CLOUD_KEY_REF, SAFE_NAME, keyless_beside_cloud_key
 from gpumgr.doctor import Check, fail, ok, warn
 from gpumgr.gpu import GpuInfo, GpuInventory
 
@@ -286,3 +287,28 @@ def check_litellm(path: str, text: str | None, read_error: str | None) -> Check:
     if GPUMGR_CALLBACK in callbacks:
         return ok("litellm", f"{path}: loads {GPUMGR_CALLBACK}")
     return fail("litellm", f"{path}: callbacks {callbacks} lack {GPUMGR_CALLBACK}", fix)
+
+
+def check_litellm_cloud_key(path: str, text: str | None) -> Check | None:
+    """A warning when the proxy's config takes an Ollama key from ``$OLLAMA_API_KEY`` and has
+    Ollama entries without a key: LiteLLM sends that key to them too (config/cloud_key.py).
+    None when there is nothing to say (or the file does not parse: ``check_litellm`` says so)."""
+    try:
+        data = yaml.safe_load(text) if text is not None else None
+    except yaml.YAMLError:
+        return None
+    leaking = keyless_beside_cloud_key(data.get("model_list") if isinstance(data, dict) else None)
+    if not leaking:
+        return None
+    assert text is not None
+    line = next((i for i, ln in enumerate(text.splitlines(), 1) if CLOUD_KEY_REF in ln), None)
+    where = f"{path}:{line}" if line else path
+    names = ", ".join(name for name, _ in leaking)
+    return warn(
+        "litellm.cloud_key",
+        f"{where}: {CLOUD_KEY_REF} is the Ollama Cloud key, and LiteLLM also sends "
+        f"$OLLAMA_API_KEY to the Ollama entries without an api_key ({names})",
+        f"rename the variable (e.g. {SAFE_NAME} in the proxy's environment and "
+        f"os.environ/{SAFE_NAME} here, and the provider's env_var), or give those entries "
+        "`api_key: none`; `gpumgr litellm-config --merge` on this file does one or the other",
+    )

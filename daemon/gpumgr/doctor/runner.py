@@ -38,6 +38,7 @@ from gpumgr.doctor.checks_host import (
     check_daemon,
     check_driver,
     check_litellm,
+    check_litellm_cloud_key,
     check_port,
     check_socket,
     check_systemd,
@@ -368,6 +369,8 @@ def run_doctor(options: DoctorOptions) -> Report:
             except OSError as exc:
                 text, read_err = None, exc.strerror or str(exc)
             checks.append(check_litellm(path, text, read_err))
+            if (leak := check_litellm_cloud_key(path, text)) is not None:
+                checks.append(leak)
     finally:
         pool.close()
     return Report(tuple(checks), time.monotonic() - t0)

@@ -12,7 +12,9 @@ What it writes (docs/litellm.md explains each choice):
   expects (``hosted_vllm/<served name>`` + ``<base_url>/v1`` for vLLM, ``ollama_chat/<name>`` +
   the server root for Ollama and Ollama Cloud, ``openai/<name>`` + ``…/v1`` for llama.cpp and
   other OpenAI-compatible servers), ``model_info.gpumgr_backend`` (the provider), and a key only
-  as ``os.environ/<env_var>`` — never the secret.
+  as ``os.environ/<env_var>`` — never the secret. When the Ollama Cloud key is in
+  ``$OLLAMA_API_KEY``, the keyless Ollama entries get ``api_key: none`` (``pin_ollama_keys``),
+  and a comment says why.
 - ``router_settings``: ``fallbacks`` from ``fallback_chains`` in file order (an ``exact_matches``
   ``fallback`` where a name has no chain), ``default_fallbacks`` from the ``default`` chain,
   ``model_group_alias`` from each capability's first preferred model, and a retry policy with
@@ -29,6 +31,11 @@ from typing import Any
 
 import yaml
 
+from gpumgr.config.cloud_key import (
+    LITELLM_OLLAMA_KEY_ENV,
+    cloud_keyed_ollama,
+    keyless_beside_cloud_key,
+)
 from gpumgr.config.crosscheck import DEFAULT_CHAIN, provider_model_for
 from gpumgr.config.registry import MappingsFile, ModelEntry, Provider, ProvidersFile, ProviderType
 
@@ -136,6 +143,38 @@ def model_list(providers: ProvidersFile, mappings: MappingsFile) -> list[dict[st
     return list(out.values())
 
 
+def pin_ollama_keys(models: list[Any]) -> list[str]:
+    """When an Ollama entry takes its key from ``$OLLAMA_API_KEY`` (the owner's Ollama Cloud),
+    give every Ollama entry without a key ``api_key: none`` (in place), so that LiteLLM, which
+    falls back to that variable for an Ollama deployment without a key (``config/cloud_key.py``:
+    litellm/main.py ``_complete_ollama_chat``), never sends the cloud key to a local Ollama
+    (which ignores the placeholder). The cloud entry keeps ``os.environ/OLLAMA_API_KEY``: that is
+    where the owner's key is, and any other name would leave the cloud without it. Returns the
+    names pinned, in order (``generated`` and ``--merge`` configs alike)."""
+    pinned: list[str] = []
+    for name, params in keyless_beside_cloud_key(models):
+        params["api_key"] = NO_KEY
+        pinned.append(name)
+    return pinned
+
+
+def pinned_ollama(models: Any) -> list[str]:
+    """The Ollama entries that carry ``api_key: none`` beside one keyed by ``$OLLAMA_API_KEY``
+    (what ``pin_ollama_keys`` leaves; read, not changed)."""
+    return [name for name, p in cloud_keyed_ollama(models) if p.get("api_key") == NO_KEY]
+
+
+def pinned_note(config: dict[str, Any]) -> str:
+    """The comment line that says why some Ollama entries carry ``api_key: none``."""
+    models = config.get("model_list")
+    pinned = pinned_ollama(models)
+    if not pinned:
+        return ""
+    return (f"# api_key: {NO_KEY} on {', '.join(pinned)}: the Ollama Cloud key is in "
+            f"${LITELLM_OLLAMA_KEY_ENV}, which LiteLLM would otherwise send to these Ollama "
+            "entries too (`gpumgr validate` says how to rename it).\n")
+
+
 def _resolve(
     target: str, router_name: str, providers: ProvidersFile, mappings: MappingsFile, known: set[str]
 ) -> str | None:
@@ -194,6 +233,7 @@ def litellm_config(
 ) -> dict[str, Any]:
     """The whole proxy config as plain data (dicts and lists in a fixed order)."""
     models = model_list(providers, mappings)
+    pin_ollama_keys(models)
     known = {m["model_name"] for m in models}
     chains, default = fallbacks(providers, mappings, known)
     aliases = {
@@ -246,4 +286,4 @@ def dump_yaml(data: Any) -> str:
 
 def render_yaml(config: dict[str, Any], notes: Sequence[str] = ()) -> bytes:
     """Stable bytes: a fixed header, the left-out notes as comments, then the config."""
-    return (HEADER + notes_block(notes) + dump_yaml(config)).encode()
+    return (HEADER + notes_block(notes) + pinned_note(config) + dump_yaml(config)).encode()

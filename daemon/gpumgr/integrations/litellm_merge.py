@@ -13,6 +13,9 @@ Pure: ``merge(existing, generated)`` takes the operator's parsed file and what
   registry's when it has a ``default`` chain. Nothing else of ``router_settings`` changes:
   ``num_retries``, ``retry_after``, ``allowed_fails``, ``cooldown_time`` stay as written (the
   callback alone makes a stopped backend fail over at once: integrations/litellm/failover.py).
+- The Ollama Cloud key in ``$OLLAMA_API_KEY``: every Ollama entry without a key (the
+  operator's own included) gets ``api_key: none``, so LiteLLM does not send the cloud key to the
+  local Ollama (``litellm_config.pin_ollama_keys``).
 - ``litellm_settings.callbacks``: gpumgr's callback is added when missing. Cache, Redis,
   ``general_settings`` (auth off included) and everything else are left as they are.
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from gpumgr.integrations.litellm_config import CALLBACK, MASTER_KEY_ENV
+from gpumgr.integrations.litellm_config import CALLBACK, MASTER_KEY_ENV, NO_KEY, pin_ollama_keys
 
 REGISTRY_PARAMS = ("model", "api_base", "api_key")
 """The ``litellm_params`` the registry decides; every other one is the operator's."""
@@ -105,6 +108,12 @@ def merge(existing: dict[str, Any], generated: dict[str, Any]) -> tuple[dict[str
         else:
             model_list.append(copy.deepcopy(entry))
             summary.append(f"model_list: {name}: added ({entry['litellm_params']['model']})")
+    pinned = pin_ollama_keys(model_list)
+    if pinned:
+        summary.append(
+            f"model_list: {', '.join(pinned)}: api_key: {NO_KEY} added (the Ollama Cloud key is "
+            "in $OLLAMA_API_KEY, which LiteLLM would send to these Ollama entries too; "
+            "`gpumgr validate` says how to rename it)")
     known = {e["model_name"] for e in generated["model_list"]}
     kept = [n for n in mine if n not in known]
     if kept:
