@@ -337,3 +337,70 @@ def test_a_daemon_killed_during_a_start_or_restart_ends_with_the_engine_serving(
         await box.until(lambda: len(engines(box)) == len(expected), "one engine each")
 
     box.run(body)
+
+
+# -- what the chaos soak found (seed 1, step 345): a restart of a sleeper ------------------------
+
+
+def sleeper_beside_a_grown_engine(box: Box) -> object:
+    """Deepseek started alone (a large slice), then put to sleep; the 7B started while it
+    sleeps (its slice planned around what the sleeper still holds). Deepseek awake beside the
+    7B is more than the 16 GiB card holds (the soak's own registry)."""
+    sleepy = "    swap_mode: sleep\n"
+    return box.write(
+        provider_yaml("small", free_port(), QWEN, status="standby", max_model_len=4096).replace(
+            "    max_num_seqs: 2\n", "    max_num_seqs: 8\n" + sleepy),
+        provider_yaml("deep", free_port(), DEEPSEEK, max_model_len=4096).replace(
+            "    max_num_seqs: 2\n", "    max_num_seqs: 4\n" + sleepy))
+
+
+async def sleeping_deep_and_small_up(box: Box, config: object) -> Rig:
+    rig = box.manager(config)  # type: ignore[arg-type]
+    await rig.begin(rig._inventory.read())
+    await box.up("deep")
+    await rig.operator.sleep("deep")
+    await rig.operator.start("small")
+    await box.up("small")
+    assert box.states.state("deep") is S.SLEEPING
+    return rig
+
+
+def test_a_restart_of_a_sleeper_that_cannot_come_back_awake_is_refused_before_it_is_stopped(
+    box: Box,
+) -> None:
+    config = sleeper_beside_a_grown_engine(box)
+
+    async def body() -> None:
+        rig = await sleeping_deep_and_small_up(box, config)
+        deep, small = box.pid(rig, "deep"), box.pid(rig, "small")
+        before = desired_on_disk(box)
+        with pytest.raises(PlanInfeasible, match="deep would not fit once restarted: "):
+            await rig.operator.restart("deep")
+        assert box.pid(rig, "deep") == deep and rig.keepers["deep"].asleep  # never stopped
+        assert box.states.state("deep") is S.SLEEPING
+        assert box.pid(rig, "small") == small
+        assert desired_on_disk(box) == before  # still asleep, and it is
+
+    box.run(body)
+
+
+def test_a_sleeper_whose_restart_fails_and_cannot_come_back_leaves_desired_state(box: Box) -> None:
+    """Past the check (the card changed meanwhile, a crash): the restart stops the sleeper, its
+    new engine cannot start and neither can the sleeper it was; desired.json then says what
+    runs (not ``asleep`` for an engine that is gone), and the backend is ``stopped``."""
+    config = sleeper_beside_a_grown_engine(box)
+
+    async def body() -> None:
+        rig = await sleeping_deep_and_small_up(box, config)
+        r = rig.reconciler
+        deep = box.pid(rig, "deep")
+        async with r.turn("restart deep"):  # the operation itself, as the check let it through
+            with pytest.raises(OperationFailed, match="did not come back"):
+                await r.apply("restart deep", r.target("deep"), ["deep"], restart=["deep"])
+        assert not alive(deep) and "deep" not in rig.keepers
+        stored = desired_on_disk(box)
+        assert set(stored["backends"]) == {"small"} and "intent" not in stored  # type: ignore[arg-type]
+        assert box.states.state("deep") is S.STOPPED
+        await box.up("small")
+
+    box.run(body)

@@ -222,11 +222,27 @@ class Reconciler:
             for name in back:
                 await self.converge(name, lease, progress)
         except OperationFailed as again:
-            await self.write(self.desired.with_intent(None))
+            await self.write(self._what_came_back(back).with_intent(None))
             raise OperationFailed(f"{exc}; and {names} did not come back: {again}",
                                   exc.log_tail) from None
         await self.write(self.desired.with_intent(None))
         raise OperationFailed(f"{exc}; {names} is back" if names else str(exc), exc.log_tail)
+
+    def _what_came_back(self, names: Iterable[str]) -> DesiredState:
+        """After a rollback that failed: ``desired.json`` stays true to what runs. A sleeper that
+        did not come back leaves it (asleep means not serving: it is never started again awake
+        behind the operator's back, as ``sleeper_gone``); an awake backend that did not come
+        back is handed to its keeper, whose restart policy goes on trying (never nothing)."""
+        desired = self.desired
+        for name in names:
+            if name not in desired.running or self.manager.has_live_keeper(name):
+                continue
+            if name in desired.sleeping:
+                log.warning("reconciler.sleeper_not_back", backend=name)
+                desired = desired.without(name)
+            elif name not in self.manager.keepers:
+                self.manager.launch(name)
+        return desired
 
     def settle(self, names: Iterable[str]) -> None:
         """Every backend an operation touched ends in a terminal state: one with no keeper
