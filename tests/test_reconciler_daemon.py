@@ -68,6 +68,35 @@ def test_a_provider_enabled_from_disabled_by_reload_is_started_and_published_wit
         d.cleanup()
 
 
+def test_a_backend_whose_keeper_failed_is_disabled_by_reload_through_stopped_never_back(
+    tmp_path: Path,
+) -> None:
+    """What the soak found: the keeper had failed (here: the plan, a model the 8 GiB card cannot
+    hold), the reload marking it ``disabled`` moved it to ``disabled`` at once, then the
+    reconciler's stop of that keeper published ``stopped``: the illegal ``disabled → stopped``.
+    Now the stop comes first and ``disabled`` last; enabling it again works as ever."""
+    port = free_port()
+    small_card = SETTINGS + "  gpus:\n    - memory_total_mib: 8192\n"
+    huge = registry(port, "active").replace("max_model_len: 4096", "max_model_len: 32768")
+    d = DaemonHarness(tmp_path, huge, small_card)
+    try:
+        d.start()
+        wait_for(lambda: d.backend("qwen-7b")["state"] == "failed", 60, "the keeper failed")
+        assert "does not fit" in d.backend("qwen-7b")["detail"]
+        (d.config_dir / "providers.yaml").write_text(huge.replace("status: active", "status: disabled"))
+        assert d.cli("reload").returncode == 0
+        wait_for(lambda: d.backend("qwen-7b")["state"] == "disabled", 30, "disabled")
+        time.sleep(0.5)  # nothing moves it afterwards
+        assert d.backend("qwen-7b")["state"] == "disabled"
+        (d.config_dir / "providers.yaml").write_text(huge.replace("status: active", "status: standby"))
+        assert d.cli("reload").returncode == 0
+        wait_for(lambda: d.backend("qwen-7b")["state"] == "stopped", 30, "enabled again")
+        assert "backend.illegal_transition" not in d.log_text()
+        assert d.stop() == 0
+    finally:
+        d.cleanup()
+
+
 def test_an_engine_whose_record_is_lost_is_never_published_as_our_serving_engine(
     tmp_path: Path,
 ) -> None:

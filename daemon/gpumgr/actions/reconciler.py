@@ -274,6 +274,7 @@ class Reconciler:
         """Apply a new configuration (the caller's turn): start added backends, stop removed
         ones, restart exactly those whose launch identity changed; the rest stay (same pid)."""
         manager = self.manager
+        before = manager.known()
         manager.configure(config)
         await manager.refresh_gpus()
         await self.write(desired_for(config, self.desired.with_intent(None)))
@@ -294,6 +295,9 @@ class Reconciler:
             else:
                 manager.keep_running(name)
                 report.unchanged.append(name)
+        # disabled or removed: each ends ``stopped`` (a failed one with no keeper too), and
+        # only then ``disabled`` (the status's prune, after this): a legal path from any state
+        self.settle(before - manager.known())
         for name in self.desired.running:
             if name not in manager.keepers and name not in self.desired.sleeping:
                 manager.launch(name)
