@@ -404,3 +404,70 @@ def test_a_sleeper_whose_restart_fails_and_cannot_come_back_leaves_desired_state
         await box.up("small")
 
     box.run(body)
+
+
+# -- reloads that promote a standby provider (soak --promotions) ---------------------------------
+
+
+def test_a_reload_promoting_a_provider_onto_a_port_another_runs_is_refused_with_its_reason(
+    box: Box,
+) -> None:
+    """The owner's file marks the 7B ``active`` while the 14B (swapped in) serves its port: the
+    7B's keeper used to wait for the port for good. Now the promotion is refused, with the reason
+    as the reload's warning and the backend's detail; the rest of the reload is applied."""
+    port, config = same_port_pair(box)
+
+    async def body() -> None:
+        rig = box.manager(config)  # type: ignore[arg-type]
+        await rig.begin(rig._inventory.read())
+        await box.up("small")
+        await rig.operator.swap("small", "large")
+        await box.up("large")
+        large = box.pid(rig, "large")
+        demoted = await rig.reconcile(box.write(  # the owner's first edit: the 7B standby…
+            provider_yaml("small", port, QWEN, max_model_len=4096, status="standby"),
+            provider_yaml("large", port, QWEN14, status="standby", max_model_len=4096)))
+        assert demoted.unchanged == ["large"] and not demoted.refused
+        report = await rig.reconcile(box.write(  # …then active again, the 14B still serving
+            provider_yaml("small", port, QWEN, max_model_len=4096, status="active"),
+            provider_yaml("large", port, QWEN14, status="standby", max_model_len=4096,
+                          description="edited with the promotion")))
+        assert report.started == [] and set(report.refused) == {"small"}
+        assert report.refused["small"].startswith(f"port {port} is held by large (running)")
+        assert report.warnings() == [f"small not started: {report.refused['small']}"]
+        assert set(rig.keepers) == {"large"} and box.pid(rig, "large") == large
+        assert box.states.state("small") is S.STOPPED
+        assert "not started: port" in box.states.reason("small")
+        assert set(desired_on_disk(box)["backends"]) == {"large"}  # type: ignore[arg-type]
+        assert len(engines(box)) == 1
+
+    box.run(body)
+
+
+def test_a_reload_promoting_a_provider_the_card_cannot_hold_beside_the_others_is_refused(
+    box: Box,
+) -> None:
+    config = sleeper_beside_a_grown_engine(box)  # the 7B standby, deep active
+
+    async def body() -> None:
+        rig = box.manager(config)  # type: ignore[arg-type]
+        await rig.begin(rig._inventory.read())
+        await box.up("deep")
+        await rig.manager.ensure_weights("small")  # known locally: the set can be planned
+        promoted = box.write(*(
+            provider_yaml("small", rig.manager.provider("small").port or 0, QWEN,
+                          max_model_len=4096).replace(
+                "    max_num_seqs: 2\n", "    max_num_seqs: 8\n    swap_mode: sleep\n"),
+            provider_yaml("deep", rig.manager.provider("deep").port or 0, DEEPSEEK,
+                          max_model_len=4096).replace(
+                "    max_num_seqs: 2\n", "    max_num_seqs: 4\n    swap_mode: sleep\n")))
+        deep = box.pid(rig, "deep")
+        report = await rig.reconcile(promoted)
+        assert set(report.refused) == {"small"} and report.started == []
+        assert "small does not fit" in report.refused["small"]
+        assert set(rig.keepers) == {"deep"} and box.pid(rig, "deep") == deep
+        assert box.states.state("small") is S.STOPPED
+        assert set(desired_on_disk(box)["backends"]) == {"deep"}  # type: ignore[arg-type]
+        assert not any(isinstance(e, ev.ChildStarted) and e.backend == "small" for e in box.events)
+
+    box.run(body)

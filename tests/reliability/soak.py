@@ -469,7 +469,7 @@ class Soak:
         last = lines[-1] if lines else {}
         if op == "reload":
             return "ok: " + " ".join(f"{k}={v}" for k, v in last.items()
-                                     if k in ("started", "stopped", "restarted") and v)
+                                     if k in ("started", "stopped", "restarted", "refused") and v)
         if last.get("event") == "done" and last.get("ok"):
             return f"ok: {last.get('message', '')}"
         return f"failed: {last.get('error', last)}"

@@ -32,6 +32,7 @@ from gpumgr.errors import GpumgrError
 from gpumgr.gpu import GpuInventory
 from gpumgr.supervisor.events import BackendStopped
 
+from . import admit
 from .boot import boot, changed
 from .desired import DesiredState, Intent, desired_for, launch_identity
 from .lease import GpuLease
@@ -298,12 +299,25 @@ class Reconciler:
         # disabled or removed: each ends ``stopped`` (a failed one with no keeper too), and
         # only then ``disabled`` (the status's prune, after this): a legal path from any state
         self.settle(before - manager.known())
-        for name in self.desired.running:
-            if name not in manager.keepers and name not in self.desired.sleeping:
-                manager.launch(name)
-                report.started.append(name)
+        starting = [n for n in self.desired.running
+                    if n not in manager.keepers and n not in self.desired.sleeping]
+        for i, name in enumerate(starting):  # checked as `gpumgr start` is, one after another
+            why = await admit.refusal(manager, self.desired, name, starting[i + 1:])
+            if why is not None:
+                await self._refuse(name, why, report)
+                continue
+            manager.launch(name)
+            report.started.append(name)
         log.info("reconciler.reloaded", **vars(report))
         return report
+
+    async def _refuse(self, name: str, why: str, report: ReconcileReport) -> None:
+        """The owner's file asks for ``name`` but it may not start (``admit``): not desired
+        (desired.json says what runs), ``stopped`` with the reason, a warning of the reload."""
+        log.warning("reconciler.not_started", backend=name, why=why)
+        await self.write(self.desired.without(name))
+        self.manager.ctx.sink(BackendStopped(name, f"not started: {why}"))
+        report.refused[name] = why
 
     # -- policies ----------------------------------------------------------------------------
     def policy(self, what: str, by: str, run: Callable[[], Awaitable[object]],
