@@ -179,7 +179,7 @@ class Operator:
             live = self.manager.has_live_keeper(name)
             if not live:
                 self._check_port(name)
-                await self._weights(name, progress)
+            await self._weights(name, progress)  # an adopted engine's are not looked up yet
             try:
                 await self._check_fits(name, gone=frozenset({name}) if live else frozenset())
             finally:

@@ -304,14 +304,14 @@ class Reconciler:
         for i, name in enumerate(starting):  # checked as `gpumgr start` is, one after another
             why = await admit.refusal(manager, self.desired, name, starting[i + 1:])
             if why is not None:
-                await self._refuse(name, why, report)
+                await self.refuse(name, why, report)
                 continue
             manager.launch(name)
             report.started.append(name)
         log.info("reconciler.reloaded", **vars(report))
         return report
 
-    async def _refuse(self, name: str, why: str, report: ReconcileReport) -> None:
+    async def refuse(self, name: str, why: str, report: ReconcileReport) -> None:
         """The owner's file asks for ``name`` but it may not start (``admit``): not desired
         (desired.json says what runs), ``stopped`` with the reason, a warning of the reload."""
         log.warning("reconciler.not_started", backend=name, why=why)
