@@ -471,3 +471,26 @@ def test_a_reload_promoting_a_provider_the_card_cannot_hold_beside_the_others_is
         assert not any(isinstance(e, ev.ChildStarted) and e.backend == "small" for e in box.events)
 
     box.run(body)
+
+
+def test_a_restart_of_an_adopted_engine_is_checked_with_its_weights_looked_up_first(box: Box) -> None:
+    """The soak (seed 1 with the restart check): an engine adopted after a daemon crash had no
+    snapshot known to the new daemon, and the restart's fit decision raised ``KeyError``."""
+    _, config = same_port_pair(box)
+
+    async def body() -> None:
+        first = box.manager(config)  # type: ignore[arg-type]
+        await first.begin(first._inventory.read())
+        await box.up("small")
+        old = box.pid(first, "small")
+        crash(box, first, None)
+        second = box.manager(config)  # type: ignore[arg-type]
+        await second.begin(second._inventory.read())
+        await box.up("small")
+        assert box.pid(second, "small") == old  # adopted
+        outcome = await second.operator.restart("small")
+        assert outcome.message.startswith("small restarted")
+        await box.up("small")
+        assert box.pid(second, "small") != old and not alive(old)
+
+    box.run(body)
