@@ -115,10 +115,11 @@ class Op:
 
 
 PROMOTIONS_WEIGHT = 3
-"""``reload_status`` (the owner's file marking ``qwen-7b`` or ``deepseek`` ``active``): off by
-default, because a promotion can ask for a set the card cannot hold or two engines on one port,
-which the daemon does not reconcile yet (see ``bench/soak.py --promotions`` and the report of
-issue 18's soak); on, the soak finds those."""
+"""``reload_status`` (the owner's file marking ``qwen-7b`` or ``deepseek`` ``active``, or back):
+a promotion can ask for a set the card cannot hold or for a port another engine serves; the
+reload refuses those (``actions/admit.py``: ``refused`` in its answer, the backend ``stopped``
+with the reason, not desired). Off by default only so that a seed replays the operation list it
+always had; ``bench/soak.py --promotions`` turns it on."""
 
 
 def plan_operations(seed: int, steps: int, promotions: bool = False) -> list[Op]:
