@@ -273,7 +273,9 @@ class Reconciler:
     # -- reload ----------------------------------------------------------------------------
     async def reload(self, config: Config) -> ReconcileReport:
         """Apply a new configuration (the caller's turn): start added backends, stop removed
-        ones, restart exactly those whose launch identity changed; the rest stay (same pid)."""
+        ones, restart exactly those whose launch identity changed; the rest stay (same pid).
+        An added backend is checked first as ``gpumgr start`` is (``admit``: its port, the fit);
+        a refused one is a warning in ``report.refused``, never a keeper waiting for good."""
         manager = self.manager
         before = manager.known()
         manager.configure(config)
