@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -494,3 +496,41 @@ def test_a_restart_of_an_adopted_engine_is_checked_with_its_weights_looked_up_fi
         assert box.pid(second, "small") != old and not alive(old)
 
     box.run(body)
+
+
+def test_an_awake_engine_that_cannot_come_back_after_a_failed_swap_is_handed_to_its_keeper(
+    box: Box,
+) -> None:
+    """A swap whose new engine fails, and whose old one cannot come back either (a stranger took
+    the card meanwhile): the old one stays desired and gets a keeper again, which says why it
+    does not run (never desired with nothing keeping it, published ``stopped``)."""
+    _, config = same_port_pair(box)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    async def body() -> None:
+        rig = box.manager(config)  # type: ignore[arg-type]
+        await rig.begin(rig._inventory.read())
+        await box.up("small")
+        r = rig.reconciler
+        gpu = box.gpu()
+        uuid = gpu.read().gpus[0].uuid
+
+        async def card_taken() -> None:  # right after the old engine's memory came back
+            gpu.allocate(stranger.pid, uuid, 15000, "stranger")
+
+        async with r.turn("swap small → large"):
+            with pytest.raises(OperationFailed, match="did not come back"):
+                await r.apply("swap small → large", r.target("large").without("small"),
+                              ["small", "large"], between=card_taken)
+        stored = desired_on_disk(box)
+        assert set(stored["backends"]) == {"small"} and "intent" not in stored  # type: ignore[arg-type]
+        assert set(rig.keepers) == {"small"}
+        await box.until(lambda: box.states.state("small") is S.FAILED, "small failed, said why")
+        assert "does not fit" in box.states.reason("small")
+        assert box.states.state("large") is S.STOPPED
+
+    try:
+        box.run(body)
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -233,7 +233,8 @@ class Reconciler:
         """After a rollback that failed: ``desired.json`` stays true to what runs. A sleeper that
         did not come back leaves it (asleep means not serving: it is never started again awake
         behind the operator's back, as ``sleeper_gone``); an awake backend that did not come
-        back is handed to its keeper, whose restart policy goes on trying (never nothing)."""
+        back is handed to its keeper: its restart policy goes on trying, or it ends ``failed``
+        saying why (never desired with nothing keeping it)."""
         desired = self.desired
         for name in names:
             if name not in desired.running or self.manager.has_live_keeper(name):
