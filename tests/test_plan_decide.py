@@ -223,6 +223,26 @@ def test_a_wake_needs_the_sleepers_whole_slice_back() -> None:
     assert once.ok and once.plan is None
 
 
+def test_a_restart_is_decided_as_its_new_engine_will_be_planned_once_the_old_one_is_gone() -> None:
+    """Seed 1 of the soak: ``restart`` of a sleeper was checked with the sleeper in ``gone``,
+    which also took it out of the plan (the check said "fits" for a plan without it); the new
+    engine's planner, once the sleeper had stopped, refused. A backend both leaving and starting
+    is planned afresh on the card without its memory: the same decision its planner makes."""
+    sleeper = GpuProcess(9, 2000 * MIB, owner="new")  # what a sleeper still holds
+    awake = _card(TOTAL, [GpuProcess(1, 300 * MIB), GpuProcess(7, _held(OLD, 0.5, TOTAL), owner="old")])
+    card = _card(TOTAL, [*awake.processes, sleeper])
+    running = {"old": 0.5, "new": 0.84}
+    check = decide(card, [OLD, NEW], ["new"], running_fractions=running, gone=frozenset({"new"}))
+    planner = decide(awake, [OLD, NEW], ["new"], running_fractions={"old": 0.5})
+    assert check.ok is planner.ok is False  # the 8192-token 14 GiB model cannot sit beside old
+    assert check.refusal is not None and planner.refusal is not None
+    assert check.refusal.message.startswith("new would not fit once restarted: ")
+    assert check.refusal.message.endswith(planner.refusal.message)
+    small = decide(card, [OLD, SMALL], ["small"], running_fractions={"old": 0.5, "small": 0.2},
+                   gone=frozenset({"small"}))
+    assert small.plan is not None and {i.provider for i in small.plan.instances} == {"old", "small"}
+
+
 def test_a_restart_after_an_oom_moves_its_slice_the_way_the_table_says_or_is_refused() -> None:
     card = _card(TOTAL, [GpuProcess(1, 300 * MIB)])
     first = decide(card, [NEW], ["new"])

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -337,3 +339,198 @@ def test_a_daemon_killed_during_a_start_or_restart_ends_with_the_engine_serving(
         await box.until(lambda: len(engines(box)) == len(expected), "one engine each")
 
     box.run(body)
+
+
+# -- what the chaos soak found (seed 1, step 345): a restart of a sleeper ------------------------
+
+
+def sleeper_beside_a_grown_engine(box: Box) -> object:
+    """Deepseek started alone (a large slice), then put to sleep; the 7B started while it
+    sleeps (its slice planned around what the sleeper still holds). Deepseek awake beside the
+    7B is more than the 16 GiB card holds (the soak's own registry)."""
+    sleepy = "    swap_mode: sleep\n"
+    return box.write(
+        provider_yaml("small", free_port(), QWEN, status="standby", max_model_len=4096).replace(
+            "    max_num_seqs: 2\n", "    max_num_seqs: 8\n" + sleepy),
+        provider_yaml("deep", free_port(), DEEPSEEK, max_model_len=4096).replace(
+            "    max_num_seqs: 2\n", "    max_num_seqs: 4\n" + sleepy))
+
+
+async def sleeping_deep_and_small_up(box: Box, config: object) -> Rig:
+    rig = box.manager(config)  # type: ignore[arg-type]
+    await rig.begin(rig._inventory.read())
+    await box.up("deep")
+    await rig.operator.sleep("deep")
+    await rig.operator.start("small")
+    await box.up("small")
+    assert box.states.state("deep") is S.SLEEPING
+    return rig
+
+
+def test_a_restart_of_a_sleeper_that_cannot_come_back_awake_is_refused_before_it_is_stopped(
+    box: Box,
+) -> None:
+    config = sleeper_beside_a_grown_engine(box)
+
+    async def body() -> None:
+        rig = await sleeping_deep_and_small_up(box, config)
+        deep, small = box.pid(rig, "deep"), box.pid(rig, "small")
+        before = desired_on_disk(box)
+        with pytest.raises(PlanInfeasible, match="deep would not fit once restarted: "):
+            await rig.operator.restart("deep")
+        assert box.pid(rig, "deep") == deep and rig.keepers["deep"].asleep  # never stopped
+        assert box.states.state("deep") is S.SLEEPING
+        assert box.pid(rig, "small") == small
+        assert desired_on_disk(box) == before  # still asleep, and it is
+
+    box.run(body)
+
+
+def test_a_sleeper_whose_restart_fails_and_cannot_come_back_leaves_desired_state(box: Box) -> None:
+    """Past the check (the card changed meanwhile, a crash): the restart stops the sleeper, its
+    new engine cannot start and neither can the sleeper it was; desired.json then says what
+    runs (not ``asleep`` for an engine that is gone), and the backend is ``stopped``."""
+    config = sleeper_beside_a_grown_engine(box)
+
+    async def body() -> None:
+        rig = await sleeping_deep_and_small_up(box, config)
+        r = rig.reconciler
+        deep = box.pid(rig, "deep")
+        async with r.turn("restart deep"):  # the operation itself, as the check let it through
+            with pytest.raises(OperationFailed, match="did not come back"):
+                await r.apply("restart deep", r.target("deep"), ["deep"], restart=["deep"])
+        assert not alive(deep) and "deep" not in rig.keepers
+        stored = desired_on_disk(box)
+        assert set(stored["backends"]) == {"small"} and "intent" not in stored  # type: ignore[arg-type]
+        assert box.states.state("deep") is S.STOPPED
+        await box.up("small")
+
+    box.run(body)
+
+
+# -- reloads that promote a standby provider (soak --promotions) ---------------------------------
+
+
+def test_a_reload_promoting_a_provider_onto_a_port_another_runs_is_refused_with_its_reason(
+    box: Box,
+) -> None:
+    """The owner's file marks the 7B ``active`` while the 14B (swapped in) serves its port: the
+    7B's keeper used to wait for the port for good. Now the promotion is refused, with the reason
+    as the reload's warning and the backend's detail; the rest of the reload is applied."""
+    port, config = same_port_pair(box)
+
+    async def body() -> None:
+        rig = box.manager(config)  # type: ignore[arg-type]
+        await rig.begin(rig._inventory.read())
+        await box.up("small")
+        await rig.operator.swap("small", "large")
+        await box.up("large")
+        large = box.pid(rig, "large")
+        demoted = await rig.reconcile(box.write(  # the owner's first edit: the 7B standby…
+            provider_yaml("small", port, QWEN, max_model_len=4096, status="standby"),
+            provider_yaml("large", port, QWEN14, status="standby", max_model_len=4096)))
+        assert demoted.unchanged == ["large"] and not demoted.refused
+        report = await rig.reconcile(box.write(  # …then active again, the 14B still serving
+            provider_yaml("small", port, QWEN, max_model_len=4096, status="active"),
+            provider_yaml("large", port, QWEN14, status="standby", max_model_len=4096,
+                          description="edited with the promotion")))
+        assert report.started == [] and set(report.refused) == {"small"}
+        assert report.refused["small"].startswith(f"port {port} is held by large (running)")
+        assert report.warnings() == [f"small not started: {report.refused['small']}"]
+        assert set(rig.keepers) == {"large"} and box.pid(rig, "large") == large
+        assert box.states.state("small") is S.STOPPED
+        assert "not started: port" in box.states.reason("small")
+        assert set(desired_on_disk(box)["backends"]) == {"large"}  # type: ignore[arg-type]
+        assert len(engines(box)) == 1
+
+    box.run(body)
+
+
+def test_a_reload_promoting_a_provider_the_card_cannot_hold_beside_the_others_is_refused(
+    box: Box,
+) -> None:
+    config = sleeper_beside_a_grown_engine(box)  # the 7B standby, deep active
+
+    async def body() -> None:
+        rig = box.manager(config)  # type: ignore[arg-type]
+        await rig.begin(rig._inventory.read())
+        await box.up("deep")
+        await rig.manager.ensure_weights("small")  # known locally: the set can be planned
+        promoted = box.write(*(
+            provider_yaml("small", rig.manager.provider("small").port or 0, QWEN,
+                          max_model_len=4096).replace(
+                "    max_num_seqs: 2\n", "    max_num_seqs: 8\n    swap_mode: sleep\n"),
+            provider_yaml("deep", rig.manager.provider("deep").port or 0, DEEPSEEK,
+                          max_model_len=4096).replace(
+                "    max_num_seqs: 2\n", "    max_num_seqs: 4\n    swap_mode: sleep\n")))
+        deep = box.pid(rig, "deep")
+        report = await rig.reconcile(promoted)
+        assert set(report.refused) == {"small"} and report.started == []
+        assert "small does not fit" in report.refused["small"]
+        assert set(rig.keepers) == {"deep"} and box.pid(rig, "deep") == deep
+        assert box.states.state("small") is S.STOPPED
+        assert set(desired_on_disk(box)["backends"]) == {"deep"}  # type: ignore[arg-type]
+        assert not any(isinstance(e, ev.ChildStarted) and e.backend == "small" for e in box.events)
+
+    box.run(body)
+
+
+def test_a_restart_of_an_adopted_engine_is_checked_with_its_weights_looked_up_first(box: Box) -> None:
+    """The soak (seed 1 with the restart check): an engine adopted after a daemon crash had no
+    snapshot known to the new daemon, and the restart's fit decision raised ``KeyError``."""
+    _, config = same_port_pair(box)
+
+    async def body() -> None:
+        first = box.manager(config)  # type: ignore[arg-type]
+        await first.begin(first._inventory.read())
+        await box.up("small")
+        old = box.pid(first, "small")
+        crash(box, first, None)
+        second = box.manager(config)  # type: ignore[arg-type]
+        await second.begin(second._inventory.read())
+        await box.up("small")
+        assert box.pid(second, "small") == old  # adopted
+        outcome = await second.operator.restart("small")
+        assert outcome.message.startswith("small restarted")
+        await box.up("small")
+        assert box.pid(second, "small") != old and not alive(old)
+
+    box.run(body)
+
+
+def test_an_awake_engine_that_cannot_come_back_after_a_failed_swap_is_handed_to_its_keeper(
+    box: Box,
+) -> None:
+    """A swap whose new engine fails, and whose old one cannot come back either (a stranger took
+    the card meanwhile): the old one stays desired and gets a keeper again, which says why it
+    does not run (never desired with nothing keeping it, published ``stopped``)."""
+    _, config = same_port_pair(box)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    async def body() -> None:
+        rig = box.manager(config)  # type: ignore[arg-type]
+        await rig.begin(rig._inventory.read())
+        await box.up("small")
+        r = rig.reconciler
+        gpu = box.gpu()
+        uuid = gpu.read().gpus[0].uuid
+
+        async def card_taken() -> None:  # right after the old engine's memory came back
+            gpu.allocate(stranger.pid, uuid, 15000, "stranger")
+
+        async with r.turn("swap small → large"):
+            with pytest.raises(OperationFailed, match="did not come back"):
+                await r.apply("swap small → large", r.target("large").without("small"),
+                              ["small", "large"], between=card_taken)
+        stored = desired_on_disk(box)
+        assert set(stored["backends"]) == {"small"} and "intent" not in stored  # type: ignore[arg-type]
+        assert set(rig.keepers) == {"small"}
+        await box.until(lambda: box.states.state("small") is S.FAILED, "small failed, said why")
+        assert "does not fit" in box.states.reason("small")
+        assert box.states.state("large") is S.STOPPED
+
+    try:
+        box.run(body)
+    finally:
+        stranger.kill()
+        stranger.wait()

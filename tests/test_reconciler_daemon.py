@@ -68,6 +68,74 @@ def test_a_provider_enabled_from_disabled_by_reload_is_started_and_published_wit
         d.cleanup()
 
 
+def test_a_backend_whose_keeper_failed_is_disabled_by_reload_through_stopped_never_back(
+    tmp_path: Path,
+) -> None:
+    """What the soak found: the keeper had failed (here: the plan, a model the 8 GiB card cannot
+    hold), the reload marking it ``disabled`` moved it to ``disabled`` at once, then the
+    reconciler's stop of that keeper published ``stopped``: the illegal ``disabled → stopped``.
+    Now the stop comes first and ``disabled`` last; enabling it again works as ever."""
+    port = free_port()
+    small_card = SETTINGS + "  gpus:\n    - memory_total_mib: 8192\n"
+    huge = registry(port, "active").replace("max_model_len: 4096", "max_model_len: 32768")
+    d = DaemonHarness(tmp_path, huge, small_card)
+    try:
+        d.start()
+        wait_for(lambda: d.backend("qwen-7b")["state"] == "failed", 60, "the keeper failed")
+        assert "does not fit" in d.backend("qwen-7b")["detail"]
+        (d.config_dir / "providers.yaml").write_text(huge.replace("status: active", "status: disabled"))
+        assert d.cli("reload").returncode == 0
+        wait_for(lambda: d.backend("qwen-7b")["state"] == "disabled", 30, "disabled")
+        time.sleep(0.5)  # nothing moves it afterwards
+        assert d.backend("qwen-7b")["state"] == "disabled"
+        (d.config_dir / "providers.yaml").write_text(huge.replace("status: active", "status: standby"))
+        assert d.cli("reload").returncode == 0
+        wait_for(lambda: d.backend("qwen-7b")["state"] == "stopped", 30, "enabled again")
+        assert "backend.illegal_transition" not in d.log_text()
+        assert d.stop() == 0
+    finally:
+        d.cleanup()
+
+
+def test_gpumgr_reload_promoting_a_provider_onto_the_port_another_serves_warns_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    """The owner's file marks the 7B ``active`` again while the 14B (swapped in) serves the
+    port: a reload has no refusal path of its own, so the 7B's keeper used to wait for the port
+    for good. Now the reload applies, prints why the 7B was not started, and the status says so."""
+    port = free_port()
+
+    def pair(seven: str) -> str:
+        return registry(port, seven) + registry(port, "standby").split("providers:\n", 1)[1].replace(
+            "qwen-7b:", "qwen-14b:").replace(QWEN_7B, "Qwen/Qwen2.5-Coder-14B-Instruct-AWQ").replace(
+            "name: qwen-coder", "name: qwen-coder-14b")
+
+    d = DaemonHarness(tmp_path, pair("active"), SETTINGS)
+    try:
+        d.start()
+        d.wait_up("qwen-7b", 60)
+        swapped = d.cli("swap", "qwen-7b", "qwen-14b")
+        assert swapped.returncode == 0, swapped.stderr
+        fourteen = d.wait_up("qwen-14b", 60)["pid"]
+        (d.config_dir / "providers.yaml").write_text(pair("standby"))
+        assert d.cli("reload").returncode == 0
+        (d.config_dir / "providers.yaml").write_text(pair("active"))
+        reloaded = d.cli("reload")
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert (f"warning: qwen-7b not started: port {port} is held by qwen-14b (running)"
+                in reloaded.stderr), reloaded.stderr
+        seven = d.backend("qwen-7b")
+        assert seven["state"] == "stopped" and "not started: port" in seven["detail"], seven
+        assert d.backend("qwen-14b")["pid"] == fourteen
+        desired = json.loads((tmp_path / "state" / "desired.json").read_text())
+        assert set(desired["backends"]) == {"qwen-14b"}
+        assert d.cli("stop", "qwen-14b").returncode == 0  # nothing held by a waiting keeper
+        assert "backend.illegal_transition" not in d.log_text()
+        assert d.stop() == 0
+    finally:
+        d.cleanup()
+
+
 def test_an_engine_whose_record_is_lost_is_never_published_as_our_serving_engine(
     tmp_path: Path,
 ) -> None:

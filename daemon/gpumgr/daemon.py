@@ -312,7 +312,8 @@ class Daemon:
             f"{len(report.restarted)} restarted"
         )
         log.info("config.reloaded", **vars(report))
-        return ReloadOutcome(True, report=report, warnings=[str(w) for w in config.warnings])
+        return ReloadOutcome(True, report=report,
+                             warnings=[str(w) for w in config.warnings] + report.warnings())
 
 
 @dataclass

@@ -65,6 +65,9 @@ Json = dict[str, Any]
 SEED_ENV, STEPS_ENV = "GPUMGR_SOAK_SEED", "GPUMGR_SOAK_STEPS"
 CONVERGE_S = 45.0
 """The longest one step may take to converge (a daemon restart plus a cold start, loaded box)."""
+START_TIMEOUT_S = 30.0
+"""The daemon's ``vllm.start_timeout_s`` in the soak (its starts take a second): under
+``CONVERGE_S``, so an operation on a frozen engine answers (failed) instead of hanging."""
 DISPLAY_MIB = 300
 """What the simulated card's display holds (``simulate.gpus``' default): not any process's."""
 CLOUD_KEY_ENV = "SOAK_CLOUD_KEY"
@@ -115,10 +118,11 @@ class Op:
 
 
 PROMOTIONS_WEIGHT = 3
-"""``reload_status`` (the owner's file marking ``qwen-7b`` or ``deepseek`` ``active``): off by
-default, because a promotion can ask for a set the card cannot hold or two engines on one port,
-which the daemon does not reconcile yet (see ``bench/soak.py --promotions`` and the report of
-issue 18's soak); on, the soak finds those."""
+"""``reload_status`` (the owner's file marking ``qwen-7b`` or ``deepseek`` ``active``, or back):
+a promotion can ask for a set the card cannot hold or for a port another engine serves; the
+reload refuses those (``actions/admit.py``: ``refused`` in its answer, the backend ``stopped``
+with the reason, not desired). Off by default only so that a seed replays the operation list it
+always had; ``bench/soak.py --promotions`` turns it on."""
 
 
 def plan_operations(seed: int, steps: int, promotions: bool = False) -> list[Op]:
@@ -356,8 +360,11 @@ class Soak:
 
     # -- configuration --------------------------------------------------------------------------
     def _settings_yaml(self) -> str:
+        # an engine's start and wake are bounded by start_timeout_s: under the soak's own bound
+        # for an answer (a wake of a SIGSTOPped sleeper fails then, it does not hang the step)
         return settings(restart_unresponsive_after_s=2.0).replace(
-            "load_seconds: 0.2", f"load_seconds: 0.1\n  hub_endpoint: http://127.0.0.1:{self.hub_port}")
+            "load_seconds: 0.2", f"load_seconds: 0.1\n  hub_endpoint: http://127.0.0.1:{self.hub_port}"
+        ).replace("start_timeout_s: 60", f"start_timeout_s: {START_TIMEOUT_S:g}")
 
     def _providers_yaml(self) -> str:
         out = f"""providers:
@@ -469,7 +476,7 @@ class Soak:
         last = lines[-1] if lines else {}
         if op == "reload":
             return "ok: " + " ".join(f"{k}={v}" for k, v in last.items()
-                                     if k in ("started", "stopped", "restarted") and v)
+                                     if k in ("started", "stopped", "restarted", "refused") and v)
         if last.get("event") == "done" and last.get("ok"):
             return f"ok: {last.get('message', '')}"
         return f"failed: {last.get('error', last)}"

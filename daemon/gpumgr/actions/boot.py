@@ -18,6 +18,7 @@ from gpumgr.aio import spawn_task
 from gpumgr.errors import GpumgrError
 from gpumgr.gpu import GpuInventory
 
+from . import admit
 from .adopt import adopt_recorded
 from .desired import DesiredState, desired_for
 from .manager import ReconcileReport
@@ -61,6 +62,7 @@ async def boot(r: Reconciler, first_read: GpuInventory) -> ReconcileReport:
         log.info("adopt.unwanted", backend=child.backend, pid=child.pid)
         await manager.stop_adopted(child, record)
         report.stopped.append(child.backend)
+    fresh: list[str] = []
     for name, identity in desired.running.items():
         found, kept = adoption.records.get(name), adoption.adopted.get(name)
         if kept is None or found is None:
@@ -70,8 +72,7 @@ async def boot(r: Reconciler, first_read: GpuInventory) -> ReconcileReport:
                 log.info("adopt.sleeper_gone", backend=name)  # asleep means "not serving"
                 await r.write(r.desired.without(name))
                 continue
-            manager.launch(name)
-            report.started.append(name)
+            fresh.append(name)
             continue
         recorded = found.extra.get("identity")
         if isinstance(recorded, dict) and recorded != identity:
@@ -83,6 +84,13 @@ async def boot(r: Reconciler, first_read: GpuInventory) -> ReconcileReport:
             continue
         manager.launch(name, kept, found.fraction, found.gpu_uuid)
         report.adopted.append(name)
+    for i, name in enumerate(fresh):  # after the adopted: an engine that runs keeps its port
+        held = admit.port_holder(manager, r.desired, name, fresh[i + 1:])
+        if held is not None:  # the file changed while no daemon ran (a promotion): as a reload
+            await r.refuse(name, held, report)
+            continue
+        manager.launch(name)
+        report.started.append(name)
     if follow is not None and intent is not None:
         spawn_task(r.tasks, finish(r, intent.operation, *follow, involved), "finish")
     log.info("reconciler.booted", **vars(report))

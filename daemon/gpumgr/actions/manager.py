@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import httpx2
@@ -62,6 +62,12 @@ class ReconcileReport:
     restarted: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    """Backends the owner's file newly asks for that were not started: backend → why (the
+    port is another's, the card cannot hold the set). Warnings: the rest was applied."""
+
+    def warnings(self) -> list[str]:
+        return [f"{name} not started: {why}" for name, why in self.refused.items()]
 
 
 class BackendManager:
@@ -149,10 +155,12 @@ class BackendManager:
         """pid (== pgid) → backend of the engines running now."""
         return {k.child.pid: n for n, k in self.keepers.items() if k.child is not None}
 
-    def plan_view(self) -> PlanView:
+    def plan_view(self, wanted: Collection[str] | None = None) -> PlanView:
         """A frozen picture of what runs, for the planner's worker thread (a sleeping engine is
-        not planned: what it still holds, its CUDA context, is taken like any process's)."""
-        return plan_view(managed_providers(self.config), self.desired.names, self.weights,
+        not planned: what it still holds, its CUDA context, is taken like any process's);
+        ``wanted``: the backends that should run, when not (yet) the desired state's."""
+        return plan_view(managed_providers(self.config),
+                         self.desired.names if wanted is None else wanted, self.weights,
                          self.keepers)
 
     def _announce_eviction(self, backend: str, models: tuple[str, ...]) -> None:

@@ -173,13 +173,17 @@ class Operator:
         name = self.resolve(name)
         r = self.reconciler
         async with r.mutating(f"restart {name}"):
-            if not self.manager.has_live_keeper(name):  # nothing runs: checked as a start is
+            # Checked as a start is, before anything stops: a restart (of a running engine or
+            # of a sleeper, which comes back awake) is its engine leaving, all its memory back,
+            # and a new one planned afresh: the same decision the new engine's planner makes.
+            live = self.manager.has_live_keeper(name)
+            if not live:
                 self._check_port(name)
-                await self._weights(name, progress)
-                try:
-                    await self._check_fits(name)
-                finally:
-                    r.settle([name])
+            await self._weights(name, progress)  # an adopted engine's are not looked up yet
+            try:
+                await self._check_fits(name, gone=frozenset({name}) if live else frozenset())
+            finally:
+                r.settle([name])
             steps = await r.apply(f"restart {name}", r.target(name), [name], progress,
                                   start=StartOptions(timeout_s), restart=[name])
             return Outcome(f"{name} restarted; up in {steps.timings_s.get('start', 0.0):.1f} s",

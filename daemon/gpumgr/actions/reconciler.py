@@ -32,6 +32,7 @@ from gpumgr.errors import GpumgrError
 from gpumgr.gpu import GpuInventory
 from gpumgr.supervisor.events import BackendStopped
 
+from . import admit
 from .boot import boot, changed
 from .desired import DesiredState, Intent, desired_for, launch_identity
 from .lease import GpuLease
@@ -222,11 +223,28 @@ class Reconciler:
             for name in back:
                 await self.converge(name, lease, progress)
         except OperationFailed as again:
-            await self.write(self.desired.with_intent(None))
+            await self.write(self._what_came_back(back).with_intent(None))
             raise OperationFailed(f"{exc}; and {names} did not come back: {again}",
                                   exc.log_tail) from None
         await self.write(self.desired.with_intent(None))
         raise OperationFailed(f"{exc}; {names} is back" if names else str(exc), exc.log_tail)
+
+    def _what_came_back(self, names: Iterable[str]) -> DesiredState:
+        """After a rollback that failed: ``desired.json`` stays true to what runs. A sleeper that
+        did not come back leaves it (asleep means not serving: it is never started again awake
+        behind the operator's back, as ``sleeper_gone``); an awake backend that did not come
+        back is handed to its keeper: its restart policy goes on trying, or it ends ``failed``
+        saying why (never desired with nothing keeping it)."""
+        desired = self.desired
+        for name in names:
+            if name not in desired.running or self.manager.has_live_keeper(name):
+                continue
+            if name in desired.sleeping:
+                log.warning("reconciler.sleeper_not_back", backend=name)
+                desired = desired.without(name)
+            elif name not in self.manager.keepers:
+                self.manager.launch(name)
+        return desired
 
     def settle(self, names: Iterable[str]) -> None:
         """Every backend an operation touched ends in a terminal state: one with no keeper
@@ -256,8 +274,11 @@ class Reconciler:
     # -- reload ----------------------------------------------------------------------------
     async def reload(self, config: Config) -> ReconcileReport:
         """Apply a new configuration (the caller's turn): start added backends, stop removed
-        ones, restart exactly those whose launch identity changed; the rest stay (same pid)."""
+        ones, restart exactly those whose launch identity changed; the rest stay (same pid).
+        An added backend is checked first as ``gpumgr start`` is (``admit``: its port, the fit);
+        a refused one is a warning in ``report.refused``, never a keeper waiting for good."""
         manager = self.manager
+        before = manager.known()
         manager.configure(config)
         await manager.refresh_gpus()
         await self.write(desired_for(config, self.desired.with_intent(None)))
@@ -278,12 +299,28 @@ class Reconciler:
             else:
                 manager.keep_running(name)
                 report.unchanged.append(name)
-        for name in self.desired.running:
-            if name not in manager.keepers and name not in self.desired.sleeping:
-                manager.launch(name)
-                report.started.append(name)
+        # disabled or removed: each ends ``stopped`` (a failed one with no keeper too), and
+        # only then ``disabled`` (the status's prune, after this): a legal path from any state
+        self.settle(before - manager.known())
+        starting = [n for n in self.desired.running
+                    if n not in manager.keepers and n not in self.desired.sleeping]
+        for i, name in enumerate(starting):  # checked as `gpumgr start` is, one after another
+            why = await admit.refusal(manager, self.desired, name, starting[i + 1:])
+            if why is not None:
+                await self.refuse(name, why, report)
+                continue
+            manager.launch(name)
+            report.started.append(name)
         log.info("reconciler.reloaded", **vars(report))
         return report
+
+    async def refuse(self, name: str, why: str, report: ReconcileReport) -> None:
+        """The owner's file asks for ``name`` but it may not start (``admit``): not desired
+        (desired.json says what runs), ``stopped`` with the reason, a warning of the reload."""
+        log.warning("reconciler.not_started", backend=name, why=why)
+        await self.write(self.desired.without(name))
+        self.manager.ctx.sink(BackendStopped(name, f"not started: {why}"))
+        report.refused[name] = why
 
     # -- policies ----------------------------------------------------------------------------
     def policy(self, what: str, by: str, run: Callable[[], Awaitable[object]],

@@ -200,18 +200,20 @@ def on_lifecycle(
     return _move(h, target, reason, at, pid=pid)
 
 
-ENGINE_LIVE = frozenset({S.DOWNLOADING, S.STARTING, S.UP, S.DEGRADED, S.DRAINING, S.STOPPING,
-                         S.SLEEPING, S.RESTARTING})
-"""States in which a managed backend may still have an engine (a registry change waits)."""
+MANAGED_AT_REST = frozenset({S.STOPPED, S.UNKNOWN})
+"""The states of a managed backend the reconciler has nothing left to do for (no engine, no
+keeper): only from these does a registry change disable it at once."""
 
 
 def on_registry(h: BackendHealth, seed: S, reason: str, at: float, managed: bool) -> Step:
     """A registry change of whether the backend runs here (``disabled``/``template`` ↔
     ``active``/``standby``): enabled, a disabled backend takes its first state (``seed``);
-    disabled, it becomes ``disabled`` once no engine of it is left (a managed one's engine is
-    stopped by the reconciler first; the next call, after that, moves it)."""
+    disabled, it becomes ``disabled`` once nothing of it is left. A managed one is stopped by
+    the reconciler first (its engine, or a keeper that ended ``failed`` or waits, each ending
+    ``stopped``); the next call, after that, moves it. So ``disabled`` is always last: never
+    ``disabled → stopped``."""
     if seed is S.DISABLED:
-        if h.state is S.DISABLED or (managed and h.state in ENGINE_LIVE):
+        if h.state is S.DISABLED or (managed and h.state not in MANAGED_AT_REST):
             return Step(h)
         return _move(h, S.DISABLED, reason, at, pid=None)
     if h.state is S.DISABLED:

@@ -12,7 +12,9 @@ the same computation on the same kind of input, and cannot disagree.
 The rules, in order:
 
 1. The backends in ``gone`` leave first: their memory comes back, except ``residual`` bytes for
-   one that sleeps (its CUDA context). They are not planned.
+   one that sleeps (its CUDA context). They are not planned, unless they are also ``starting``:
+   a restart (of a running engine or of a sleeper) is its engine leaving, all its memory back,
+   and the same provider planned afresh, exactly as the planner of its new engine will see it.
 2. The backends that stay keep the slice they run with (``running_fractions``): they are planned
    pinned at it, their memory counted as theirs again. The ``starting`` ones get new slices.
 3. Ollama: under ``unload_all`` every loaded model is unloaded before a start; under
@@ -121,7 +123,7 @@ def decide(
         if r.provider not in starting and r.provider in running
         else r
         for r in requests
-        if r.provider not in gone
+        if r.provider not in gone or r.provider in starting
     ]
     unload: tuple[OllamaModel, ...] = ()
     if ollama and room.eviction == "unload_all":
@@ -141,10 +143,12 @@ def decide(
     if plan.feasible:
         return Decision(plan, unload, None, plan, card)
     why = "; ".join(p.message for p in plan.problems)
-    if gone:
-        names = ", ".join(sorted(gone))
+    others = sorted(gone - set(starting))
+    if others:
         how = "sleeps" if residual else "is stopped"
-        why = f"{', '.join(starting)} does not fit even once {names} {how}: {why}"
+        why = f"{', '.join(starting)} does not fit even once {', '.join(others)} {how}: {why}"
+    elif gone:
+        why = f"{', '.join(starting)} would not fit once restarted: {why}"
     return Decision(None, (), Refusal(why, _fixes(plan)), plan, card)
 
 
