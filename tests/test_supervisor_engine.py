@@ -141,7 +141,7 @@ class Harness:
             if isinstance(e, kind) and (backend is None or getattr(e, "backend", None) == backend)
         ]  # fmt: skip
 
-    async def until(self, predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    async def until(self, predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while not predicate():
             assert time.monotonic() < deadline, f"timed out; events: {self.events}"
@@ -213,7 +213,7 @@ def test_sigkill_is_noticed_at_once_and_the_engine_is_restarted_with_backoff(har
         killed_at = time.monotonic()
         await h.until(lambda: bool(h.of(ev.ChildExited)))
         noticed_at, exited = h.of(ev.ChildExited)[0]
-        assert noticed_at - killed_at < 0.5
+        assert noticed_at - killed_at < 1.0  # the exit itself, not a probe (measured ~2 ms)
         assert exited.returncode == -signal.SIGKILL and not exited.oom  # type: ignore[attr-defined]
         (_, restarting), = h.of(ev.Restarting)
         assert restarting.delay_s == 0.1 and restarting.attempt == 1  # type: ignore[attr-defined]
@@ -388,16 +388,22 @@ def test_an_unresponsive_engine_is_restarted_on_request_and_counts_as_a_crash(
     harness: Harness,
 ) -> None:
     h = harness
-    k = h.keeper("qwen-7b", stop_timeout_s=0.5, GPUMGR_SIM_HANG_AFTER_S="0.2")
+    # It hangs 1 s after it serves: the keeper must see /health 200 before that, even loaded.
+    k = h.keeper("qwen-7b", stop_timeout_s=0.5, GPUMGR_SIM_HANG_AFTER_S="1")
 
     async def body() -> None:
         k.launch()
         await h.until(lambda: h.state(k) is BackendState.UP)
         assert k.child is not None
         first = k.child.pid
-        await asyncio.sleep(0.4)
-        with pytest.raises(httpx2.TimeoutException):
-            httpx2.get(f"http://127.0.0.1:{k.port}/health", timeout=0.3)
+        deadline = time.monotonic() + 30
+        while True:  # hung: the port is open and nothing answers
+            try:
+                httpx2.get(f"http://127.0.0.1:{k.port}/health", timeout=0.5)
+            except httpx2.TimeoutException:
+                break
+            assert time.monotonic() < deadline, "the engine never stopped answering"
+            await asyncio.sleep(0.1)
         async with h.ctx.locks.lease(k.gpu_uuid, "test") as lease:
             assert await k.stop_unresponsive(lease, "no /health answer")
         await h.until(lambda: h.state(k) is BackendState.UP and k.child is not None and k.child.pid != first)

@@ -55,7 +55,9 @@ def test_child_runs_in_its_own_session_and_appends_to_its_log(tmp_path: Path) ->
     asyncio.run(main())
 
 
-def test_sigkill_of_the_child_is_noticed_within_half_a_second(tmp_path: Path) -> None:
+def test_sigkill_of_the_child_is_noticed_at_once(tmp_path: Path) -> None:
+    """Measured ~2 ms (10 ms at worst with three CPU burners); 1 s leaves a loaded CI box slack
+    while anything that polled for the exit would still show."""
     async def main() -> None:
         argv = [sys.executable, "-c", "import time; time.sleep(60)"]
         child = await process.spawn("b", argv, dict(os.environ), tmp_path / "b.log")
@@ -63,7 +65,7 @@ def test_sigkill_of_the_child_is_noticed_within_half_a_second(tmp_path: Path) ->
             os.kill(child.pid, signal.SIGKILL)
             t0 = time.monotonic()
             rc = await asyncio.wait_for(child.wait(), 5)
-            assert time.monotonic() - t0 < 0.5
+            assert time.monotonic() - t0 < 1.0
             assert rc == -signal.SIGKILL
         finally:
             _kill_group(child.pgid)
@@ -149,7 +151,7 @@ def test_an_adopted_process_exit_is_noticed_through_its_pidfd(tmp_path: Path) ->
         os.kill(pid, signal.SIGKILL)
         t0 = time.monotonic()
         assert await asyncio.wait_for(child.wait(), 5) is None
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 1.0
 
     try:
         asyncio.run(main())
