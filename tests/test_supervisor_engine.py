@@ -175,7 +175,7 @@ def run(h: Harness, body: Callable[[], object]) -> None:
 
 
 def health(port: int) -> int:
-    return httpx2.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code
+    return httpx2.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code
 
 
 def test_start_serves_health_with_the_planned_fraction_and_the_gpu_shows_it(harness: Harness) -> None:
