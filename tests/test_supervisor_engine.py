@@ -33,6 +33,7 @@ from gpumgr.sim.gpu import STATE_ENV, SimGpuSpec, SimGpuState, sim_uuid
 from gpumgr.supervisor import events as ev
 from gpumgr.supervisor.records import ChildRecords
 from gpumgr.supervisor.restart import RestartPolicy
+from gpumgr.supervisor.system import System
 from state_fake import States
 from tests.helpers import alive, free_port
 
@@ -323,6 +324,17 @@ def test_stop_kills_an_engine_that_ignores_sigterm_with_its_grandchild_and_frees
     run(h, body)
 
 
+class CountingPortChecks(System):
+    """The real system calls, counting the keeper's looks at who holds a port."""
+
+    def __init__(self) -> None:
+        self.ports: list[int] = []
+
+    def port_listener_pid(self, port: int) -> int | None:
+        self.ports.append(port)
+        return super().port_listener_pid(port)
+
+
 def test_a_foreign_listener_on_the_port_is_reported_and_left_alone(harness: Harness) -> None:
     h = harness
     foreign = subprocess.Popen(
@@ -334,13 +346,16 @@ def test_a_foreign_listener_on_the_port_is_reported_and_left_alone(harness: Harn
     try:
         assert foreign.stdout is not None
         port = int(foreign.stdout.readline())
+        asked = CountingPortChecks()
+        h.ctx.system = asked
         k = h.keeper("qwen-7b", port=port)
 
         async def body() -> None:
             k.launch()
             await h.until(lambda: h.state(k) is BackendState.DOWN)
             assert h.detail(k) == f"port {port} is held by pid {foreign.pid} (not started by gpumgr)"
-            await asyncio.sleep(0.3)  # several re-checks
+            seen = asked.ports.count(port)
+            await h.until(lambda: asked.ports.count(port) >= seen + 3)  # several re-checks, seen
             assert foreign.poll() is None  # never signalled
             assert not h.of(ev.ChildStarted)
             assert len(h.of(ev.BackendDown)) == 1  # reported once, not on every re-check
