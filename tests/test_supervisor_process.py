@@ -89,10 +89,10 @@ def test_stop_kills_a_child_that_ignores_sigterm_and_its_grandchild(tmp_path: Pa
                 return not any(alive(p) for p in pids)
 
             outcome = await process.stop(
-                child, term_timeout_s=0.5, memory_released=released, memory_timeout_s=2
+                child, term_timeout_s=0.5, memory_released=released, memory_timeout_s=5
             )
             assert outcome.killed and outcome.group_gone and outcome.memory_released
-            assert 0.5 <= outcome.stop_s < 3
+            assert 0.5 <= outcome.stop_s < 4  # the 0.5 s SIGTERM timeout, then at once
             assert not alive(child.pid) and not alive(grandchild)
             assert {child.pid, grandchild} <= asked[0]
         finally:
@@ -109,7 +109,7 @@ def test_stop_of_a_polite_child_needs_no_sigkill(tmp_path: Path) -> None:
             await wait_for_async(lambda: tail_lines(tmp_path / "p.log") == ["up"])
             outcome = await process.stop(child, term_timeout_s=5)
             assert not outcome.killed and outcome.group_gone
-            assert outcome.stop_s < 1.0
+            assert outcome.stop_s < 2.5  # not the 5 s SIGTERM timeout (measured: milliseconds)
             assert child.returncode == -signal.SIGTERM
         finally:
             _kill_group(child.pgid)
@@ -127,7 +127,7 @@ def test_stop_of_a_hung_sigstopped_child_needs_no_sigkill(tmp_path: Path) -> Non
             os.killpg(child.pgid, signal.SIGSTOP)
             outcome = await process.stop(child, term_timeout_s=5)
             assert not outcome.killed and outcome.group_gone
-            assert outcome.stop_s < 2
+            assert outcome.stop_s < 2.5  # not the 5 s SIGTERM timeout (measured: milliseconds)
         finally:
             _kill_group(child.pgid)
 

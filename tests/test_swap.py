@@ -269,7 +269,7 @@ def test_requests_during_a_swap_never_hang_and_those_in_flight_at_drain_complete
             if e.get("event") == "backend.state" and e.get("backend") == "qwen-7b"
             and e.get("new") == "draining")
         assert len(results) > 50
-        assert max(took for _, took, _ in results) < 5, "a request hung"
+        assert max(took for _, took, _ in results) < 8, "a request hung"  # 10 s: its timeout
         failed = [(t, took, o) for t, took, o in results if o != "200"]
         assert all(took < 2.0 for _, took, _ in failed), f"slow failures: {failed}"
         before_drain = [(t, took, o) for t, took, o in results if t + took >= drain_at > t + 0.05]
