@@ -601,12 +601,13 @@ def test_with_the_daemon_killed_the_proxy_fails_open(stack: Stack) -> None:
         dead_at = time.monotonic()
         os.kill(pid, signal.SIGCONT)
         with Traffic(stack, VLLM_NAME, gap_s=0.1) as traffic:
-            wait_for(lambda: any(stack.at_engine(r) for r in traffic.results), 5.0 + 5,
+            wait_for(lambda: any(stack.at_engine(r) for r in traffic.results), 5.0 + 10,
                      "the engine used again with the daemon gone")
         back = min(r.sent_at for r in traffic.results if stack.at_engine(r)) - dead_at
     finally:
         os.kill(pid, signal.SIGCONT)
     failures = [r for r in traffic.results if r.status != 200]
     assert not failures, [(r.status, r.error) for r in failures]
-    assert 3.0 < back < 5.0 + 2.0, back  # not before the status is stale, soon after
+    # not before the status is stale (max age 5 s), soon after (a loaded proxy gets 4 s)
+    assert 3.0 < back < 5.0 + 4.0, back
     print(json.dumps({"fail_open_after_s": round(back, 3)}))
