@@ -145,7 +145,7 @@ async def test_events_push_each_state_change_with_the_new_backend_object(tmp_pat
         async with asyncio.timeout(5):
             await reader
         delay_s = time.monotonic() - changed_at
-        assert delay_s < 0.5
+        assert delay_s < 3.0  # pushed at once: no frame would come before the 15 s heartbeat
         assert len(log.events) == 1, "probe timings alone are not events"
         (event,) = log.events
         assert event["event"] == "backend" and event["id"] == f"{pub.epoch}:{pub.seq}"
@@ -287,8 +287,10 @@ async def test_keep_alive_requests_are_not_held_back_by_delayed_acks(tmp_path: P
     async with serving(pub) as base, httpx2.AsyncClient(base_url=base) as client:
         await client.get("/v1/status")
         timings_s = []
-        for _ in range(9):
+        for _ in range(15):
             started = time.perf_counter()
             assert (await client.get("/v1/status")).status_code == 200
             timings_s.append(time.perf_counter() - started)
-        assert sorted(timings_s)[4] < 0.025, timings_s
+        # Without it every one of them takes >= 40 ms (measured: 43-46 ms, fastest 43); with it
+        # ~1 ms. A loaded machine only adds time, so the fastest few are what the socket allows.
+        assert sorted(timings_s)[2] < 0.025, timings_s

@@ -132,7 +132,7 @@ def test_status_json_watch_is_one_status_document_per_line_per_change(
     watch = daemon.cli_popen("status", "--json", "--watch")
     try:
         out = LineReader(watch)
-        first = json.loads(out.until(lambda line: True, timeout_s=15))
+        first = json.loads(out.until(lambda line: True, timeout_s=60))  # a CLI start, loaded
         assert {b["name"] for b in first["backends"]} == {LONG, "qwen-14b", "ollama"}
         assert daemon.cli("stop", LONG).returncode == 0
         docs = [first]

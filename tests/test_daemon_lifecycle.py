@@ -31,7 +31,8 @@ WAIT_S = 60.0
 
 def healthy(port: int) -> bool:
     try:
-        return httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+        # asserted once, not polled: a loaded machine's answer may take over a second
+        return httpx2.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
     except httpx2.HTTPError:
         return False
 
@@ -322,7 +323,7 @@ def test_without_a_gpu_the_daemon_keeps_publishing_and_fails_only_the_vllm_backe
             return b["state"] == "failed" and b["detail"].startswith("GPU unavailable")
 
         wait_for(qwen_failed, WAIT_S, "qwen-7b failed with the GPU's reason")
-        doc = httpx2.get(f"http://127.0.0.1:{port}/v1/status", timeout=1).json()
+        doc = httpx2.get(f"http://127.0.0.1:{port}/v1/status", timeout=5).json()
         assert doc["gpus"] == []
         assert {x["name"]: x["state"] for x in doc["backends"]}["ollama"] in ("unknown", "down", "up")
     finally:

@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,11 @@ pytestmark = pytest.mark.slow
 
 INTERVAL_S, TIMEOUT_S, RETRY_ATTEMPTS, JITTER_S = 0.2, 0.2, 2, 0.05  # FAST_HEALTH_YAML's
 PUBLISH_WITHIN_S = 0.5
-"""A dead engine must be unavailable in every channel this soon after the kill (issue 6)."""
-HANG_SLACK_S = 0.4
-"""Scheduling slack on top of the probe arithmetic, for a loaded 2-core CI machine."""
+"""A dead engine must be published unavailable this soon after the kill (issue 6), on the
+daemon's own clock (its log): the publication is one step that updates every channel."""
+SEEN_WITHIN_S = 3.0
+"""When this test's own readers (an HTTP poll, a file read, the SSE thread) see it: on a loaded
+2-core CI machine they lag the daemon; still far below any probe-driven path."""
 
 ENGINE = "qwen-7b"
 KEY_ENV = "TEST_OLLAMA_CLOUD_KEY"
@@ -160,13 +163,15 @@ def test_a_killed_engine_is_unavailable_in_status_file_and_events_within_half_a_
 ) -> None:
     h = live.harness
     before = h.wait_up(ENGINE)
-    assert not _unavailable(h.status_file())
+    # the file (a background writer) may trail the API a moment after the previous test's restart
+    wait_for(lambda: not _unavailable(h.status_file()), 10, "status.json showing it up")
     pid = int(before["pid"])
 
+    killed_wall = time.time()
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     seen: dict[str, float] = {}
-    deadline = killed_at + 5.0
+    deadline = killed_at + 10.0
     while len(seen) < 2 and time.monotonic() < deadline:
         if "api" not in seen and _unavailable(h.status()):
             seen["api"] = time.monotonic() - killed_at
@@ -174,14 +179,21 @@ def test_a_killed_engine_is_unavailable_in_status_file_and_events_within_half_a_
             seen["file"] = time.monotonic() - killed_at
         time.sleep(0.01)
     event = live.sse.first(
-        lambda f: f["name"] == ENGINE and f["available"] is False, after=killed_at, timeout_s=5
+        lambda f: f["name"] == ENGINE and f["available"] is False, after=killed_at, timeout_s=10
     )
     assert event is not None, "no SSE event with available false after the kill"
     seen["sse"] = event[0] - killed_at
 
     assert set(seen) == {"api", "file", "sse"}
-    assert all(s <= PUBLISH_WITHIN_S for s in seen.values()), seen
+    assert all(s <= SEEN_WITHIN_S for s in seen.values()), seen
     assert event[1]["state"] in ("down", "restarting")
+    # when the daemon published it, and why: the exit itself, not failing probes
+    (published,) = [
+        e for e in h.events() if e.get("event") == "backend.state" and e.get("backend") == ENGINE
+        and e.get("old") == "up" and f"process {pid} " in (e.get("reason") or "")]  # fmt: skip
+    published_s = datetime.fromisoformat(published["timestamp"]).timestamp() - killed_wall
+    assert published_s <= PUBLISH_WITHIN_S, (published_s, published)
+    assert "killed by signal 9" in published["reason"]
     after = h.wait_up(ENGINE)  # the keeper starts a fresh engine
     assert after["pid"] != pid and after["restarts"] >= before["restarts"] + 1
     assert not alive(pid)
@@ -193,18 +205,20 @@ def test_a_hung_engine_is_down_within_the_probe_budget_and_up_again_after_sigcon
     h = live.harness
     before = h.wait_up(ENGINE)
     pid = int(before["pid"])
-    budget_s = INTERVAL_S * RETRY_ATTEMPTS + TIMEOUT_S + JITTER_S + HANG_SLACK_S
-    stopped_at = time.monotonic()
+    # 3× the probe arithmetic (interval × attempts + timeout + jitter): slack for a loaded
+    # 2-core CI machine, measured on the daemon's clock (when it entered ``down``)
+    budget_s = 3 * (INTERVAL_S * RETRY_ATTEMPTS + TIMEOUT_S + JITTER_S)
+    stopped_wall = time.time()
     os.killpg(pid, signal.SIGSTOP)
     try:
-        down = h.wait_backend(ENGINE, lambda b: b["state"] == "down", timeout_s=5, what="down")
-        took_s = time.monotonic() - stopped_at
+        down = h.wait_backend(ENGINE, lambda b: b["state"] == "down", timeout_s=15, what="down")
     finally:
         os.killpg(pid, signal.SIGCONT)
+    took_s = datetime.fromisoformat(down["since"]).timestamp() - stopped_wall
     assert took_s <= budget_s, f"down after {took_s:.3f} s, budget {budget_s:.2f} s"
     assert not down["available"]
     assert "timeout" in down["detail"]
-    up = h.wait_up(ENGINE, timeout_s=3)
+    up = h.wait_up(ENGINE, timeout_s=15)
     assert up["pid"] == pid  # the same process answered again: no restart
     assert up["restarts"] == before["restarts"]
 
@@ -228,7 +242,7 @@ def test_with_a_short_unresponsive_limit_a_hung_engine_is_restarted_with_a_new_p
             timeout_s=15, what="a new engine up",
         )  # fmt: skip
         assert after["restarts"] >= 1
-        wait_for(lambda: not alive(pid), 5, "the hung engine gone")
+        wait_for(lambda: not alive(pid), 15, "the hung engine gone")
         assert any(e.get("event") == "keeper.unresponsive" and e.get("pid") == pid
                    for e in h.events())  # fmt: skip
         assert h.stop() == 0
@@ -243,7 +257,7 @@ def test_ollama_reports_an_unpulled_model_unavailable_and_its_vram_owned_by_olla
     h = live.harness
     backend = h.wait_backend(
         "ollama", lambda b: b["state"] == "up" and NOT_PULLED in b["unavailable_models"],
-        timeout_s=5, what="ollama probed",
+        timeout_s=15, what="ollama probed",
     )  # fmt: skip
     assert backend["unavailable_models"] == {NOT_PULLED: "not pulled"}
     assert backend["available"] is True  # one missing model does not take the backend down
@@ -253,7 +267,7 @@ def test_ollama_reports_an_unpulled_model_unavailable_and_its_vram_owned_by_olla
         procs = {p["pid"]: p for g in doc["gpus"] for p in g["processes"]}
         return doc if live.ollama.pid in procs else None
 
-    doc = wait_for(gpu_shows_ollama, 5, "the Ollama model's VRAM on the GPU")
+    doc = wait_for(gpu_shows_ollama, 15, "the Ollama model's VRAM on the GPU")
     procs = {p["pid"]: p for g in doc["gpus"] for p in g["processes"]}
     assert procs[live.ollama.pid]["owner"] == "ollama"
     assert procs[live.ollama.pid]["used_mib"] == OLLAMA_MODEL_MIB
@@ -270,16 +284,18 @@ def test_cloud_429_is_rate_limited_and_401_auth_failed_without_the_key_leaking(
     live: LiveDaemon,
 ) -> None:
     h = live.harness
-    quota = h.wait_backend("cloud-quota", lambda b: b["state"] == "rate_limited", 5, "429 seen")
-    badkey = h.wait_backend("cloud-badkey", lambda b: b["state"] == "auth_failed", 5, "401 seen")
+    quota = h.wait_backend("cloud-quota", lambda b: b["state"] == "rate_limited", 15, "429 seen")
+    badkey = h.wait_backend("cloud-badkey", lambda b: b["state"] == "auth_failed", 15, "401 seen")
     assert quota["available"] is False and badkey["available"] is False
     assert quota["detail"].startswith("HTTP 429")
     assert badkey["detail"].startswith("HTTP 401") and "Bearer ***" in badkey["detail"]  # echoed, masked
     for cloud in live.clouds.values():  # the key was really sent, so it could have leaked
         assert f"Bearer {live.key}" in cloud.auth_headers
     sse_event = live.sse.first(lambda f: f["name"] == "cloud-badkey" and f["state"] == "auth_failed",
-                               timeout_s=2)  # fmt: skip
+                               timeout_s=10)  # fmt: skip
     assert sse_event is not None
+    # status.json is written by a background thread (fsync): on a loaded disk it may trail
+    wait_for(lambda: "auth_failed" in h.status_path.read_text(), 10, "status.json written")
 
     published = {
         "/v1/status": h.get("/v1/status").text,

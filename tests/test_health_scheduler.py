@@ -23,6 +23,7 @@ from gpumgr.health.machine import BackendHealth, Transition
 from gpumgr.health.scheduler import HealthScheduler, ProbeTiming, timing_for
 from gpumgr.sim.gpu import STATE_ENV, SimGpuSpec, SimGpuState, sim_uuid
 from gpumgr.sim.ollama_process import SimOllamaProcess, running_sim_ollama
+from tests.helpers import wait_for_async
 
 # Fast enough that a test takes seconds, patient enough (a quarter-second answer) that a loaded
 # 2-core CI box does not time out a healthy sim.
@@ -115,16 +116,20 @@ def test_starting_backend_is_polled_fast_and_up_as_soon_as_it_answers(
     ollama.set_mode("down")  # still loading: answers 503
     slow = HealthSettings(interval_s=30, timeout_s=0.5, jitter_s=0)
 
+    polls: list[object] = []
+
     async def run() -> float:
         async with httpx2.AsyncClient() as client:
             sched = HealthScheduler(
                 {"ollama": ollama_provider(ollama.base_url)}, slow, HealthChecks(), client,
                 on_transition=lambda t: None, initial_states={"ollama": S.STOPPED},
+                on_probe=lambda *a: polls.append(a),
             )
             sched.start()
             try:
                 sched.lifecycle("ollama", S.STARTING, "spawned pid 1234")
-                await asyncio.sleep(0.6)  # several fast polls see 503: still starting, not down
+                # several fast polls see 503 (counted, not slept for): still starting, not down
+                await wait_for_async(lambda: len(polls) >= 3, 10, "three fast polls")
                 assert sched.health("ollama").state is S.STARTING
                 ollama.set_mode("ok")
                 return await wait_state(sched, "ollama", S.UP, 10.0)
@@ -173,10 +178,15 @@ def test_disabled_and_template_providers_are_listed_fixed_and_never_probed() -> 
     listener.listen(16)
     listener.setblocking(False)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    refused_url = f"http://127.0.0.1:{refused.getsockname()[1]}"
+    refused.close()  # nothing listens there: its probes fail at once, and they are counted
     providers = {
         "old": Provider(name="old", type="vllm", base_url=url, status="disabled"),
         "tmpl": Provider(name="tmpl", type="ollama", base_url=url, status="template"),
         "gpt": Provider(name="gpt", type="openai", base_url=url),
+        "probed": Provider(name="probed", type="ollama", base_url=refused_url),
     }
     seen: list[tuple[str, ProbeResult, BackendHealth]] = []
 
@@ -187,8 +197,9 @@ def test_disabled_and_template_providers_are_listed_fixed_and_never_probed() -> 
                 on_transition=lambda t: None, on_probe=lambda *a: seen.append(a),
             )
             sched.start()
-            try:
-                await asyncio.sleep(0.5)
+            try:  # the scheduler ran several rounds: the others were passed over, not missed
+                await wait_for_async(lambda: sum(s[0] == "probed" for s in seen) >= 3, 30,
+                                     "three probes of the one probed provider")
             finally:
                 await sched.stop()
             return sched.healths()
@@ -199,12 +210,12 @@ def test_disabled_and_template_providers_are_listed_fixed_and_never_probed() -> 
             listener.accept()  # nobody ever connected
     finally:
         listener.close()
-    assert {n: (h.state, h.reason) for n, h in healths.items()} == {
+    assert {n: (h.state, h.reason) for n, h in healths.items() if n != "probed"} == {
         "old": (S.DISABLED, "status: disabled"),
         "tmpl": (S.DISABLED, "status: template"),
         "gpt": (S.UNKNOWN, "not probed (type openai)"),
     }
-    assert seen == []
+    assert [s[0] for s in seen if s[0] != "probed"] == []
 
 
 def test_supervisor_events_drive_states_without_probes() -> None:

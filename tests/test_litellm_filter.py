@@ -369,7 +369,7 @@ def publisher(tmp_path: Path, **states: BackendState | str) -> StatusPublisher:
     return pub
 
 
-async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> float:
+async def until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> float:
     """Await a condition the background task brings about; the time it took."""
     start = time.monotonic()
     async with asyncio.timeout(timeout_s):
@@ -388,7 +388,7 @@ async def test_the_follower_applies_events_without_polling(tmp_path: Path) -> No
             await until(lambda: f.followers[0].streaming)
             pub.update_backend("qwen-7b", state=BackendState.DOWN)
             took = await until(lambda: f.filter([VLLM_7B]) == [])
-            assert took < 1.0  # an event, not a 30 s poll
+            assert took < 5.0  # an event, not a 30 s poll (measured: milliseconds)
             assert f.followers[0].status is not None
             assert f.followers[0].status.seq == pub.seq
             pub.update_backend("qwen-7b", state=BackendState.UP)
@@ -426,7 +426,7 @@ async def test_a_daemon_that_goes_away_is_stale_after_max_age(tmp_path: Path) ->
         pub.close()
         await server.stop()
         took = await until(lambda: f.filter([VLLM_7B]) == [VLLM_7B])
-        assert took < 1.5
+        assert took < 3.0  # max_age_s (0.5) and a loaded machine's slack, not never
     finally:
         await f.aclose()
         pub.close()

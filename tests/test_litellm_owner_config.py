@@ -52,7 +52,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.litellm]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OWNER_LITELLM = REPO_ROOT / "tests" / "data" / "owner-dialect" / "litellm-config.yaml"
-P50_WITHIN_S = 0.5
+P50_WITHIN_S = 2.0
+"""The median request for a stopped model is answered by its fallback "at once": well under the
+owner's ``retry_after`` of 5 s that a retry of the stopped engine would cost. Unloaded it takes
+a tenth of a second; a LiteLLM proxy on a loaded 2-core CI machine is several times slower."""
 
 
 def owner_config(engine: str, ollama: str, cloud: str, redis_port: int) -> str:

@@ -155,15 +155,15 @@ async def test_hold_is_off_by_default_and_never_waits_past_hold_s_or_for_a_long_
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     assert await f.async_filter_deployments("qwen-coder-14b-vllm", [VLLM_14B], None) == []
-    assert loop.time() - t0 < 0.1
+    assert loop.time() - t0 < 1.0  # no hold: at once (a hold would be 2 s below)
     g, _ = filter_with(loading, hold_s=0.4)
     g._clock = g.followers[0]._clock = loop.time
     feed(g, 0, loading)
     t0 = loop.time()
     assert await g.async_filter_deployments("qwen-coder-14b-vllm", [VLLM_14B], None) == []
-    assert 0.35 < loop.time() - t0 < 1.0  # held for hold_s, then the fallbacks
+    assert 0.35 < loop.time() - t0 < 1.5  # held for hold_s (0.4), then the fallbacks
     slow = document(backends(qwen_14b="starting"), **{"qwen-14b": {"eta_s": 30}})
     h, _ = filter_with(slow, hold_s=2.0)
     t0 = loop.time()
     assert await h.async_filter_deployments("qwen-coder-14b-vllm", [VLLM_14B], None) == []
-    assert loop.time() - t0 < 0.1
+    assert loop.time() - t0 < 1.0  # not held for its hold_s of 2 s

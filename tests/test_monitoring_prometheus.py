@@ -56,13 +56,15 @@ vllm:
   memory_release_timeout_s: 5
   drain_timeout_s: 5
 restart:
-  backoff_base_s: 6
-  backoff_cap_s: 6
+  backoff_base_s: 10
+  backoff_cap_s: 10
   max_crashes: 50
 simulate:
   load_seconds: 0.3
 """
-"""A crash waits 6 s before its restart: long enough for a 3 s ``for:`` to fire."""
+"""A crash waits 10 s before its restart: long enough for a 3 s ``for:`` to fire and be seen
+(scrape 1 s + evaluation 1 s + 3 s + evaluation 1 s: ~6 s, which a 6 s backoff left no room
+for on a loaded machine)."""
 
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "1s"}
 
@@ -207,10 +209,10 @@ def test_prometheus_follows_swaps_alerts_on_a_death_only_and_every_dashboard_que
             # what the next refresh reads is already the new set when the swap returns
             listed = daemon.get("/v1/prometheus/targets").json()
             assert [g["labels"]["gpumgr_backend"] for g in listed] == [new, "ollama"]
-            wait_for(lambda: _backends(p.engine_targets()) == {new, "ollama"}, 15, f"{new} target")
+            wait_for(lambda: _backends(p.engine_targets()) == {new, "ollama"}, 30, f"{new} target")
             # one refresh, plus Prometheus's own discovery throttle (its discovery manager
-            # passes updates on at most every 5 s), plus slack for this loaded machine
-            assert time.monotonic() - done_at <= REFRESH_S + DISCOVERY_THROTTLE_S + 1.0
+            # passes updates on at most every 5 s), plus slack for a loaded 2-core machine
+            assert time.monotonic() - done_at <= REFRESH_S + DISCOVERY_THROTTLE_S + 5.0
             target = next(t for t in p.engine_targets() if t["labels"]["gpumgr_backend"] == new)
             assert target["labels"]["model_name"] == served
             daemon.wait_up(new, 30)

@@ -73,7 +73,7 @@ def test_the_callbacks_reports_swap_the_wanted_model_in_and_idle_swaps_the_defau
                 for _ in range(12):  # the fallbacks take these at once: nothing is held
                     t0 = asyncio.get_running_loop().time()
                     out = await f.async_filter_deployments("large-served", [large], None)
-                    assert asyncio.get_running_loop().time() - t0 < 0.05
+                    assert asyncio.get_running_loop().time() - t0 < 0.5  # no I/O, no wait
                     if out:
                         break
                     await asyncio.sleep(0.4)

@@ -48,7 +48,8 @@ def llama() -> Iterator[FakeLlamaCpp]:
 def run_probe(provider: Provider, env: dict[str, str] | None = None) -> ProbeResult:
     async def run() -> ProbeResult:
         async with httpx2.AsyncClient() as client:
-            return await probe_provider(client, provider, ProbeOptions(timeout_s=1.0), env or {})
+            # patient: no test here is about a timeout, and a loaded machine may answer slowly
+            return await probe_provider(client, provider, ProbeOptions(timeout_s=5.0), env or {})
 
     return asyncio.run(run())
 

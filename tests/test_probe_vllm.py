@@ -122,7 +122,7 @@ def test_hung_server_times_out_within_about_one_timeout(fake_vllm: FakeVllm) -> 
     r = probe(fake_vllm.base_url, ["qwen-coder-vllm"], timeout_s=0.3)
     elapsed = time.monotonic() - t0
     assert r.outcome is ProbeOutcome.TIMEOUT
-    assert 0.25 <= elapsed < 1.0
+    assert 0.25 <= elapsed < 1.5  # one 0.3 s timeout, not the fake's 30 s hang
 
 
 def test_metrics_parser_sums_model_names_and_rejects_garbage() -> None:

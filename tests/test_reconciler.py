@@ -251,6 +251,7 @@ def test_a_daemon_killed_during_a_swap_converges_on_the_next_boot(box: Box, phas
         intent = desired_on_disk(box).get("intent")
         assert isinstance(intent, dict) and intent["operation"] == "swap small → large"
         crash(box, first, swapping)
+        await asyncio.wait({swapping}, timeout=30)  # its cancellation ran (a loaded box is slow)
         await asyncio.sleep(0.1)
         survived = alive(old_pid)  # while draining; past SIGTERM once the drain is over
 
@@ -325,6 +326,7 @@ def test_a_daemon_killed_during_a_start_or_restart_ends_with_the_engine_serving(
         loading = next(e.pid for e in reversed(box.events)
                        if isinstance(e, ev.ChildStarted) and e.backend == name)
         crash(box, first, work)
+        await asyncio.wait({work}, timeout=30)  # its cancellation ran (a loaded box is slow)
         await asyncio.sleep(0.2)
         survived = alive(loading)  # in-process, the cancelled start may have stopped it
 

@@ -8,6 +8,7 @@ import pytest
 
 from gpumgr.sim.harness import FAST_HEALTH_YAML, FAST_LIFECYCLE_YAML, DaemonHarness, free_port
 from gpumgr.sse import parse_event_id
+from test_cli_watch import LineReader
 from test_litellm_follower_fuzz import FollowerThread
 
 pytestmark = pytest.mark.slow
@@ -75,7 +76,6 @@ def test_status_watch_redraws_on_a_pushed_change(tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
-    import time
 
     dead = free_port()
 
@@ -95,16 +95,20 @@ def test_status_watch_redraws_on_a_pushed_change(tmp_path: Path) -> None:
             [sys.executable, "-m", "gpumgr.cli", "status", "--watch", "--config-dir",
              str(daemon.config_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
-        time.sleep(2.0)  # connected, first table drawn
+        # the first table drawn (a CLI may take seconds to start on a loaded machine), then
+        # the change: so what shows the added backend is a redraw, not the first table
+        out = LineReader(watch)
+        out.until(lambda line: "first-backend" in line, timeout_s=60)
+        assert not [line for line in out.seen if "added-backend" in line]
         (daemon.config_dir / "providers.yaml").write_text(
             providers("first-backend", "added-backend"))
         assert daemon.cli("reload").returncode == 0
-        time.sleep(2.0)
+        out.until(lambda line: "added-backend" in line, timeout_s=30)
         watch.send_signal(signal.SIGINT)
-        out, err = watch.communicate(timeout=10)
-        assert "first-backend" in out, err
-        assert "added-backend" in out, out + err
-        assert "Traceback" not in err
+        watch.wait(timeout=15)
+        assert watch.stderr is not None
+        err = watch.stderr.read()
+        assert "Traceback" not in err, err
     finally:
         if watch is not None and watch.poll() is None:
             os.kill(watch.pid, signal.SIGKILL)

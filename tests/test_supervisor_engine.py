@@ -33,6 +33,7 @@ from gpumgr.sim.gpu import STATE_ENV, SimGpuSpec, SimGpuState, sim_uuid
 from gpumgr.supervisor import events as ev
 from gpumgr.supervisor.records import ChildRecords
 from gpumgr.supervisor.restart import RestartPolicy
+from gpumgr.supervisor.system import System
 from state_fake import States
 from tests.helpers import alive, free_port
 
@@ -141,7 +142,7 @@ class Harness:
             if isinstance(e, kind) and (backend is None or getattr(e, "backend", None) == backend)
         ]  # fmt: skip
 
-    async def until(self, predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    async def until(self, predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while not predicate():
             assert time.monotonic() < deadline, f"timed out; events: {self.events}"
@@ -175,7 +176,7 @@ def run(h: Harness, body: Callable[[], object]) -> None:
 
 
 def health(port: int) -> int:
-    return httpx2.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code
+    return httpx2.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code
 
 
 def test_start_serves_health_with_the_planned_fraction_and_the_gpu_shows_it(harness: Harness) -> None:
@@ -213,7 +214,7 @@ def test_sigkill_is_noticed_at_once_and_the_engine_is_restarted_with_backoff(har
         killed_at = time.monotonic()
         await h.until(lambda: bool(h.of(ev.ChildExited)))
         noticed_at, exited = h.of(ev.ChildExited)[0]
-        assert noticed_at - killed_at < 0.5
+        assert noticed_at - killed_at < 1.0  # the exit itself, not a probe (measured ~2 ms)
         assert exited.returncode == -signal.SIGKILL and not exited.oom  # type: ignore[attr-defined]
         (_, restarting), = h.of(ev.Restarting)
         assert restarting.delay_s == 0.1 and restarting.attempt == 1  # type: ignore[attr-defined]
@@ -323,6 +324,17 @@ def test_stop_kills_an_engine_that_ignores_sigterm_with_its_grandchild_and_frees
     run(h, body)
 
 
+class CountingPortChecks(System):
+    """The real system calls, counting the keeper's looks at who holds a port."""
+
+    def __init__(self) -> None:
+        self.ports: list[int] = []
+
+    def port_listener_pid(self, port: int) -> int | None:
+        self.ports.append(port)
+        return super().port_listener_pid(port)
+
+
 def test_a_foreign_listener_on_the_port_is_reported_and_left_alone(harness: Harness) -> None:
     h = harness
     foreign = subprocess.Popen(
@@ -334,13 +346,16 @@ def test_a_foreign_listener_on_the_port_is_reported_and_left_alone(harness: Harn
     try:
         assert foreign.stdout is not None
         port = int(foreign.stdout.readline())
+        asked = CountingPortChecks()
+        h.ctx.system = asked
         k = h.keeper("qwen-7b", port=port)
 
         async def body() -> None:
             k.launch()
             await h.until(lambda: h.state(k) is BackendState.DOWN)
             assert h.detail(k) == f"port {port} is held by pid {foreign.pid} (not started by gpumgr)"
-            await asyncio.sleep(0.3)  # several re-checks
+            seen = asked.ports.count(port)
+            await h.until(lambda: asked.ports.count(port) >= seen + 3)  # several re-checks, seen
             assert foreign.poll() is None  # never signalled
             assert not h.of(ev.ChildStarted)
             assert len(h.of(ev.BackendDown)) == 1  # reported once, not on every re-check
@@ -388,16 +403,22 @@ def test_an_unresponsive_engine_is_restarted_on_request_and_counts_as_a_crash(
     harness: Harness,
 ) -> None:
     h = harness
-    k = h.keeper("qwen-7b", stop_timeout_s=0.5, GPUMGR_SIM_HANG_AFTER_S="0.2")
+    # It hangs 1 s after it serves: the keeper must see /health 200 before that, even loaded.
+    k = h.keeper("qwen-7b", stop_timeout_s=0.5, GPUMGR_SIM_HANG_AFTER_S="1")
 
     async def body() -> None:
         k.launch()
         await h.until(lambda: h.state(k) is BackendState.UP)
         assert k.child is not None
         first = k.child.pid
-        await asyncio.sleep(0.4)
-        with pytest.raises(httpx2.TimeoutException):
-            httpx2.get(f"http://127.0.0.1:{k.port}/health", timeout=0.3)
+        deadline = time.monotonic() + 30
+        while True:  # hung: the port is open and nothing answers
+            try:
+                httpx2.get(f"http://127.0.0.1:{k.port}/health", timeout=0.5)
+            except httpx2.TimeoutException:
+                break
+            assert time.monotonic() < deadline, "the engine never stopped answering"
+            await asyncio.sleep(0.1)
         async with h.ctx.locks.lease(k.gpu_uuid, "test") as lease:
             assert await k.stop_unresponsive(lease, "no /health answer")
         await h.until(lambda: h.state(k) is BackendState.UP and k.child is not None and k.child.pid != first)

@@ -182,7 +182,7 @@ class OllamaBox:
 
     def loaded(self) -> list[str]:
         return [m["name"] for m in
-                httpx2.get(f"{self.ollama.base_url}/api/ps", timeout=2).json()["models"]]
+                httpx2.get(f"{self.ollama.base_url}/api/ps", timeout=10).json()["models"]]
 
 
 @pytest.fixture

@@ -55,7 +55,9 @@ def test_child_runs_in_its_own_session_and_appends_to_its_log(tmp_path: Path) ->
     asyncio.run(main())
 
 
-def test_sigkill_of_the_child_is_noticed_within_half_a_second(tmp_path: Path) -> None:
+def test_sigkill_of_the_child_is_noticed_at_once(tmp_path: Path) -> None:
+    """Measured ~2 ms (10 ms at worst with three CPU burners); 1 s leaves a loaded CI box slack
+    while anything that polled for the exit would still show."""
     async def main() -> None:
         argv = [sys.executable, "-c", "import time; time.sleep(60)"]
         child = await process.spawn("b", argv, dict(os.environ), tmp_path / "b.log")
@@ -63,7 +65,7 @@ def test_sigkill_of_the_child_is_noticed_within_half_a_second(tmp_path: Path) ->
             os.kill(child.pid, signal.SIGKILL)
             t0 = time.monotonic()
             rc = await asyncio.wait_for(child.wait(), 5)
-            assert time.monotonic() - t0 < 0.5
+            assert time.monotonic() - t0 < 1.0
             assert rc == -signal.SIGKILL
         finally:
             _kill_group(child.pgid)
@@ -87,10 +89,10 @@ def test_stop_kills_a_child_that_ignores_sigterm_and_its_grandchild(tmp_path: Pa
                 return not any(alive(p) for p in pids)
 
             outcome = await process.stop(
-                child, term_timeout_s=0.5, memory_released=released, memory_timeout_s=2
+                child, term_timeout_s=0.5, memory_released=released, memory_timeout_s=5
             )
             assert outcome.killed and outcome.group_gone and outcome.memory_released
-            assert 0.5 <= outcome.stop_s < 3
+            assert 0.5 <= outcome.stop_s < 4  # the 0.5 s SIGTERM timeout, then at once
             assert not alive(child.pid) and not alive(grandchild)
             assert {child.pid, grandchild} <= asked[0]
         finally:
@@ -107,7 +109,7 @@ def test_stop_of_a_polite_child_needs_no_sigkill(tmp_path: Path) -> None:
             await wait_for_async(lambda: tail_lines(tmp_path / "p.log") == ["up"])
             outcome = await process.stop(child, term_timeout_s=5)
             assert not outcome.killed and outcome.group_gone
-            assert outcome.stop_s < 1.0
+            assert outcome.stop_s < 2.5  # not the 5 s SIGTERM timeout (measured: milliseconds)
             assert child.returncode == -signal.SIGTERM
         finally:
             _kill_group(child.pgid)
@@ -125,7 +127,7 @@ def test_stop_of_a_hung_sigstopped_child_needs_no_sigkill(tmp_path: Path) -> Non
             os.killpg(child.pgid, signal.SIGSTOP)
             outcome = await process.stop(child, term_timeout_s=5)
             assert not outcome.killed and outcome.group_gone
-            assert outcome.stop_s < 2
+            assert outcome.stop_s < 2.5  # not the 5 s SIGTERM timeout (measured: milliseconds)
         finally:
             _kill_group(child.pgid)
 
@@ -149,7 +151,7 @@ def test_an_adopted_process_exit_is_noticed_through_its_pidfd(tmp_path: Path) ->
         os.kill(pid, signal.SIGKILL)
         t0 = time.monotonic()
         assert await asyncio.wait_for(child.wait(), 5) is None
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 1.0
 
     try:
         asyncio.run(main())

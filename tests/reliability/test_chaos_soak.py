@@ -27,6 +27,9 @@ CI_STEPS = 200
 """About 40 s on the 2-core machine at load 1-2, 80-100 s at load 7 (issue 18 asks for >= 200)."""
 
 
+# The suite's 120 s per-test guard is for a hang; this test is long by design (75 s measured
+# beside three CPU burners, see CI_STEPS): its own step deadlines (CONVERGE_S) catch a hang.
+@pytest.mark.timeout(600)
 def test_a_seeded_chaos_soak_keeps_every_invariant_after_every_step(
     tmp_path: Path, record_property: pytest.RecordProperty,
 ) -> None:

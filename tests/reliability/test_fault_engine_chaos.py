@@ -35,7 +35,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Rig, int]]:
     providers = (
         vllm(BYSTANDER, free_port(), QWEN_7B)
         + vllm("hanger", free_port(), DEEPSEEK, status="standby",
-               env={"GPUMGR_SIM_HANG_AFTER_S": "0.3"})
+               env={"GPUMGR_SIM_HANG_AFTER_S": "1.5"})
         + vllm("stubborn", free_port(), DEEPSEEK, status="standby",
                env={"GPUMGR_SIM_IGNORE_SIGTERM": "1"})
         + vllm("forker", free_port(), DEEPSEEK, status="standby",
@@ -75,7 +75,8 @@ def test_a_hung_engine_is_restarted_and_a_stop_ends_it_with_nothing_left(
     status, lines = r.control("start", {"name": "hanger"})
     assert status == 200 and lines[-1]["ok"], lines
     first = r.pid_of("hanger")
-    # it stops answering 0.3 s after it serves: suspect/down, then restarted with a new pid
+    # it stops answering 1.5 s after it serves (time enough to be seen up first, even on a loaded
+    # machine): suspect/down, then restarted with a new pid
     r.daemon.wait_backend("hanger", lambda b: not b["available"] or b["suspect"], WAIT_S,
                           "the hang noticed")  # fmt: skip
     wait_new_pid_up(r, "hanger", first)

@@ -35,8 +35,10 @@ KEY_ENV = "TEST_FAULT_CLOUD_KEY"
 CLOUD_MODEL = "deepseek-v3.1:671b-cloud"
 PULLED = "qwen2.5-coder:7b"
 CLOUD_BACKOFF_CAP_S = 1.0
-STATUS_LATENCY_LIMIT_S = 1.0
-"""The status API answers within this while an upstream hangs (probes are bounded by 0.2 s)."""
+STATUS_LATENCY_LIMIT_S = 3.0
+"""The status API answers within this while an upstream hangs (probes are bounded by 0.2 s; an
+unbounded wait would run into the request's 5 s timeout). Measured: milliseconds; the rest is
+slack for a loaded 2-core CI machine."""
 
 
 class SwitchableCloud(JsonServer):
@@ -175,7 +177,7 @@ def test_ollama_down_hanging_killed_and_back(up: Upstreams) -> None:
     d.wait_backend("ollama", lambda b: b["state"] == "down" and b["detail"] != hung["detail"],
                    10, "a refused connection published")  # fmt: skip
     up.ollama.start()  # a new Ollama on the same port
-    back = d.wait_backend("ollama", lambda b: b["state"] == "up" and b["available"], 10,
+    back = d.wait_backend("ollama", lambda b: b["state"] == "up" and b["available"], 30,
                           "ollama back")  # fmt: skip
     assert back["unavailable_models"] in ({}, None)
     assert d.status()["models"][PULLED]["available"] is True
