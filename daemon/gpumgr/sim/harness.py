@@ -317,7 +317,7 @@ class DaemonHarness:
                 out.append(doc)
         return out
 
-    def get(self, path: str, timeout_s: float = 2.0) -> httpx2.Response:
+    def get(self, path: str, timeout_s: float = 10.0) -> httpx2.Response:
         return httpx2.get(self.base_url + path, timeout=timeout_s)
 
     def status(self) -> Json:
