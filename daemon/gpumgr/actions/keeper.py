@@ -352,6 +352,8 @@ class BackendKeeper:
         self._ctx.sink(Woken(self.backend, child.pid))
         await self.engine.answers_one_token()
         wake_s = time.monotonic() - t0
+        if self._ctx.startup_times is not None:  # the next wake is announced with this time
+            await asyncio.to_thread(self._ctx.startup_times.record_wake, self.backend, wake_s)
         self._ctx.sink(ChildReady(self.backend, child.pid, wake_s))
         return wake_s
 
