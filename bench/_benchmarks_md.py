@@ -221,6 +221,30 @@ def generic_rows(r: dict[str, Any]) -> list[Row]:
     return rows[:40]
 
 
+def policy_markdown(r: dict[str, Any]) -> list[str]:
+    """The lifecycle policies: one row per (trace, sleep mode, policy), then the issue's goals
+    as the benchmark evaluated them (its own table: the five-column one does not fit)."""
+    head = ("| trace | sleep mode | policy | local | local (shifted) | by phase 7b / 14b / mixed / "
+            "idle | swaps | p50 | p95 | to the cloud | waited: p95 (n) |")
+    out = [head, "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for x in r["results"].values():
+        phases = " / ".join(f"{100 * v:.0f}" for v in x["local_share_by_phase"].values())
+        waited = f"{x['waited_p95_s']:.2f} s ({x['waited']})" if x["waited"] else DASH
+        out.append(f"| {x['trace']} | {'on' if x['sleep_mode'] else 'off'} | {x['policy']} | "
+                   f"{100 * x['local_share']:.1f} % | {100 * x['local_share_shifted']:.1f} % | "
+                   f"{phases} % | {x['swaps']} | {x['p50_s']:.2f} s | {x['p95_s']:.2f} s | "
+                   f"{x['to_cloud']} | {waited} |")
+    goals = r.get("goals") or []
+    if goals:
+        out += ["", "The issue's goals, as measured in this run:", ""]
+        out += [f"- {'met' if g['met'] else '**missed**'}: {g['goal']}: {g['measured']}"
+                for g in goals]
+    return out + [""]
+
+
+MARKDOWN: dict[str, Callable[[dict[str, Any]], list[str]]] = {"policy": policy_markdown}
+"""Benchmarks whose result is rendered as their own markdown instead of the common table."""
+
 TABLES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "plan_efficiency": plan_efficiency_rows,
     "detection": detection_rows,
@@ -244,6 +268,7 @@ TITLES = {
     "suite": "The test suite's own duration",
     "soak": "Chaos soak: random operations under traffic, invariants after every step",
     "metrics": "/metrics with 8 backends: server CPU per scrape before and after the lifecycle metrics",
+    "policy": "Lifecycle policies: manual, swap on every miss, demand (with and without hold_s)",
 }
 
 READING = {
@@ -315,7 +340,10 @@ def section(step: dict[str, Any]) -> str:
                 step.get("output_tail", "").rstrip(), "```", ""]
         return "\n".join(out)
     result = step["result"]
-    out += [table(TABLES.get(name, generic_rows)(result)), ""]
+    if name in MARKDOWN:
+        out += MARKDOWN[name](result)
+    else:
+        out += [table(TABLES.get(name, generic_rows)(result)), ""]
     if name in READING and name != "suite":
         out += [READING[name], ""]
     out += [f"Raw: [`docs/benchmarks/{name}.json`](benchmarks/{name}.json).", ""]
