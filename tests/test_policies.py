@@ -226,3 +226,28 @@ def test_demand_for_a_model_on_its_own_port_sleeps_the_resident_and_the_idle_swa
         assert asked == ["swap small → large: accepted", "swap large → small: accepted"]
 
     box.run(body)
+
+
+def test_a_failed_demand_swap_is_not_asked_for_again_before_a_window_has_passed(box: Box) -> None:
+    # the 14B's weights are not on the hub: the swap fails up front, every check would retry it
+    pair(box, small="    policy: demand\n", large="    policy: demand\n")
+    registry = (box.config_dir / "providers.yaml").read_text().removeprefix("providers:")
+    config = box.write(registry.replace(QWEN14, "Qwen/Nowhere-14B-AWQ"))
+
+    async def body() -> None:
+        rig, runner = await started(box, config, "small")
+        asked = count_policy_commands(rig)
+        runner.report({"large": 10})
+        await ticks(runner, lambda: runner.decisions.get("large") is not None
+                    and "failed" in runner.decisions["large"].reason, "the failed swap")
+        for _ in range(15):
+            await runner.tick()
+            await asyncio.sleep(0.1)
+        assert asked == ["swap small → large: accepted"]
+        declined = runner.decisions["large"]
+        assert declined.action == "none" and declined.reason.startswith("swap failed: ")
+        assert declined.reason.endswith("(asked again 60 s after it)")
+        assert declined.next_swap_at is not None and declined.next_swap_at > runner.clock() + 55
+        assert set(rig.keepers) == {"small"} and not rig.manager.asleep("small")
+
+    box.run(body)

@@ -82,6 +82,9 @@ class PolicyRunner:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _bringing: set[str] = field(default_factory=set)
     """Providers a policy command of ours is bringing in now (not decided on again meanwhile)."""
+    _failed: dict[str, tuple[float, str]] = field(default_factory=dict)
+    """Provider → when our last command to bring it in failed, and how (not asked again for
+    ``window_s``: a swap that cannot happen must not be retried every check)."""
     _resolving: set[str] = field(default_factory=set)
     """Providers whose weights are being resolved for the fit check (never started yet)."""
 
@@ -278,6 +281,11 @@ class PolicyRunner:
         missed = window.total(now) if window is not None else 0
         if self._awake(name) or missed == 0 or name in self._bringing:
             return
+        failed = self._failed.get(name)
+        if failed is not None and now - failed[0] < self.params.window_s:
+            self._record(name, Decision(now, "none", name, None, failed[1],
+                                        failed[0] + self.params.window_s))
+            return
         if not self._partners(name, providers)[0] and not self._plannable(name):
             self._resolve(name)  # its place is found by the fit check, which needs its weights
             self._record(name, Decision(now, "none", name, None,
@@ -303,9 +311,12 @@ class PolicyRunner:
                 if decision.action == "swap":
                     self._swaps.setdefault(key, []).append(when)
                 self._missed.pop(name, None)  # served now: the old misses are spent
+                self._failed.pop(name, None)
                 outcome = f"{decision.action} done"
             else:
                 outcome = f"{decision.action} failed: {error}"
+                self._failed[name] = (when, f"{outcome} (asked again {self.params.window_s:g} s "
+                                            "after it)")
             self._record(name, Decision(when, decision.action, name, decision.resident, outcome,
                                         decision.next_swap_at))
 
