@@ -356,7 +356,12 @@ def summarise(s: e2e.Stack, harness: DaemonHarness, ports: dict[str, int],
                  if e.get("event") == "policy.decision"]
     idle = [{"backend": e.get("backend"), "idle_s": e.get("idle_s")} for e in events
             if e.get("event") == "policy.idle"]
+    t0 = min((a.sent_at for a in answers), default=0.0)
+    elsewhere = [[round(a.sent_at - t0, 2), "7b" if a.model == SMALL else "14b", a.phase,
+                  a.api_base.rsplit(":", 1)[-1] if a.status == 200 else f"HTTP {a.status}"]
+                 for a in sorted(answers, key=lambda a: a.sent_at) if not local_of(ports, a)]
     return {
+        "not_local": elsewhere,
         "local_share_by_phase": {p: round(sum(local_of(ports, a) for a in xs) / len(xs), 3)
                                  for p, xs in phases.items() if xs},
         "policy_decisions": decisions,
