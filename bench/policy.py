@@ -395,7 +395,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             gap = 100 * (em["local_share"] - r["local_share"])
             out.append({"goal": f"{where}: local share within 5 points of every-miss",
                         "measured": f"{100 * r['local_share']:.1f} % vs "
-                                    f"{100 * em['local_share']:.1f} % ({gap:+.1f} points behind)",
+                                    f"{100 * em['local_share']:.1f} % ({gap:.1f} points behind)",
                         "met": gap <= 5})
             out.append({"goal": f"{where}: at most a fifth of every-miss's swaps",
                         "measured": f"{r['swaps']} vs {em['swaps']}",
