@@ -1,6 +1,8 @@
-"""A woken engine is announced with its own last measured wake, not its last cold start: the
-router's ``GPUMGR_HOLD_S`` waits for a ``starting`` backend only when its ``eta_s`` is short, so a
-wake of seconds announced with a load of minutes would never be waited for."""
+"""A woken engine is announced with its own last measured wake, not its last cold start, and is
+``starting`` for the whole wake (from the ``/wake_up`` call on): the router's ``GPUMGR_HOLD_S``
+waits for a ``starting`` backend only when its ``eta_s`` is short, so a wake of seconds
+announced with a load of minutes, or published only after ``/wake_up`` returned, would never be
+waited for."""
 
 from __future__ import annotations
 
