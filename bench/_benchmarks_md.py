@@ -301,20 +301,22 @@ READING = {
     "section's.",
     "suite": "The whole CI suite including the real-LiteLLM-proxy and fault tests, on the same "
     "shared machine.",
-    "policy": "Where demand loses local share (interleaved, sleep mode on: 34 of 404 requests): 16 "
-    "are the 1-s 7B bursts, left to the fallbacks on purpose (every-miss buys them with 8 of its "
-    "10 swaps, and without sleep mode with waits up to 2.7 s); about 16 are the first ~4 s of the "
-    "14B phase (the lead over the 4-s window shows ~0.6 × window_s after the shift, plus up to "
-    "1 s of report batching, then the swap); 2 are idle-phase requests before the idle swap "
-    "back. Every-miss without sleep mode loses the old model's requests that arrive during its "
-    "~2-s swaps (they go to the router and its fallbacks, as through a load-on-request proxy "
-    "that does not queue them), hence its 91.8 %; with sleep mode its swaps take ~0.3 s. The "
-    "alternating trace (5-s bursts, 50/50) is the contrast: a burst longer than 0.6 × window_s "
-    "looks like a shift, the minimum residency then holds the model into the next burst, and "
-    "demand serves the mixed phase worse than manual (25 % against 50 %); a longer window_s "
-    "keeps the model in place there at the price of slower shifts. `hold_s` held one request "
-    "in the sleep-mode run: a wake is announced at ~0.2 s, so only a request in that window "
-    "waits.",
+    "policy": "The sleep-mode rows were measured again after the fix that publishes a wake as "
+    "`starting` from its `/wake_up` call (`remeasured` in the JSON); the other rows never wake "
+    "an engine. Where demand loses local share (interleaved, sleep mode on: 34 of 404 "
+    "requests): 16 are the 1-s 7B bursts, left to the fallbacks on purpose (every-miss buys "
+    "them with 8 of its 10 swaps, and without sleep mode with waits up to 2.7 s); 16 are the "
+    "first 4 s of the 14B phase (the lead over the 4-s window shows ~0.6 × window_s after the "
+    "shift, plus up to 1 s of report batching, then the wake); 2 are idle-phase requests before "
+    "the idle swap back. Every-miss without sleep mode loses the old model's requests that "
+    "arrive during its ~2-s swaps (they go to the router and its fallbacks, as through a "
+    "load-on-request proxy that does not queue them), hence its 91.8 %; with sleep mode its "
+    "swaps take ~0.3 s and it serves everything locally. The alternating trace (5-s bursts, "
+    "50/50) is the contrast: a burst longer than 0.6 × window_s looks like a shift, the minimum "
+    "residency then holds the model into the next burst, and demand serves the mixed phase "
+    "worse than manual (25 % against 50 %); a longer window_s keeps the model in place there "
+    "at the price of slower shifts. `hold_s` held 4 requests in the sleep-mode run (a wake is "
+    "announced with its last measured time, ~0.3 s here).",
 }
 
 
