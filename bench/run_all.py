@@ -67,7 +67,7 @@ BENCHMARKS = (
     Benchmark("soak", ("--steps", "200", "--seeds", "1,2,3,4,5"), 600),
     Benchmark("metrics", ("--duration-s", "5", "--concurrency", "4", "--rounds", "3"), 180,
               optional=True),
-    Benchmark("policy", (), 900, optional=True),
+    Benchmark("policy", (), 2700, optional=True),  # 10 rows of a 2-min trace, each on a fresh stack
     Benchmark("owner_failover", ("--requests", "15", "--as-is", "3"), 600, optional=True),
 )
 

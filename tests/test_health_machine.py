@@ -140,3 +140,15 @@ def test_a_backend_that_cannot_be_prepared_fails_straight_from_stopped() -> None
         machine.initial("qwen-7b", S.STOPPED, 0.0), S.FAILED, "GPU unavailable: no driver", 1.0
     )
     assert step.transition == Transition("qwen-7b", S.STOPPED, S.FAILED, "GPU unavailable: no driver", 1.0)
+
+
+def test_a_waking_engine_that_still_answers_asleep_stays_starting_but_a_spawned_one_does_not() -> None:
+    # gpumgr's wake publishes `starting` from the /wake_up call on (the router's hold sees it);
+    # the engine answers asleep until that call returns: not a sleep behind gpumgr's back
+    asleep = machine.initial("x", S.SLEEPING, 0.0, "asleep (level 1)")
+    waking = machine.on_lifecycle(asleep, S.STARTING, "pid 7 woken", 1.0).health
+    kept = machine.on_probe(waking, Verdict.ASLEEP, "asleep", 1.5, 3).health
+    assert kept.state is S.STARTING and kept.reason == "pid 7 woken"
+    assert machine.on_probe(kept, Verdict.SUCCESS, "health 200", 2.0, 3).health.state is S.UP
+    spawned = machine.initial("x", S.STARTING, 0.0, "spawned pid 8")
+    assert machine.on_probe(spawned, Verdict.ASLEEP, "asleep", 1.0, 3).health.state is S.SLEEPING

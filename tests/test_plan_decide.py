@@ -243,6 +243,27 @@ def test_a_restart_is_decided_as_its_new_engine_will_be_planned_once_the_old_one
     assert small.plan is not None and {i.provider for i in small.plan.instances} == {"old", "small"}
 
 
+def test_a_wake_unloads_ollama_models_for_its_slice_as_a_start_does_unless_eviction_is_never(
+) -> None:
+    models = (OllamaModel("big", 4000 * MIB), OllamaModel("small", 2000 * MIB),
+              OllamaModel("kept", 1000 * MIB, pinned=True))
+    card = _card(TOTAL, [GpuProcess(1, 300 * MIB), GpuProcess(8, 400 * MIB, owner="sleeper"),
+                         GpuProcess(9, 7000 * MIB, owner=OWNER_OLLAMA)])
+    fractions = {"sleeper": 0.6}  # needs 9830 MiB; 8684 MiB free: short by 1146 MiB
+
+    def wake(eviction: str, loaded: tuple[OllamaModel, ...] = models) -> Decision:
+        return decide(card, [], ["sleeper"], running_fractions=fractions, wake=True,
+                      room=Room(eviction=eviction), ollama=loaded)  # type: ignore[arg-type]
+
+    assert wake("unload_idle").ok and wake("unload_idle").unload == (models[1],)  # the smallest
+    assert wake("unload_all").ok and wake("unload_all").unload == (models[1], models[0])
+    never = wake("never")
+    assert never.refusal is not None and never.unload == ()
+    assert never.refusal.message.startswith("sleeper cannot wake: it needs 9830 MiB more")
+    pinned_only = wake("unload_all", (OllamaModel("kept", 7000 * MIB, pinned=True),))
+    assert pinned_only.refusal is not None and pinned_only.unload == ()  # a pin is never unloaded
+
+
 def test_a_restart_after_an_oom_moves_its_slice_the_way_the_table_says_or_is_refused() -> None:
     card = _card(TOTAL, [GpuProcess(1, 300 * MIB)])
     first = decide(card, [NEW], ["new"])

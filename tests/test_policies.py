@@ -188,3 +188,66 @@ def test_idle_sleep_fires_once_per_idle_period_and_again_after_a_wake(box: Box) 
         assert asked == ["sleep large: accepted", "sleep large: accepted"]
 
     box.run(body)
+
+
+def test_demand_for_a_model_on_its_own_port_sleeps_the_resident_and_the_idle_swap_wakes_it(
+        box: Box) -> None:
+    # sleep mode, each model on its own port (they do not fit together): the policy resolves the
+    # never-started 14B's weights for its fit check, then swaps by sleeping the 7B; the 14B's
+    # idle action swaps back by waking the same 7B process
+    (box.config_dir / "gpumgr.yaml").write_text(
+        SETTINGS + POLICIES.replace("max_swaps_per_hour: 1", "max_swaps_per_hour: 4"))
+    sleepy = "    swap_mode: sleep\n    policy: demand\n"
+    config = box.write(
+        provider_yaml("small", free_port(), QWEN, max_model_len=4096) + sleepy,
+        provider_yaml("large", free_port(), QWEN14, max_model_len=4096, status="standby")
+        + sleepy + "    idle: {after_s: 0.6, swap_to: small}\n")
+
+    async def body() -> None:
+        rig, runner = await started(box, config, "small")
+        asked = count_policy_commands(rig)
+        small = rig.keepers["small"].child
+        assert small is not None and "large" not in rig.manager.weights.snapshots
+        assert runner.report({"large": 5})["accepted"] == {"large": 5}
+        await runner.tick()
+        assert runner.decisions["large"].reason == "reading large's weights before the fit check"
+
+        def said(reason: str) -> bool:
+            d = runner.decisions.get("large")
+            return d is not None and d.reason == reason
+
+        await ticks(runner, lambda: said("swap done"), "the swap")
+        await box.up("large")
+        assert rig.manager.asleep("small") and rig.keepers["small"].child is small
+        await ticks(runner, lambda: rig.manager.asleep("large") and not rig.manager.asleep("small")
+                    and rig.reconciler.mutation is None, "the idle swap back")
+        await box.up("small")
+        assert rig.keepers["small"].child is small  # woken, not started again
+        assert asked == ["swap small → large: accepted", "swap large → small: accepted"]
+
+    box.run(body)
+
+
+def test_a_failed_demand_swap_is_not_asked_for_again_before_a_window_has_passed(box: Box) -> None:
+    # the 14B's weights are not on the hub: the swap fails up front, every check would retry it
+    pair(box, small="    policy: demand\n", large="    policy: demand\n")
+    registry = (box.config_dir / "providers.yaml").read_text().removeprefix("providers:")
+    config = box.write(registry.replace(QWEN14, "Qwen/Nowhere-14B-AWQ"))
+
+    async def body() -> None:
+        rig, runner = await started(box, config, "small")
+        asked = count_policy_commands(rig)
+        runner.report({"large": 10})
+        await ticks(runner, lambda: runner.decisions.get("large") is not None
+                    and "failed" in runner.decisions["large"].reason, "the failed swap")
+        for _ in range(15):
+            await runner.tick()
+            await asyncio.sleep(0.1)
+        assert asked == ["swap small → large: accepted"]
+        declined = runner.decisions["large"]
+        assert declined.action == "none" and declined.reason.startswith("swap failed: ")
+        assert declined.reason.endswith("(asked again 60 s after it)")
+        assert declined.next_swap_at is not None and declined.next_swap_at > runner.clock() + 55
+        assert set(rig.keepers) == {"small"} and not rig.manager.asleep("small")
+
+    box.run(body)

@@ -183,6 +183,7 @@ class Daemon:
             base_env=self.runtime.environ, **_simulated_parts(self.config),
         )
         status.expected_startup_s = manager.startup_times.expected_s
+        status.expected_wake_s = manager.startup_times.expected_wake_s
         status.desired_engines = lambda: (manager.desired.names, manager.desired.sleeping)
         self.poller = poller = GpuPoller(inventory, manager.managed_pids, status.gpus_read)
         status.on_state_change.append(lambda _t: poller.refresh_soon())

@@ -127,6 +127,8 @@ class StatusWiring:
         self._progress_task: asyncio.Task[None] | None = None
         self.expected_startup_s: Callable[[str], float | None] = lambda _name: None
         """The expected seconds from spawn to serving of a backend (its last measured start)."""
+        self.expected_wake_s: Callable[[str], float | None] = lambda _name: None
+        """The same for a wake of its sleeping engine (its last measured wake)."""
         self.on_state_change: list[Callable[[Transition], object]] = []
         """Called on every state transition (the daemon refreshes the GPU figures)."""
         self.desired_engines: Callable[[], tuple[frozenset[str], frozenset[str]]] = (
@@ -315,9 +317,16 @@ class StatusWiring:
                 "state": h.state, "detail": h.reason, "since": _utc(h.since),
                 "pid": h.pid, "restarts": h.restarts,
                 "suspect": h.state is BackendState.UP and h.consecutive_failures > 0,
-                **_load_progress(h, self.expected_startup_s(name)), **extra,
+                **_load_progress(h, self._expected_s(name, h.reason)), **extra,
             }
             self.publisher.update_backend(name, **changes)
+
+    def _expected_s(self, name: str, reason: str) -> float | None:
+        """How long ``name``'s ``starting`` should last: its last wake when it is being woken
+        (the reason ``pid N woken``, health/supervisor_events.py), else its last cold start."""
+        if reason.endswith(" woken"):
+            return self.expected_wake_s(name)
+        return self.expected_startup_s(name)
 
     def _publish_unavailable(self) -> None:
         """Each backend's unavailable models: what its probe found, plus the Ollama models
@@ -335,7 +344,7 @@ class StatusWiring:
             self._evicted = {m: v for m, v in self._evicted.items() if v[0] != t.backend}
             self._publish_unavailable()
         self.lifecycle.transition(
-            t, self.expected_startup_s(t.backend) if t.new is BackendState.STARTING else None)
+            t, self._expected_s(t.backend, t.reason) if t.new is BackendState.STARTING else None)
         for hook in self.on_state_change:
             hook(t)
         healths = self.scheduler.healths().values()

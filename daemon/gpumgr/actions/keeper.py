@@ -347,11 +347,19 @@ class BackendKeeper:
         if child is None or child.exited or not self.asleep:
             raise BackendUnavailable(f"{self.backend} is not asleep")
         t0 = time.monotonic()
-        await self.engine.wake(self._ctx.timing.start_timeout_s)
-        self.asleep = False
+        # `starting` from the /wake_up call on, not after it: the router's hold (GPUMGR_HOLD_S)
+        # sees the wake with its eta_s; a probe meanwhile finds it still asleep and leaves it
         self._ctx.sink(Woken(self.backend, child.pid))
+        try:
+            await self.engine.wake(self._ctx.timing.start_timeout_s)
+        except BaseException:
+            self._ctx.sink(Sleeping(self.backend, child.pid, "asleep: the wake failed"))
+            raise
+        self.asleep = False
         await self.engine.answers_one_token()
         wake_s = time.monotonic() - t0
+        if self._ctx.startup_times is not None:  # the next wake is announced with this time
+            await asyncio.to_thread(self._ctx.startup_times.record_wake, self.backend, wake_s)
         self._ctx.sink(ChildReady(self.backend, child.pid, wake_s))
         return wake_s
 

@@ -82,6 +82,11 @@ class PolicyRunner:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _bringing: set[str] = field(default_factory=set)
     """Providers a policy command of ours is bringing in now (not decided on again meanwhile)."""
+    _failed: dict[str, tuple[float, str]] = field(default_factory=dict)
+    """Provider → when our last command to bring it in failed, and how (not asked again for
+    ``window_s``: a swap that cannot happen must not be retried every check)."""
+    _resolving: set[str] = field(default_factory=set)
+    """Providers whose weights are being resolved for the fit check (never started yet)."""
 
     # -- inputs --------------------------------------------------------------------------------
     @property
@@ -242,6 +247,31 @@ class PolicyRunner:
         return Place(resident, e.arrived if e else now, r.pinned, r.policy == "demand",
                      e.in_flight if e else 0, e.served.total(now) if e else 0)
 
+    def _plannable(self, name: str) -> bool:
+        """Whether the fit check can plan ``name``: its snapshot (or the hub's facts) is known.
+        A provider never started since the daemon came up has neither until its weights are
+        resolved, as the operation itself would (``Operator._weights``) before its check."""
+        weights = self.reconciler.manager.weights
+        return name in weights.snapshots or name in weights.facts()
+
+    def _resolve(self, name: str) -> None:
+        """Resolve ``name``'s weights in the background (local snapshot, else a download: what
+        the swap or start would do first); the next check decides with them."""
+        if name in self._resolving:
+            return
+        self._resolving.add(name)
+
+        async def resolve() -> None:
+            try:
+                await self.reconciler.manager.ensure_weights(name)
+            except Exception as exc:  # noqa: BLE001 - the hub's errors too: decided again later
+                log.warning("policy.weights_failed", backend=name, error=str(exc))
+            finally:
+                self._resolving.discard(name)
+                self.reconciler.settle([name])  # `stopped` again, not left `downloading`
+
+        spawn_task(self._tasks, resolve(), f"policy:weights {name}")
+
     def _place_key(self, name: str) -> str:
         return f"gpu{self.reconciler.manager.provider(name).gpu}"
 
@@ -250,6 +280,16 @@ class PolicyRunner:
         window = self._missed.get(name)
         missed = window.total(now) if window is not None else 0
         if self._awake(name) or missed == 0 or name in self._bringing:
+            return
+        failed = self._failed.get(name)
+        if failed is not None and now - failed[0] < self.params.window_s:
+            self._record(name, Decision(now, "none", name, None, failed[1],
+                                        failed[0] + self.params.window_s))
+            return
+        if not self._partners(name, providers)[0] and not self._plannable(name):
+            self._resolve(name)  # its place is found by the fit check, which needs its weights
+            self._record(name, Decision(now, "none", name, None,
+                                        f"reading {name}'s weights before the fit check"))
             return
         place = await self._place(name, providers, now)
         key = self._place_key(name)
@@ -271,9 +311,12 @@ class PolicyRunner:
                 if decision.action == "swap":
                     self._swaps.setdefault(key, []).append(when)
                 self._missed.pop(name, None)  # served now: the old misses are spent
+                self._failed.pop(name, None)
                 outcome = f"{decision.action} done"
             else:
                 outcome = f"{decision.action} failed: {error}"
+                self._failed[name] = (when, f"{outcome} (asked again {self.params.window_s:g} s "
+                                            "after it)")
             self._record(name, Decision(when, decision.action, name, decision.resident, outcome,
                                         decision.next_swap_at))
 

@@ -255,7 +255,7 @@ class LaunchPlanner:
         names = {p.name for p in providers}
         together = [p for p in view.providers if p.gpu == first.gpu and p.name not in gone]
         together += [p for p in providers if p.name not in {q.name for q in together}]
-        if ollama is None and self.ollama is not None and not wake:  # a wake unloads nothing
+        if ollama is None and self.ollama is not None:
             ollama = self.ollama.loaded()
         after_oom = (
             AfterOom(hint.after_oom_fraction, hint.oom_kind)
@@ -307,6 +307,15 @@ class LaunchPlanner:
         if decision.refusal is not None or decision.plan is None:
             raise PlanInfeasible(decision.refusal.message if decision.refusal else "no plan")
         return gpu, decision.plan
+
+    def make_room_to_wake(self, provider: Provider, view: PlanView) -> None:
+        """Before ``provider``'s sleeper wakes: unload (announced first, then waited for) the
+        Ollama models the wake's decision names, as a start does; the wake itself then finds
+        its slice free (or fails as before). Blocking: run it in a thread."""
+        gpu = self.read_gpu(provider.gpu, view)
+        decision = self.decide_set([provider], view, wake=True, gpu=gpu)
+        if decision.unload and self.ollama is not None:
+            self._unload_and_wait(provider, gpu, decision.unload, view)
 
     def fit(
         self, provider: Provider, view: PlanView, gone: frozenset[str] = frozenset(),

@@ -22,6 +22,9 @@ from gpumgr.supervisor.system import REAL, System
 log = structlog.get_logger(__name__)
 
 STARTUP_FILE = "startup.json"
+WAKE_KEY = "{}:wake"
+"""The key of a backend's last measured wake (a provider name has no colon): a sleeping engine
+wakes in seconds where it cold-starts in minutes, so a wake is announced with its own time."""
 MAX_STARTUP_S = 24 * 3600.0
 """A start measured (or read back) as longer than a day is not a start time."""
 
@@ -56,6 +59,14 @@ class StartupTimes:
 
     def expected_s(self, backend: str) -> float | None:
         return self._seconds.get(backend)
+
+    def expected_wake_s(self, backend: str) -> float | None:
+        """The last measured wake of ``backend`` (``/wake_up`` to its first token); None until
+        one was measured: the hold of the router's callback needs a known, short ``eta_s``."""
+        return self._seconds.get(WAKE_KEY.format(backend))
+
+    def record_wake(self, backend: str, seconds: float) -> None:
+        self.record(WAKE_KEY.format(backend), seconds)
 
     def record(self, backend: str, seconds: float) -> None:
         """Remember one measured start (blocking: it fsyncs; a failed write is only logged)."""

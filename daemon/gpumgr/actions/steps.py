@@ -5,6 +5,7 @@ caller holds."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -129,7 +130,10 @@ class EngineSteps:
 
     async def wake(self, name: str, lease: GpuLease, progress: Progress) -> float:
         progress(f"waking {name}…")
+        manager = self._manager
         try:
+            await asyncio.to_thread(manager.planner.make_room_to_wake, manager.provider(name),
+                                    manager.plan_view())  # Ollama's models, as for a start
             wake_s = await self._manager.wake_under(name, lease)
         except GpumgrError as exc:
             raise OperationFailed(f"{name} failed to wake: {exc}", log_tail(self._manager, name)) from None

@@ -83,6 +83,9 @@ class Step:
 NOT_PROBED = frozenset({S.STOPPED, S.STOPPING, S.DOWNLOADING, S.FAILED, S.DISABLED, S.RESTARTING})
 # A probe failure here is expected (the server is not bound yet): the supervisor decides failure.
 FAILURES_IGNORED = frozenset({S.STARTING, S.RESTARTING})
+WOKEN = " woken"
+"""How the reason of a wake's ``starting`` ends (``pid N woken``): the engine answers asleep
+until ``/wake_up`` returns, which is not a sleep behind gpumgr's back."""
 # A probe success does not override a state the supervisor set deliberately.
 SUCCESS_KEEPS = frozenset({S.DRAINING, S.SLEEPING, S.STOPPING, S.STOPPED, S.DISABLED})
 
@@ -166,8 +169,8 @@ def on_probe(
                                 reason=h.shortfall if h.shortfall else reason))
         return _move(h, target, h.shortfall or reason, at)
     if verdict is Verdict.ASLEEP:
-        if h.state in SUCCESS_KEEPS:  # gpumgr's own sleep (or a stop): nothing new
-            return Step(replace(h, consecutive_failures=0))
+        if h.state in SUCCESS_KEEPS or (h.state is S.STARTING and h.reason.endswith(WOKEN)):
+            return Step(replace(h, consecutive_failures=0))  # gpumgr's own sleep, stop or wake
         return _move(h, S.SLEEPING, FOREIGN_SLEEP, at)
     if verdict is Verdict.RATE_LIMITED:
         return _move(h, S.RATE_LIMITED, reason, at)

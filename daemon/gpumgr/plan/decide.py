@@ -117,7 +117,7 @@ def decide(
     running = running_fractions or {}
     card = without_owners(gpu, gone, residual or {})
     if wake:
-        return _decide_wake(card, starting, running, gone, residual or {}, room)
+        return _decide_wake(card, starting, running, gone, residual or {}, room, ollama)
     reqs = [
         replace(r, pinned_fraction=running[r.provider])
         if r.provider not in starting and r.provider in running
@@ -206,10 +206,12 @@ def _decide_wake(
     gone: frozenset[str],
     residual: Mapping[str, int],
     room: Room,
+    ollama: Sequence[OllamaModel] | None = None,
 ) -> Decision:
     """A sleeper wakes with the slice it was started with: that much must be free (after the
-    reserve) once ``gone`` left. Its slice unknown (an adopted engine whose record lost it):
-    nothing to check."""
+    reserve) once ``gone`` left; Ollama's models make room as for a start (rule 3: under
+    ``unload_all`` all, under ``unload_idle`` the smallest set that closes the shortfall). Its
+    slice unknown (an adopted engine whose record lost it): nothing to check."""
     (name,) = starting
     fraction = running.get(name)
     if fraction is None:
@@ -218,12 +220,37 @@ def _decide_wake(
     free = card.memory_free_bytes - room.reserve_bytes
     if free >= needed:
         return Decision(None, (), None, None, card)
+    if ollama and room.eviction != "never":
+        victims = wake_unload_set(ollama, needed - free, room.eviction == "unload_all")
+        if victims:
+            return Decision(None, victims, None, None, after_unload(card, victims))
     how = "sleeps" if residual else "stops"
     reason = (
         f"{name} cannot wake: it needs {needed // MIB} MiB more, {free // MIB} MiB would be free"
         + (f" once {', '.join(sorted(gone))} {how}" if gone else "")
     )
     return Decision(None, (), Refusal(reason), None, card)
+
+
+def wake_unload_set(ollama: Sequence[OllamaModel], shortfall: int,
+                    everything: bool) -> tuple[OllamaModel, ...]:
+    """The Ollama models to unload so a sleeper can wake: every unpinned one (``everything``),
+    else the single smallest that closes ``shortfall``, else the fewest largest; empty when
+    unloading them all would not close it."""
+    models = sorted((m for m in ollama if not m.pinned), key=lambda m: m.vram_bytes)
+    if sum(m.vram_bytes for m in models) < shortfall:
+        return ()
+    if everything:
+        return tuple(models)
+    for m in models:
+        if m.vram_bytes >= shortfall:
+            return (m,)
+    chosen: list[OllamaModel] = []
+    for m in reversed(models):
+        chosen.append(m)
+        if sum(c.vram_bytes for c in chosen) >= shortfall:
+            break
+    return tuple(chosen)
 
 
 def without_owners(gpu: GpuInfo, owners: frozenset[str], residual: Mapping[str, int]) -> GpuInfo:
