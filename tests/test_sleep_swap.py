@@ -15,16 +15,18 @@ from test_swap import QWEN_7B, QWEN_14B, Box, provider
 pytestmark = pytest.mark.slow
 
 
-def _sleepy(name: str, port: int, repo: str, status: str) -> str:
-    return provider(name, port, repo, status=status, max_model_len=4096).replace(
+def sleepy(name: str, port: int, repo: str, status: str,
+           env: dict[str, str] | None = None) -> str:
+    """A provider of ``test_swap``'s shape with ``swap_mode: sleep``."""
+    return provider(name, port, repo, status=status, max_model_len=4096, env=env).replace(
         "    max_num_seqs: 4\n", "    max_num_seqs: 4\n    swap_mode: sleep\n")
 
 
 def test_7b_and_14b_swap_back_and_forth_by_sleeping_and_waking_the_same_processes(
     tmp_path: Path,
 ) -> None:
-    b = Box(tmp_path, _sleepy("qwen-7b", free_port(), QWEN_7B, "active")
-            + _sleepy("qwen-14b", free_port(), QWEN_14B, "standby"))
+    b = Box(tmp_path, sleepy("qwen-7b", free_port(), QWEN_7B, "active")
+            + sleepy("qwen-14b", free_port(), QWEN_14B, "standby"))
     try:
         d = b.daemon
         d.start()

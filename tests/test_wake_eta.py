@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import free_port
-from test_swap import QWEN_7B, QWEN_14B, Box, provider
+from test_sleep_swap import sleepy
+from test_swap import QWEN_7B, QWEN_14B, Box
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +21,7 @@ SLOW_LOAD_QUICK_WAKE = {"GPUMGR_SIM_LOAD_SECONDS": "3", "GPUMGR_SIM_WAKE_SECONDS
 
 
 def _sleepy(name: str, port: int, repo: str, status: str) -> str:
-    return provider(name, port, repo, status=status, max_model_len=4096,
-                    env=SLOW_LOAD_QUICK_WAKE).replace(
-        "    max_num_seqs: 4\n", "    max_num_seqs: 4\n    swap_mode: sleep\n")
+    return sleepy(name, port, repo, status, env=SLOW_LOAD_QUICK_WAKE)
 
 
 def test_a_wake_is_announced_with_the_last_measured_wake_not_the_cold_start(
