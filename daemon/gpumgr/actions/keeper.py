@@ -17,7 +17,6 @@ from collections.abc import Callable
 import structlog
 
 from gpumgr.engines.vllm_client import EngineClient
-from gpumgr.errors import BackendUnavailable
 from gpumgr.supervisor import process
 from gpumgr.supervisor.events import (
     BackendFailed,
@@ -28,14 +27,15 @@ from gpumgr.supervisor.events import (
     ChildStopped,
     ChildStopping,
     Restarting,
-    Sleeping,
-    Woken,
 )
 from gpumgr.supervisor.logs import log_path, rotate_live, tail_lines
 from gpumgr.supervisor.restart import CrashHistory, RestartAction, RestartPolicy, decide
 
 from .lease import GpuLease
-from .start import ChildGone, LaunchSpec, Prepare, PrepareHint, StartContext, StartFailed, wait_ready
+from .sleep_mode import EngineSleep
+from .start import (
+    ChildGone, LaunchSpec, Prepare, PrepareHint, StartContext, StartFailed, wait_ready,
+)
 from .starter import EngineStarter, EnsureWeights, FirstAttempt, Refused, pause
 from .stop import Drain, stop_engine
 
@@ -73,8 +73,7 @@ class BackendKeeper:
         self.base_url = self.health_url.removesuffix("/health")
         self._served_name = served_name
         self._api_key = api_key
-        self.asleep = False
-        """The engine is in vLLM sleep mode (the process lives, nothing is served)."""
+        self._sleep_mode = EngineSleep(backend, ctx, lambda: self.engine)
         self._clock = clock
         self.last_error = ""
         """The last error line of the engine's log at its last unexpected exit."""
@@ -111,6 +110,7 @@ class BackendKeeper:
         new settings; the running engine is not touched."""
         self._ctx, self._policy = ctx, policy
         self._starter.reconfigure(prepare, ctx, policy)
+        self._sleep_mode.ctx = ctx
 
     @property
     def running(self) -> bool:
@@ -155,7 +155,7 @@ class BackendKeeper:
             self._ctx.sink(BackendStopped(self.backend))
         await asyncio.to_thread(self._ctx.records.remove, self.backend)
         self.child = None
-        self.asleep = False
+        self._sleep_mode.asleep = False
         return outcome
 
     async def stop_unresponsive(self, lease: GpuLease, reason: str) -> bool:
@@ -218,7 +218,7 @@ class BackendKeeper:
             if child is not None:
                 returncode = await self._watch(child)
                 if self.asleep:  # died asleep: it is not brought back awake on its own
-                    self.asleep = False
+                    self._sleep_mode.asleep = False
                     self._ctx.sink(ChildExited(self.backend, child.pid, returncode, False,
                                                "exited while asleep; not restarted"))
                     await self._clean_up(child)
@@ -276,19 +276,19 @@ class BackendKeeper:
                 self.child = None
                 self._ctx.sink(Restarting(self.backend, 0.0, 1, f"adopted pid {child.pid}: {exc}"))
                 return False
-        if await self._is_sleeping():
-            self.asleep = True
-            self._ctx.sink(Sleeping(self.backend, child.pid, f"pid {child.pid} adopted asleep"))
-        else:
+        if not await self._sleep_mode.adopted_asleep(child):
             self._ctx.sink(ChildReady(self.backend, child.pid, startup_s, adopted=True))
         return True
 
-    # -- sleep mode ------------------------------------------------------------------------
+    # -- sleep mode (actions.sleep_mode) ---------------------------------------------------
+    @property
+    def asleep(self) -> bool:
+        """The engine is in vLLM sleep mode (the process lives, nothing is served)."""
+        return self._sleep_mode.asleep
+
     def found_asleep(self) -> None:
-        """The probe found the engine asleep though gpumgr did not put it to sleep (vLLM's
-        ``/sleep`` needs no key): it holds a sleeper now, which only ``gpumgr wake`` wakes."""
-        if self.child is not None and not self.child.exited:
-            self.asleep = True
+        """The probe found the engine asleep though gpumgr did not put it to sleep."""
+        self._sleep_mode.found(self.child)
 
     @property
     def engine(self) -> EngineClient:
@@ -296,46 +296,18 @@ class BackendKeeper:
         return EngineClient(self._ctx.http, self.base_url, self.backend, self._api_key,
                             self._served_name)
 
-    async def _is_sleeping(self) -> bool:
-        return await self.engine.is_sleeping()
-
     async def sleep(self, lease: GpuLease, level: int, detail: str,
                     drain: Drain | None = None) -> None:
         """Put the engine to sleep (vLLM ``POST /sleep?level=N``): ``draining`` first, then
         ``sleeping``. Raises ``BackendUnavailable`` when the engine refuses."""
         lease.require(self.gpu_uuid)
-        child = self.child
-        if child is None or child.exited:
-            raise BackendUnavailable(f"{self.backend} has no running engine to put to sleep")
-        if drain is not None:
-            await drain()
-        await self.engine.sleep(level, self._ctx.timing.start_timeout_s)
-        self.asleep = True
-        self._ctx.sink(Sleeping(self.backend, child.pid, detail))
+        await self._sleep_mode.sleep(self.child, level, detail, drain)
 
     async def wake(self, lease: GpuLease) -> float:
-        """Wake the engine (``POST /wake_up``), then check it with a 1-token request before the
-        router is told it is up; the seconds it took. Raises ``BackendUnavailable``."""
+        """Wake the engine (``POST /wake_up``) and check it answers; the seconds it took.
+        Raises ``BackendUnavailable``."""
         lease.require(self.gpu_uuid)
-        child = self.child
-        if child is None or child.exited or not self.asleep:
-            raise BackendUnavailable(f"{self.backend} is not asleep")
-        t0 = time.monotonic()
-        # `starting` from the /wake_up call on, not after it: the router's hold (GPUMGR_HOLD_S)
-        # sees the wake with its eta_s; a probe meanwhile finds it still asleep and leaves it
-        self._ctx.sink(Woken(self.backend, child.pid))
-        try:
-            await self.engine.wake(self._ctx.timing.start_timeout_s)
-        except BaseException:
-            self._ctx.sink(Sleeping(self.backend, child.pid, "asleep: the wake failed"))
-            raise
-        self.asleep = False
-        await self.engine.answers_one_token()
-        wake_s = time.monotonic() - t0
-        if self._ctx.startup_times is not None:  # the next wake is announced with this time
-            await asyncio.to_thread(self._ctx.startup_times.record_wake, self.backend, wake_s)
-        self._ctx.sink(ChildReady(self.backend, child.pid, wake_s))
-        return wake_s
+        return await self._sleep_mode.wake(self.child)
 
     async def _watch(self, child: process.ChildProcess) -> int | None:
         """Wait for the child's exit, copy-truncating its log now and then."""
