@@ -12,16 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import structlog
 
 from gpumgr.engines.vllm_client import EngineClient
-from gpumgr.errors import BackendUnavailable, GpumgrError, PlanInfeasible
 from gpumgr.supervisor import process
 from gpumgr.supervisor.events import (
-    BackendDown,
     BackendFailed,
     BackendStopped,
     ChildExited,
@@ -30,53 +27,21 @@ from gpumgr.supervisor.events import (
     ChildStopped,
     ChildStopping,
     Restarting,
-    Sleeping,
-    Woken,
 )
 from gpumgr.supervisor.logs import log_path, rotate_live, tail_lines
 from gpumgr.supervisor.restart import CrashHistory, RestartAction, RestartPolicy, decide
 
 from .lease import GpuLease
+from .sleep_mode import EngineSleep
 from .start import (
-    ChildGone,
-    LaunchSpec,
-    Prepare,
-    PrepareHint,
-    StartContext,
-    StartFailed,
-    start_engine,
-    wait_ready,
+    ChildGone, LaunchSpec, Prepare, PrepareHint, StartContext, StartFailed, wait_ready,
 )
+from .starter import EngineStarter, EnsureWeights, FirstAttempt, Refused, pause
 from .stop import Drain, stop_engine
 
 log = structlog.get_logger(__name__)
 
 _LOG_ROTATE_CHECK_S = 60.0
-
-EnsureWeights = Callable[[], Awaitable[None]]
-"""Makes the backend's weights local (downloading if needed); raises ``GpumgrError``."""
-
-
-@dataclass
-class FirstAttempt:
-    """A start an operator waits for (``gpumgr start``, a swap): it runs under the caller's
-    lease (held across stop → start → rollback), and its outcome is reported once: the
-    healthy engine's startup seconds, or the exception that ended the attempt. Later restarts
-    are the restart policy's, under their own leases."""
-
-    lease: GpuLease
-    outcome: asyncio.Future[float] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-    def settle(self, result: float | BaseException) -> None:
-        if self.outcome.done():
-            return
-        if isinstance(result, BaseException):
-            self.outcome.set_exception(result)
-        else:
-            self.outcome.set_result(result)
-
 
 class BackendKeeper:
     def __init__(
@@ -98,25 +63,21 @@ class BackendKeeper:
         self.backend = backend
         self.gpu_uuid = gpu_uuid
         self.port = port
-        self._prepare = prepare
         self._ctx = ctx
         self._policy = policy
-        self._weights = weights
+        self._starter = EngineStarter(backend, gpu_uuid, port, prepare, ctx, policy,
+                                      self._on_spawned, weights=weights,
+                                      port_recheck_s=port_recheck_s)
         self.health_url = health_url or f"http://127.0.0.1:{port}/health"
         """Where ``/health`` answers (checked before an adopted engine counts as serving)."""
         self.base_url = self.health_url.removesuffix("/health")
         self._served_name = served_name
         self._api_key = api_key
-        self.asleep = False
-        """The engine is in vLLM sleep mode (the process lives, nothing is served)."""
-        self._port_recheck_s = port_recheck_s
+        self._sleep_mode = EngineSleep(backend, ctx, lambda: self.engine)
         self._clock = clock
         self.last_error = ""
         """The last error line of the engine's log at its last unexpected exit."""
-        self.last_startup_s: float | None = None
-        """Seconds from spawn to ``/health`` 200 at the last start."""
         self.child: process.ChildProcess | None = None
-        self.spec: LaunchSpec | None = None
         self._task: asyncio.Task[None] | None = None
         self._adopted_fraction: float | None = None
         self._first: FirstAttempt | None = None
@@ -147,7 +108,9 @@ class BackendKeeper:
     def reconfigure(self, prepare: Prepare, ctx: StartContext, policy: RestartPolicy) -> None:
         """A reload that leaves this backend's launch identity as it is: later starts use the
         new settings; the running engine is not touched."""
-        self._prepare, self._ctx, self._policy = prepare, ctx, policy
+        self._ctx, self._policy = ctx, policy
+        self._starter.reconfigure(prepare, ctx, policy)
+        self._sleep_mode.ctx = ctx
 
     @property
     def running(self) -> bool:
@@ -192,7 +155,7 @@ class BackendKeeper:
             self._ctx.sink(BackendStopped(self.backend))
         await asyncio.to_thread(self._ctx.records.remove, self.backend)
         self.child = None
-        self.asleep = False
+        self._sleep_mode.asleep = False
         return outcome
 
     async def stop_unresponsive(self, lease: GpuLease, reason: str) -> bool:
@@ -208,6 +171,16 @@ class BackendKeeper:
         return True
 
     @property
+    def spec(self) -> LaunchSpec | None:
+        """The launch of the last start attempt (set once prepared, before it is known to work)."""
+        return self._starter.spec
+
+    @property
+    def last_startup_s(self) -> float | None:
+        """Seconds from spawn to ``/health`` 200 at the last start."""
+        return self._starter.startup_s
+
+    @property
     def running_fraction(self) -> float | None:
         """The slice the live engine runs with (None when none runs or it is unknown)."""
         if self.child is None or self.child.exited:
@@ -216,8 +189,7 @@ class BackendKeeper:
 
     # -- the loop --------------------------------------------------------------------------
     def _on_spawned(self, child: process.ChildProcess, spec: LaunchSpec) -> None:
-        self.child = child
-        self.spec = spec
+        self.child = child  # the starter keeps the spec
 
     async def _run(
         self, adopted: process.ChildProcess | None, adopted_fraction: float | None = None
@@ -232,8 +204,10 @@ class BackendKeeper:
         while True:
             pid: int | None
             if child is None:
-                started = await self._start_once(hint)
-                if started is None:
+                first, self._first = self._first, None
+                started = await self._starter.start(hint, first, self.last_error)
+                if isinstance(started, Refused):
+                    self.last_error = started.detail
                     return  # failed with the plan's reason
                 if isinstance(started, StartFailed):
                     pid, returncode, oom, err = (
@@ -244,7 +218,7 @@ class BackendKeeper:
             if child is not None:
                 returncode = await self._watch(child)
                 if self.asleep:  # died asleep: it is not brought back awake on its own
-                    self.asleep = False
+                    self._sleep_mode.asleep = False
                     self._ctx.sink(ChildExited(self.backend, child.pid, returncode, False,
                                                "exited while asleep; not restarted"))
                     await self._clean_up(child)
@@ -269,7 +243,7 @@ class BackendKeeper:
                 PrepareHint(after_oom_fraction=fraction, oom_kind=oom.kind)
                 if oom is not None else PrepareHint()
             )
-            await self._sleep(delay_s)
+            await pause(delay_s)
 
     async def _clean_up(self, child: process.ChildProcess) -> None:
         """After an exit: orphans (vLLM's EngineCore outliving its API server) are stopped and
@@ -302,19 +276,19 @@ class BackendKeeper:
                 self.child = None
                 self._ctx.sink(Restarting(self.backend, 0.0, 1, f"adopted pid {child.pid}: {exc}"))
                 return False
-        if await self._is_sleeping():
-            self.asleep = True
-            self._ctx.sink(Sleeping(self.backend, child.pid, f"pid {child.pid} adopted asleep"))
-        else:
+        if not await self._sleep_mode.adopted_asleep(child):
             self._ctx.sink(ChildReady(self.backend, child.pid, startup_s, adopted=True))
         return True
 
-    # -- sleep mode ------------------------------------------------------------------------
+    # -- sleep mode (actions.sleep_mode) ---------------------------------------------------
+    @property
+    def asleep(self) -> bool:
+        """The engine is in vLLM sleep mode (the process lives, nothing is served)."""
+        return self._sleep_mode.asleep
+
     def found_asleep(self) -> None:
-        """The probe found the engine asleep though gpumgr did not put it to sleep (vLLM's
-        ``/sleep`` needs no key): it holds a sleeper now, which only ``gpumgr wake`` wakes."""
-        if self.child is not None and not self.child.exited:
-            self.asleep = True
+        """The probe found the engine asleep though gpumgr did not put it to sleep."""
+        self._sleep_mode.found(self.child)
 
     @property
     def engine(self) -> EngineClient:
@@ -322,152 +296,18 @@ class BackendKeeper:
         return EngineClient(self._ctx.http, self.base_url, self.backend, self._api_key,
                             self._served_name)
 
-    async def _is_sleeping(self) -> bool:
-        return await self.engine.is_sleeping()
-
     async def sleep(self, lease: GpuLease, level: int, detail: str,
                     drain: Drain | None = None) -> None:
         """Put the engine to sleep (vLLM ``POST /sleep?level=N``): ``draining`` first, then
         ``sleeping``. Raises ``BackendUnavailable`` when the engine refuses."""
         lease.require(self.gpu_uuid)
-        child = self.child
-        if child is None or child.exited:
-            raise BackendUnavailable(f"{self.backend} has no running engine to put to sleep")
-        if drain is not None:
-            await drain()
-        await self.engine.sleep(level, self._ctx.timing.start_timeout_s)
-        self.asleep = True
-        self._ctx.sink(Sleeping(self.backend, child.pid, detail))
+        await self._sleep_mode.sleep(self.child, level, detail, drain)
 
     async def wake(self, lease: GpuLease) -> float:
-        """Wake the engine (``POST /wake_up``), then check it with a 1-token request before the
-        router is told it is up; the seconds it took. Raises ``BackendUnavailable``."""
+        """Wake the engine (``POST /wake_up``) and check it answers; the seconds it took.
+        Raises ``BackendUnavailable``."""
         lease.require(self.gpu_uuid)
-        child = self.child
-        if child is None or child.exited or not self.asleep:
-            raise BackendUnavailable(f"{self.backend} is not asleep")
-        t0 = time.monotonic()
-        # `starting` from the /wake_up call on, not after it: the router's hold (GPUMGR_HOLD_S)
-        # sees the wake with its eta_s; a probe meanwhile finds it still asleep and leaves it
-        self._ctx.sink(Woken(self.backend, child.pid))
-        try:
-            await self.engine.wake(self._ctx.timing.start_timeout_s)
-        except BaseException:
-            self._ctx.sink(Sleeping(self.backend, child.pid, "asleep: the wake failed"))
-            raise
-        self.asleep = False
-        await self.engine.answers_one_token()
-        wake_s = time.monotonic() - t0
-        if self._ctx.startup_times is not None:  # the next wake is announced with this time
-            await asyncio.to_thread(self._ctx.startup_times.record_wake, self.backend, wake_s)
-        self._ctx.sink(ChildReady(self.backend, child.pid, wake_s))
-        return wake_s
-
-    async def _ensure_weights(self) -> None:
-        """Weights first, retried with the restart policy's back-off while the hub fails:
-        a hub that is unreachable for a second at boot must not fail the backend for good."""
-        if self._weights is None:
-            return
-        attempt = 0
-        while True:
-            try:
-                await self._weights()
-                return
-            except Exception as exc:  # noqa: BLE001 - the hub's own errors too: retried, not fatal
-                why = str(exc) if isinstance(exc, GpumgrError) else f"{type(exc).__name__}: {exc}"
-                attempt += 1
-                delay_s = self._policy.backoff_s(attempt)
-                log.warning("weights.retry", backend=self.backend, error=why, delay_s=delay_s)
-                self._ctx.sink(BackendDown(self.backend, f"retrying in {delay_s:g} s: {why}"))
-                await self._sleep(delay_s)
-
-    async def _wait_for_port(self) -> None:
-        """A foreign process on the port is never signalled: wait (and say so) until it is gone."""
-        said = ""
-        while True:
-            holder = await asyncio.to_thread(self._ctx.system.port_listener_pid, self.port)
-            if holder is None:
-                return
-            who = f"pid {holder}" if holder else "a process of another user"
-            detail = f"port {self.port} is held by {who} (not started by gpumgr)"
-            if said != detail:
-                self._ctx.sink(BackendDown(self.backend, detail))
-                said = detail
-            await self._sleep(self._port_recheck_s)
-
-    async def _start_once(self, hint: PrepareHint) -> process.ChildProcess | StartFailed | None:
-        """One start attempt. None: do not go on (failed with the plan's reason). The first
-        attempt an operator waits for runs under the operator's lease and reports its outcome."""
-        first, self._first = self._first, None
-        try:
-            started = await self._attempt(hint, first.lease if first is not None else None)
-        except BaseException as exc:
-            if first is not None:
-                first.settle(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-            raise
-        if first is not None:
-            if isinstance(started, process.ChildProcess):
-                first.settle(self.last_startup_s or 0.0)
-            else:
-                first.settle(started or PlanInfeasible(self.last_error or "the start failed"))
-        return started
-
-    async def _attempt(
-        self, hint: PrepareHint, lease: GpuLease | None
-    ) -> process.ChildProcess | StartFailed | None:
-        await self._ensure_weights()
-        await self._wait_for_port()
-        try:
-            if lease is not None:
-                started = await start_engine(
-                    lease, self._ctx, self._checked_prepare, hint, on_spawned=self._on_spawned
-                )
-            else:
-                async with self._ctx.locks.lease(self.gpu_uuid, f"start {self.backend}") as own:
-                    started = await start_engine(
-                        own, self._ctx, self._checked_prepare, hint, on_spawned=self._on_spawned
-                    )
-        except StartFailed as exc:
-            return exc
-        except PlanInfeasible as exc:
-            oom_error = self.last_error if hint.after_oom_fraction is not None else ""
-            detail = f"{exc}; last error: {oom_error}" if oom_error else str(exc)
-            self._fail(detail)
-            self.last_error = detail
-            return None
-        except Exception as exc:  # noqa: BLE001 - NVML gone, unreadable snapshot, ...
-            # ...is a failed start like any other: the restart policy decides, and its limit
-            # ends in ``failed`` with this reason instead of a keeper that silently died.
-            reason = f"{type(exc).__name__}: {exc}"
-            log.error("keeper.start_error", backend=self.backend, error=reason)
-            spawned = self.child
-            if spawned is not None and await spawned.group_alive_async():
-                async with contextlib.AsyncExitStack() as stack:
-                    held = lease if lease is not None else await stack.enter_async_context(
-                        self._ctx.locks.lease(self.gpu_uuid, f"clean up {self.backend}")
-                    )
-                    await stop_engine(
-                        held, self.gpu_uuid, spawned, self._ctx.stop, self._ctx.memory_released
-                    )
-            return StartFailed(self.backend, reason, oom=None, last_error=reason, returncode=None)
-        self.spec = started.spec
-        self.last_startup_s = started.startup_s
-        return started.child
-
-    async def _checked_prepare(self, hint: PrepareHint) -> LaunchSpec:
-        """The manager's ``prepare``, refusing a slice that would repeat an out-of-memory
-        failure (a larger one after "no room for the KV cache", a smaller one after a failed
-        allocation)."""
-        spec = await self._prepare(hint)
-        if hint.refuses(spec.fraction):
-            way = "larger" if hint.needs_larger else "smaller"
-            raise PlanInfeasible(
-                f"{self.backend}: out of memory with --gpu-memory-utilization "
-                f"{hint.after_oom_fraction:g} and no {way} slice fits (the plan offers "
-                f"{spec.fraction:g})"
-            )
-        self.spec = spec
-        return spec
+        return await self._sleep_mode.wake(self.child)
 
     async def _watch(self, child: process.ChildProcess) -> int | None:
         """Wait for the child's exit, copy-truncating its log now and then."""
@@ -511,7 +351,3 @@ class BackendKeeper:
 
     def _fail(self, detail: str) -> None:
         self._ctx.sink(BackendFailed(self.backend, detail))
-
-    async def _sleep(self, delay_s: float) -> None:
-        if delay_s > 0:
-            await asyncio.sleep(delay_s)  # halt() cancels the task, so this is interruptible

@@ -35,12 +35,13 @@ from gpumgr.supervisor.system import REAL, System
 
 from .cards import Cards
 from .desired import DesiredState, DesiredStore, Identity, launch_identity, managed_providers
-from .keeper import BackendKeeper, FirstAttempt
+from .keeper import BackendKeeper
 from .lease import GpuLease, GpuLocks
 from .ollama_room import OllamaRoom
 from .prepare import LaunchPlanner, PlanView, engine_health_url, plan_view, provider_release
 from .weights import BackendWeights, HubEndpoint, WeightsHook, default_hub
 from .start import LaunchSpec, Prepare, PrepareHint, StartContext
+from .starter import FirstAttempt
 from .startup_times import StartupTimes
 from .stop import Drain, stop_engine
 
