@@ -190,17 +190,16 @@ class EngineStarter:
                 await pause(delay_s)
 
     async def _wait_for_port(self) -> None:
-        """A foreign process on the port is never signalled: wait (and say so) until it is gone."""
-        said = ""
+        """A foreign process on the port is never signalled: wait (and say so) until it is gone.
+        Said again at every look: a probe of the stranger (a timeout, say) may have put its own
+        reason in the status meanwhile, and who holds the port is what the operator needs."""
         while True:
             holder = await asyncio.to_thread(self._ctx.system.port_listener_pid, self.port)
             if holder is None:
                 return
             who = f"pid {holder}" if holder else "a process of another user"
-            detail = f"port {self.port} is held by {who} (not started by gpumgr)"
-            if said != detail:
-                self._ctx.sink(BackendDown(self.backend, detail))
-                said = detail
+            self._ctx.sink(BackendDown(self.backend,
+                                       f"port {self.port} is held by {who} (not started by gpumgr)"))
             await pause(self._port_recheck_s)
 
     async def _checked_prepare(self, hint: PrepareHint) -> LaunchSpec:
