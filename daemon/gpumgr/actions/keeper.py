@@ -43,7 +43,13 @@ log = structlog.get_logger(__name__)
 
 _LOG_ROTATE_CHECK_S = 60.0
 
+
 class BackendKeeper:
+    """One managed engine's process for as long as it should run: it starts it (through
+    ``EngineStarter``), restarts it after an exit by the restart policy, adopts a recorded one,
+    stops it, and puts it to sleep or wakes it (``EngineSleep``). The reconciler decides what
+    should run; the keeper owns the child."""
+
     def __init__(
         self,
         backend: str,

@@ -22,6 +22,9 @@ from .stop import Drain
 
 
 class EngineSleep:
+    """The engine's vLLM sleep mode for one keeper: whether it is asleep, and the sleep and
+    wake calls with the events they publish."""
+
     def __init__(self, backend: str, ctx: StartContext, engine: Callable[[], EngineClient]) -> None:
         self.backend = backend
         self.ctx = ctx

@@ -71,6 +71,8 @@ async def pause(delay_s: float) -> None:
 
 
 class EngineStarter:
+    """One start attempt at a time for one keeper: weights, port, slice, spawn, ``/health``."""
+
     def __init__(
         self,
         backend: str,
