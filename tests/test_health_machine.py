@@ -142,6 +142,16 @@ def test_a_backend_that_cannot_be_prepared_fails_straight_from_stopped() -> None
     assert step.transition == Transition("qwen-7b", S.STOPPED, S.FAILED, "GPU unavailable: no driver", 1.0)
 
 
+def test_an_engine_abandoned_before_it_was_announced_is_stopped_from_stopped() -> None:
+    """An operator's start timed out while the new engine's record was being written: the
+    process exists but was never published ``starting``; stopping it is the truth, not a bug."""
+    h = machine.initial("qwen-7b", S.STOPPED, 0.0)
+    stopping = machine.on_lifecycle(h, S.STOPPING, "stopping pid 6541", 1.0, pid=6541)
+    stopped = machine.on_lifecycle(stopping.health, S.STOPPED, "pid 6541 stopped", 1.1, pid=None)
+    assert [(t.old, t.new) for t in (stopping.transition, stopped.transition) if t] == [
+        (S.STOPPED, S.STOPPING), (S.STOPPING, S.STOPPED)]
+
+
 def test_a_waking_engine_that_still_answers_asleep_stays_starting_but_a_spawned_one_does_not() -> None:
     # gpumgr's wake publishes `starting` from the /wake_up call on (the router's hold sees it);
     # the engine answers asleep until that call returns: not a sleep behind gpumgr's back

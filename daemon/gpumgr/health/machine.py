@@ -105,7 +105,9 @@ LIFECYCLE_FROM: dict[S, frozenset[S]] = {
     ),
     S.DRAINING: frozenset({S.UP, S.DEGRADED, S.RATE_LIMITED, S.SLEEPING}),
     S.SLEEPING: frozenset({S.UP, S.DEGRADED, S.DRAINING, S.STARTING}),  # starting: adopted asleep
-    S.STOPPING: _ANY_LIVE | {S.RESTARTING, S.FAILED},
+    # from stopped: an engine spawned but not yet announced (its record being written) when
+    # the start was abandoned (an operator's timeout): a real process, stopped
+    S.STOPPING: _ANY_LIVE | {S.RESTARTING, S.FAILED, S.STOPPED},
     S.STOPPED: _ANY_LIVE | {S.STOPPING, S.DOWNLOADING, S.RESTARTING, S.FAILED},
     S.RESTARTING: (_ANY_LIVE - {S.RATE_LIMITED, S.AUTH_FAILED}) | {S.DOWNLOADING, S.STOPPED},
     S.DOWN: _ANY_LIVE | {S.RESTARTING, S.STOPPED, S.DOWNLOADING, S.FAILED},
