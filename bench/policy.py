@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -76,11 +75,9 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # the e2e stack lives with the tes
 from _report import header, results_path, write_result  # noqa: E402
 
 import test_litellm_proxy as e2e  # noqa: E402  (skips itself when there is no LiteLLM proxy)
-from gpumgr.sim.harness import DaemonHarness, free_port, sim_gpu_path, wait_for  # noqa: E402
+from gpumgr.sim.harness import DaemonHarness, free_port, wait_for  # noqa: E402
 from gpumgr.config import load_config  # noqa: E402
 from gpumgr.integrations.litellm_config import litellm_config, render_yaml  # noqa: E402
-from gpumgr.sim.gpu import SimGpuSpec, SimGpuState, sim_uuid  # noqa: E402
-from gpumgr.sim.ollama_process import start_sim_ollama  # noqa: E402
 
 RESULTS = results_path("policy")
 SMALL, LARGE = e2e.VLLM_NAME, "qwen-coder-14b-vllm"
@@ -220,12 +217,7 @@ def stack(tmp: Path, row: Row, args: argparse.Namespace
     cloud = e2e.FakeCloud().start()
     ollama = harness = None
     try:
-        uuid = sim_uuid(0)
-        SimGpuState(sim_gpu_path(tmp)).ensure([SimGpuSpec(
-            index=0, uuid=uuid, name="Quadro RTX 5000", memory_total_mib=e2e.CARD_MIB,
-            display_used_mib=300, compute_capability="7.5")])
-        ollama = start_sim_ollama([e2e.PULLED], env={
-            "GPUMGR_SIM_GPU_STATE": str(sim_gpu_path(tmp)), "CUDA_VISIBLE_DEVICES": uuid})
+        ollama = e2e.reference_card_with_ollama(tmp)
         port = free_port()
         ports = {SMALL: port, LARGE: free_port() if row.sleep else port}
         demand = row.policy.startswith("demand")
@@ -249,14 +241,9 @@ def stack(tmp: Path, row: Row, args: argparse.Namespace
         (proxy_dir / "gpumgr_e2e_counter.py").write_text(e2e.COUNTER)
         proxy_port = free_port()
         log = tmp / "litellm.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUMGR_", "LITELLM"))}
-        env.update({
-            "LITELLM_MASTER_KEY": e2e.MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-            "GPUMGR_STATUS_URL": harness.base_url + "/v1/status", e2e.KEY_ENV: "sk-bench",
-            "E2E_ATTEMPTS_FILE": str(tmp / "attempts.jsonl"), "NO_PROXY": "*",
-            "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True",
-            "GPUMGR_HOLD_S": str(args.hold_s if row.policy == "demand+hold" else 0),
-        })
+        env = e2e.proxy_env(harness, tmp / "attempts.jsonl", **{
+            e2e.KEY_ENV: "sk-bench",
+            "GPUMGR_HOLD_S": str(args.hold_s if row.policy == "demand+hold" else 0)})
         with e2e.running_proxy(proxy_dir, proxy_port, env, log, ready_s=120) as proxy:
             url = f"http://127.0.0.1:{proxy_port}"
             s = e2e.Stack(harness, ollama, cloud, proxy, url, tmp / "attempts.jsonl", port, log)

@@ -33,15 +33,15 @@ from test_litellm_proxy import (  # noqa: E402 - skips the module when there is 
     KEY_ENV,
     LIFECYCLE_YAML,
     MAPPINGS,
-    MASTER_KEY,
     PULLED,
     VLLM_NAME,
     FakeCloud,
     Result,
     Stack,
+    providers_yaml,
+    proxy_env,
     reference_card_with_ollama,
     running_proxy,
-    providers_yaml,
 )
 
 from gpumgr.sim.harness import DaemonHarness, free_port, wait_for
@@ -122,16 +122,8 @@ def owner_stack(tmp: Path, edit: Edit = with_callback_line,
         port = free_port()
         proxy_log = tmp / "litellm.log"
         attempts_file = tmp / "attempts.jsonl"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUMGR_", "LITELLM"))}
-        env.update({
-            # This LiteLLM refuses to start without a master key, auth off or not.
-            "LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-            "GPUMGR_STATUS_URL": harness.base_url + "/v1/status", "OLLAMA_API_KEY": "sk-e2e",
-            "E2E_ATTEMPTS_FILE": str(attempts_file), "NO_PROXY": "*",
-            "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True",
-            "PYTHONPATH": os.pathsep.join(
-                [str(callback_from), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        })
+        env = proxy_env(harness, attempts_file, OLLAMA_API_KEY="sk-e2e", PYTHONPATH=os.pathsep.join(
+            [str(callback_from), *filter(None, [os.environ.get("PYTHONPATH")])]))
         with running_proxy(proxy_dir, port, env, proxy_log) as proxy:
             url = f"http://127.0.0.1:{port}"
             s = Stack(harness, ollama, cloud, proxy, url, attempts_file, engine_port, proxy_log)

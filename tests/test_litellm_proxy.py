@@ -279,6 +279,21 @@ def reference_card_with_ollama(tmp: Path) -> SimOllamaProcess:
                        "CUDA_VISIBLE_DEVICES": gpu_uuid})
 
 
+def proxy_env(harness: DaemonHarness, attempts_file: Path, **extra: str) -> dict[str, str]:
+    """The proxy's environment: this one without gpumgr's and LiteLLM's own variables, then
+    the master key, offline start, the daemon's status URL, the attempts log and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUMGR_", "LITELLM"))}
+    env.update({
+        # This LiteLLM refuses to start without a master key, auth off or not.
+        "LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "GPUMGR_STATUS_URL": harness.base_url + "/v1/status",
+        "E2E_ATTEMPTS_FILE": str(attempts_file), "NO_PROXY": "*",
+        "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True",
+        **extra,
+    })
+    return env
+
+
 @contextlib.contextmanager
 def running_proxy(proxy_dir: Path, port: int, env: dict[str, str], log: Path,
                   ready_s: float = 90) -> Iterator[subprocess.Popen[bytes]]:
@@ -345,13 +360,7 @@ def running_stack(tmp: Path, *, status_filter: bool = True,
         port = free_port()
         proxy_log = tmp / "litellm.log"
         attempts_file = tmp / "attempts.jsonl"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUMGR_", "LITELLM"))}
-        env.update({
-            "LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-            "GPUMGR_STATUS_URL": harness.base_url + "/v1/status", KEY_ENV: "sk-e2e-cloud",
-            "E2E_ATTEMPTS_FILE": str(attempts_file), "NO_PROXY": "*",
-            "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True",
-        })
+        env = proxy_env(harness, attempts_file, **{KEY_ENV: "sk-e2e-cloud"})
         with running_proxy(proxy_dir, port, env, proxy_log) as proxy:
             url = f"http://127.0.0.1:{port}"
             s = Stack(harness, ollama, cloud, proxy, url, attempts_file, engine_port, proxy_log)
